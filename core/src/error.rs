@@ -1,0 +1,44 @@
+//! Why the last allocation failed: an error code readable after the fact, never a message on
+//! stderr and never a panic (the allocation path cannot print or unwind).
+//!
+//! May touch: [`crate::sync`] only.
+
+use crate::sync::{AtomicU32, Ordering};
+
+/// Why an allocation returned null / `None` / `AllocError`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum AllocErrorKind {
+    /// The OS (or the fixed buffer) refused to give more memory.
+    OutOfMemory = 1,
+    /// The request can never be satisfied: size overflow, alignment not a power of two or
+    /// larger than the maximum this allocator supports.
+    InvalidRequest = 2,
+    /// A strategy allocator's fixed capacity is used up.
+    Exhausted = 3,
+}
+
+/// The last failure seen by any allocator of this crate (0 = none yet). Relaxed: a diagnostic
+/// value with no ordering relation to anything else.
+static LAST_ERROR: AtomicU32 = AtomicU32::new(0);
+
+/// Records `kind` as the reason of the latest failure. Called only on failure paths.
+#[cold]
+pub fn record(kind: AllocErrorKind) {
+    LAST_ERROR.store(kind as u32, Ordering::Relaxed);
+}
+
+/// The reason of the most recent allocation failure in this process, if any.
+pub fn last_error() -> Option<AllocErrorKind> {
+    match LAST_ERROR.load(Ordering::Relaxed) {
+        1 => Some(AllocErrorKind::OutOfMemory),
+        2 => Some(AllocErrorKind::InvalidRequest),
+        3 => Some(AllocErrorKind::Exhausted),
+        _ => None,
+    }
+}
+
+/// Forgets the recorded failure (tests, or a program that handled it).
+pub fn clear_last_error() {
+    LAST_ERROR.store(0, Ordering::Relaxed);
+}

@@ -1,0 +1,1 @@
+//! `liballocscope.so`: the C allocation ABI over the allocscope heap (in progress).
