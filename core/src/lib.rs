@@ -6,3 +6,12 @@
 pub mod error;
 pub mod os;
 pub mod sync;
+#[cfg(feature = "std")]
+pub mod global;
+#[cfg(feature = "std")]
+pub mod heap;
+#[cfg(feature = "std")]
+pub mod stats;
+
+#[cfg(feature = "std")]
+pub use global::Allocscope;
