@@ -1,0 +1,73 @@
+//! The allocators the Rust harness compares, each called through its `GlobalAlloc` impl with
+//! the workload code monomorphised for it, so no dynamic dispatch sits between the workload and
+//! the allocator.
+//!
+//! May touch: [`crate::workload`], the allocator crates.
+
+use crate::workload::{self, Outcome, Workload};
+
+/// An allocator linked into this binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RustAllocator {
+    /// `std::alloc::System`: the C library's malloc (glibc on Linux).
+    System,
+    /// `mimalloc::MiMalloc` (the `mimalloc` crate, built from its bundled sources).
+    Mimalloc,
+    /// `tikv_jemallocator::Jemalloc` (jemalloc built from the crate's bundled sources).
+    Jemalloc,
+    /// `allocscope_core::Allocscope`: the allocator this project builds.
+    Allocscope,
+}
+
+impl RustAllocator {
+    /// Every allocator, in the order tables list them.
+    pub const ALL: [RustAllocator; 4] = [
+        RustAllocator::System,
+        RustAllocator::Mimalloc,
+        RustAllocator::Jemalloc,
+        RustAllocator::Allocscope,
+    ];
+
+    /// The name in tables and result files.
+    pub fn name(self) -> &'static str {
+        match self {
+            RustAllocator::System => "system",
+            RustAllocator::Mimalloc => "mimalloc",
+            RustAllocator::Jemalloc => "jemalloc",
+            RustAllocator::Allocscope => "allocscope",
+        }
+    }
+
+    /// The allocator named `name`, if any.
+    pub fn from_name(name: &str) -> Option<RustAllocator> {
+        RustAllocator::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Runs `workload` on this allocator (see [`workload::run`]).
+    pub fn run(
+        self,
+        workload: Workload,
+        threads: usize,
+        ops: u64,
+        seed: u64,
+    ) -> Result<Outcome, String> {
+        match self {
+            RustAllocator::System => {
+                workload::run(&std::alloc::System, workload, threads, ops, seed)
+            }
+            RustAllocator::Mimalloc => {
+                workload::run(&mimalloc::MiMalloc, workload, threads, ops, seed)
+            }
+            RustAllocator::Jemalloc => {
+                workload::run(&tikv_jemallocator::Jemalloc, workload, threads, ops, seed)
+            }
+            RustAllocator::Allocscope => workload::run(
+                &allocscope_core::Allocscope::new(),
+                workload,
+                threads,
+                ops,
+                seed,
+            ),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! `allocscope-bench`: the comparison benchmark. Runs the same allocation workloads on several
+//! allocators — linked into this binary (`rust`) or preloaded into the C program
+//! benches/c/workloads.c (`c`) — each run in its own child process, interleaved, and prints
+//! medians of ns per malloc+free pair and peak RSS side by side with ratios to mimalloc and to
+//! the system allocator. See docs/benchmarks.md.
+//!
+//! May touch: everything below it; this file only parses the command line and wires the parts.
+
+mod allocator;
+mod child;
+mod machine;
+mod preload;
+mod report;
+mod rng;
+mod runner;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::allocator::RustAllocator;
+use crate::machine::Machine;
+use crate::preload::Preload;
+use crate::report::Summary;
+use crate::runner::{Case, Contender};
+use crate::workload::Workload;
+
+/// Compares allocators on the same workloads: ns per malloc+free pair and peak RSS.
+#[derive(Parser, Debug)]
+#[command(name = "allocscope-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Allocators linked into this binary, called through GlobalAlloc: system, mimalloc,
+    /// jemalloc, allocscope.
+    Rust(RustArgs),
+    /// The C program (benches/c/workloads.c) on glibc and under LD_PRELOAD of mimalloc,
+    /// jemalloc, tcmalloc and liballocscope.so.
+    C(CArgs),
+    /// One measurement in this process (what `rust` starts as its child processes).
+    #[command(hide = true)]
+    Child {
+        allocator: String,
+        workload: String,
+        threads: usize,
+        ops: u64,
+        seed: u64,
+    },
+}
+
+/// What both harnesses take.
+#[derive(Args, Debug)]
+struct Common {
+    /// Workloads to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<Workload>,
+    /// Thread counts (default: 1,2; 2 for prodcons, which runs producer/consumer pairs).
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Repetitions of every run; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    reps: u32,
+    /// Malloc+free pairs per thread (per producer), for every workload (default: per workload,
+    /// 0.1–0.2 s on glibc, times --scale).
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Multiplies the default number of pairs: 10 for a longer, steadier run.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Seed of the workloads' random numbers (the same for every allocator).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// JSON lines of every run and the medians (the medians also go to the same path with .csv).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RustArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Allocators to compare (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    allocators: Vec<RustAllocator>,
+}
+
+#[derive(Args, Debug)]
+struct CArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The built C program (benches/run_compare.sh builds it).
+    #[arg(long)]
+    program: PathBuf,
+    /// allocscope's preload library; left out with a note until it exports malloc.
+    #[arg(long, default_value = "target/release/liballocscope.so")]
+    allocscope_lib: PathBuf,
+    /// Only these allocators (names: glibc, mimalloc, jemalloc, tcmalloc, allocscope, or those
+    /// given with --preload).
+    #[arg(long, value_delimiter = ',')]
+    allocators: Vec<String>,
+    /// Adds or replaces an allocator: NAME=PATH preloads PATH; NAME= runs on the C library.
+    #[arg(long = "preload", value_name = "NAME=PATH")]
+    preloads: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Child {
+            allocator,
+            workload,
+            threads,
+            ops,
+            seed,
+        } => {
+            let result = match (
+                RustAllocator::from_name(&allocator),
+                Workload::from_name(&workload),
+            ) {
+                (Some(a), Some(w)) => child::run(a, w, threads, ops, seed),
+                _ => Err(format!(
+                    "unknown allocator {allocator} or workload {workload}"
+                )),
+            };
+            match result {
+                Ok(report) => {
+                    println!("{}", report.to_line());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("allocscope-bench child: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Rust(args) => {
+            let chosen = if args.allocators.is_empty() {
+                RustAllocator::ALL.to_vec()
+            } else {
+                args.allocators
+            };
+            let contenders = chosen.into_iter().map(Contender::Rust).collect();
+            compare("rust", contenders, &args.common, Vec::new())
+        }
+        Command::C(args) => match c_contenders(&args) {
+            Ok((contenders, notes)) => compare("c", contenders, &args.common, notes),
+            Err(e) => {
+                eprintln!("allocscope-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// The C harness's contenders: the defaults, then --preload additions, then the --allocators
+/// filter.
+fn c_contenders(args: &CArgs) -> Result<(Vec<Contender>, Vec<String>), String> {
+    if !args.program.exists() {
+        return Err(format!(
+            "{} not found: build it with benches/run_compare.sh or gcc -O2 -pthread",
+            args.program.display()
+        ));
+    }
+    let mut notes = Vec::new();
+    let mut preloads = preload::defaults(&args.allocscope_lib, &mut notes);
+    for spec in &args.preloads {
+        let p = preload::parse_spec(spec)?;
+        match preloads.iter_mut().find(|q| q.name == p.name) {
+            Some(q) => *q = p,
+            None => preloads.push(p),
+        }
+    }
+    if !args.allocators.is_empty() {
+        if let Some(unknown) = args
+            .allocators
+            .iter()
+            .find(|n| !preloads.iter().any(|p| &p.name == *n))
+        {
+            return Err(format!("--allocators: {unknown} is not available here"));
+        }
+        preloads.retain(|p| args.allocators.contains(&p.name));
+    }
+    let contenders = preloads
+        .into_iter()
+        .map(|preload: Preload| Contender::C {
+            program: args.program.clone(),
+            preload,
+        })
+        .collect();
+    Ok((contenders, notes))
+}
+
+/// The cases the common arguments ask for, or why one cannot run.
+fn cases(common: &Common) -> Result<Vec<Case>, String> {
+    if !common.scale.is_finite() || common.scale <= 0.0 {
+        return Err(format!("--scale {}: must be above 0", common.scale));
+    }
+    let workloads = if common.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        common.workloads.clone()
+    };
+    let mut cases = Vec::new();
+    for w in workloads {
+        let threads = if common.threads.is_empty() {
+            w.default_threads().to_vec()
+        } else {
+            common.threads.clone()
+        };
+        for t in threads {
+            if let Err(e) = w.check_threads(t) {
+                eprintln!("note: skipping {e}");
+                continue;
+            }
+            let ops = common
+                .ops
+                .unwrap_or_else(|| (w.default_ops() as f64 * common.scale).ceil() as u64)
+                .max(1);
+            cases.push(Case {
+                workload: w,
+                threads: t,
+                ops_per_thread: ops,
+            });
+        }
+    }
+    if cases.is_empty() {
+        return Err("nothing to run: no workload fits the thread counts asked for".into());
+    }
+    Ok(cases)
+}
+
+fn compare(
+    harness: &'static str,
+    contenders: Vec<Contender>,
+    common: &Common,
+    notes: Vec<String>,
+) -> ExitCode {
+    let cases = match cases(common) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("allocscope-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if common.reps == 0 || contenders.is_empty() {
+        eprintln!("allocscope-bench: nothing to run (no repetitions or no allocators)");
+        return ExitCode::FAILURE;
+    }
+    let machine = Machine::read();
+    println!("{}", machine.describe());
+    let names: Vec<String> = contenders.iter().map(|c| c.name().to_string()).collect();
+    println!(
+        "[{harness}] allocators: {}; {} repetitions, interleaved, each run a child process",
+        names.join(", "),
+        common.reps
+    );
+    for note in &notes {
+        println!("note: {note}");
+    }
+    let (runs, failures) = runner::run_all(&contenders, &cases, common.reps, common.seed);
+    let summary = Summary::new(harness, &names, &cases, &runs);
+    print!("{}", summary.render());
+    for f in &failures {
+        println!(
+            "failed: {} on {}@{}: {}",
+            f.allocator,
+            f.case.workload.name(),
+            f.case.threads,
+            f.error
+        );
+    }
+    let jsonl = common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("bench-results/compare-{harness}.jsonl")));
+    let csv = jsonl.with_extension("csv");
+    match report::write_files(
+        &jsonl,
+        &csv,
+        &machine,
+        &summary,
+        &runs,
+        &failures,
+        common.seed,
+    ) {
+        Ok(()) => println!("\nresults: {} and {}", jsonl.display(), csv.display()),
+        Err(e) => {
+            eprintln!("allocscope-bench: cannot write {}: {e}", jsonl.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if runs.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
