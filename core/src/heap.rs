@@ -1,47 +1,845 @@
-//! TEMPORARY stand-in while the thread-caching heap is written (same interface): forwards to
-//! the C library. Replaced by the real heap in the next commits.
-#![allow(missing_docs)]
+//! The thread-caching heap: one [`Heap`] per thread, the allocation and free fast paths, and
+//! the slow paths they fall back to.
+//!
+//! ```text
+//! heap ──► pages[class] ──► page ──► free list ──► block          (fast path: alloc_class)
+//!   ├── queues[class]: pages of the class with (maybe) free blocks
+//!   ├── full: pages with no free block; remote freers tell us about them via `delayed`
+//!   ├── segments: every segment the heap owns; free_segments[kind]: those with free pages
+//!   └── large_cache: recently freed large spans, reused before asking the OS
+//! ```
+//!
+//! Glossary: a *page* is the allocator's page (64 KiB small, 512 KiB medium), an *OS page* the
+//! kernel's 4 KiB one. A *local* free is by the thread owning the page, a *remote* free by any
+//! other thread.
+//!
+//! Invariants:
+//! * the owning thread's fast paths (`alloc_class`, the first branch of `free`) execute no
+//!   atomic read-modify-write and no lock;
+//! * `pages[class]` is never null: an empty slot points at [`EMPTY_PAGE`], whose `free` is
+//!   null, so the fast path needs no extra check;
+//! * a thread without a heap sees [`EMPTY_HEAP`], which owns nothing: its frees are remote and
+//!   its first allocation attaches a heap (`thread::attach`);
+//! * heaps are never freed, only recycled (`thread`), so a pointer to one stays valid forever.
+//!
+//! May touch: [`crate::page`], [`crate::segment`], [`crate::large`], [`crate::thread`],
+//! [`crate::size_class`], [`crate::os`], [`crate::error`].
 
-pub fn alloc(size: usize, align: usize) -> *mut u8 {
-    let mut p = core::ptr::null_mut();
-    // SAFETY: posix_memalign writes p on success.
-    let r = unsafe { libc::posix_memalign(&mut p, align.max(core::mem::size_of::<usize>()), size) };
-    if r == 0 { p.cast() } else { core::ptr::null_mut() }
+use core::ptr::{addr_of, null_mut, NonNull};
+
+use crate::error::{record, AllocErrorKind};
+use crate::os::{align_up, monotonic_ms, Os, SystemOs};
+use crate::page::{
+    zero, Block, DelayedList, Page, PageQueue, FLAG_HAS_ALIGNED, FLAG_IN_FULL, NO_DELAYED,
+    USE_DELAYED,
+};
+use crate::segment::{self, Segment, HEADER_SIZE, KIND_LARGE, KIND_MEDIUM, KIND_SMALL};
+use crate::size_class::{class_of, is_small_class, CLASS_COUNT, CLASS_SIZE, MEDIUM_MAX};
+use crate::sync::{AtomicUsize, Ordering};
+use crate::{large, thread};
+
+/// Alignment every class block has without special handling (C's `max_align_t`).
+const NATURAL_ALIGN: usize = 16;
+/// Page starts are aligned to at least this, so a class whose size is a multiple of an
+/// alignment up to it yields aligned blocks.
+const PAGE_START_ALIGN: usize = 4096;
+/// How much of a fresh page one extension links into the free list.
+const EXTEND_BYTES: usize = 4096;
+
+/// A heap: everything one thread allocates from. Owner-only fields are plain; the fields
+/// other threads touch are atomics (`delayed`, the statistics counters).
+#[repr(C)]
+pub struct Heap {
+    /// Current page per class (or [`EMPTY_PAGE`]). The only field the alloc fast path reads.
+    pages: [*mut Page; CLASS_COUNT],
+    /// Allocations and frees served (statistics; owner writes with load + store).
+    allocs: AtomicUsize,
+    frees: AtomicUsize,
+    /// Pages of each class that may have free blocks; the current page is the first.
+    queues: [PageQueue; CLASS_COUNT],
+    /// Pages with no free block, parked until a free makes room.
+    full: PageQueue,
+    /// Blocks remote threads freed into parked-full pages.
+    pub(crate) delayed: DelayedList,
+    /// All segments the heap owns (doubly linked through `Segment::next/prev`).
+    pub(crate) segments: *mut Segment,
+    /// Segments with free pages, small and medium (through `Segment::free_next/free_prev`).
+    free_segments: [*mut Segment; 2],
+    /// Freed large spans kept for reuse.
+    pub(crate) large_cache: large::SpanCache,
+    /// When the next purge pass may run (milliseconds), and the passes done so far.
+    next_purge: u64,
+    purge_pass: u32,
+    /// Next heap in the registry of all heaps (append-only; for statistics).
+    pub(crate) registry_next: *mut Heap,
+    /// Next heap in the idle pool (heaps of exited threads).
+    pub(crate) idle_next: *mut Heap,
 }
 
+/// `Sync` wrappers for the two sentinels: they are only ever read (their atomics are never
+/// written: `EMPTY_PAGE.free` is null so nothing is popped from it, and `EMPTY_HEAP` is
+/// replaced by a real heap before any slow path writes).
+#[repr(transparent)]
+pub(crate) struct Sentinel<T>(pub T);
+// SAFETY: see above: nothing writes through a sentinel.
+unsafe impl<T> Sync for Sentinel<T> {}
+
+/// The page every empty heap slot points at.
+pub(crate) static EMPTY_PAGE: Sentinel<Page> = Sentinel(Page::EMPTY);
+
+/// The heap of threads that have none yet.
+pub(crate) static EMPTY_HEAP: Sentinel<Heap> = Sentinel(Heap::new_const());
+
+/// A pointer to [`EMPTY_HEAP`].
+#[inline(always)]
+pub(crate) fn empty_heap() -> *mut Heap {
+    addr_of!(EMPTY_HEAP.0).cast_mut()
+}
+
+#[inline(always)]
+fn empty_page() -> *mut Page {
+    addr_of!(EMPTY_PAGE.0).cast_mut()
+}
+
+impl Heap {
+    /// A heap owning nothing, every slot on the empty page.
+    pub(crate) const fn new_const() -> Heap {
+        Heap {
+            pages: [addr_of!(EMPTY_PAGE.0).cast_mut(); CLASS_COUNT],
+            allocs: AtomicUsize::new(0),
+            frees: AtomicUsize::new(0),
+            queues: [PageQueue::EMPTY; CLASS_COUNT],
+            full: PageQueue::EMPTY,
+            delayed: DelayedList::new(),
+            segments: null_mut(),
+            free_segments: [null_mut(); 2],
+            large_cache: large::SpanCache::new(),
+            next_purge: 0,
+            purge_pass: 1,
+            registry_next: null_mut(),
+            idle_next: null_mut(),
+        }
+    }
+
+    /// Statistics: allocations and frees this heap served.
+    pub(crate) fn op_counts(&self) -> (usize, usize) {
+        // Relaxed: statistics.
+        (self.allocs.load(Ordering::Relaxed), self.frees.load(Ordering::Relaxed))
+    }
+
+    #[inline(always)]
+    fn count_alloc(&self) {
+        // Relaxed load + store, not an RMW: only the owner writes; readers want a statistic.
+        self.allocs.store(self.allocs.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    fn count_free(&self) {
+        // Relaxed: as in `count_alloc`.
+        self.frees.store(self.frees.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Finds a page of `class` with a free block, making it current. `None` when out of memory.
+    ///
+    /// Walks the class queue: each page gets its owner and remote frees collected, then a lazy
+    /// extension; a page with nothing left is parked in the full list (so later walks skip
+    /// it) unless a remote free arrives meanwhile. The walk is amortised: every page it passes
+    /// either serves the allocation or leaves the queue.
+    unsafe fn find_page(&mut self, class: usize) -> Option<*mut Page> {
+        let mut adopted = false;
+        // SAFETY: queue members are pages this heap owns.
+        unsafe {
+            'scan: loop {
+            let mut page = self.queues[class].first;
+            while !page.is_null() {
+                let p = &mut *page;
+                if p.free.is_null() {
+                    p.collect();
+                }
+                if p.free.is_null() {
+                    p.extend(EXTEND_BYTES);
+                }
+                if !p.free.is_null() {
+                    if self.queues[class].first != page {
+                        self.queues[class].remove(page);
+                        self.queues[class].push_front(page);
+                    }
+                    self.pages[class] = page;
+                    return Some(page);
+                }
+                // Full. Park it unless remote frees raced in (then look at it again).
+                if !p.set_delayed_state(USE_DELAYED, true) {
+                    continue;
+                }
+                let next = p.next;
+                self.queues[class].remove(page);
+                self.full.push_back(page);
+                // Relaxed: owner-only flag; remote readers only look at HAS_ALIGNED, which
+                // this store keeps.
+                p.flags.store(p.flags.load(Ordering::Relaxed) | FLAG_IN_FULL, Ordering::Relaxed);
+                page = next;
+            }
+            // Before claiming a segment, adopt the pages of an exited thread's heap; they may
+            // hold free blocks of this class.
+            let k = if is_small_class(class) { 0 } else { 1 };
+            if !adopted && self.free_segments[k].is_null() {
+                adopted = true;
+                if thread::adopt_idle(self) {
+                    continue 'scan;
+                }
+            }
+            break;
+            }
+            self.pages[class] = empty_page();
+            let page = self.fresh_page(class)?;
+            (*page).extend(EXTEND_BYTES);
+            self.queues[class].push_front(page);
+            self.pages[class] = page;
+            Some(page)
+        }
+    }
+
+    /// Takes a free page from an owned segment, adopting an idle heap's segments or claiming a
+    /// new segment when none has one.
+    unsafe fn fresh_page(&mut self, class: usize) -> Option<*mut Page> {
+        let kind = if is_small_class(class) { KIND_SMALL } else { KIND_MEDIUM };
+        let k = (kind - KIND_SMALL) as usize;
+        let mut seg = self.free_segments[k];
+        if seg.is_null() {
+            let segment = segment::claim(kind)?;
+            // SAFETY: we just claimed the segment.
+            unsafe { self.add_segment(segment) };
+            seg = segment;
+        }
+        // SAFETY: `seg` is owned by this heap and has a free page (it is in free_segments).
+        unsafe {
+            let s = &mut *seg;
+            let index = s.free_mask.trailing_zeros() as usize;
+            s.free_mask &= !(1u64 << index);
+            s.used_pages += 1;
+            if s.free_mask == 0 {
+                self.unlink_free_segment(seg);
+            }
+            // Relaxed: fixed for the segment's life.
+            let shift = s.page_shift.load(Ordering::Relaxed);
+            let (start, size) = Segment::page_area(seg, index, shift);
+            let page = &mut s.pages[index];
+            // Relaxed: owner-only transitions; walkers read a snapshot.
+            let committed = page.committed.load(Ordering::Relaxed) != 0;
+            if !committed {
+                if !SystemOs.commit(NonNull::new_unchecked(start), size) {
+                    self.free_page(page, 0);
+                    return None;
+                }
+                page.committed.store(1, Ordering::Relaxed);
+            }
+            let block = CLASS_SIZE[class];
+            page.init(addr_of!(self.delayed).cast_mut(), class, block, start, size, !committed);
+            Some(page)
+        }
+    }
+
+    /// Links a segment the heap now owns into its lists.
+    ///
+    /// # Safety
+    /// The segment is claimed by (or handed to) this heap and in none of its lists.
+    pub(crate) unsafe fn add_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: the caller guarantees `seg` is ours; list members are ours.
+        unsafe {
+            // Release: a later Acquire of the owner (adoption) sees the header writes.
+            (*seg).owner.store(self as *mut Heap, Ordering::Release);
+            (*seg).prev = null_mut();
+            (*seg).next = self.segments;
+            if !self.segments.is_null() {
+                (*self.segments).prev = seg;
+            }
+            self.segments = seg;
+            if (*seg).free_mask != 0 {
+                self.link_free_segment(seg);
+            }
+        }
+    }
+
+    unsafe fn link_free_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: `seg` is ours and not in the free list; list members are ours.
+        unsafe {
+            let k = ((*seg).kind.load(Ordering::Relaxed) - KIND_SMALL) as usize;
+            (*seg).free_prev = null_mut();
+            (*seg).free_next = self.free_segments[k];
+            if !self.free_segments[k].is_null() {
+                (*self.free_segments[k]).free_prev = seg;
+            }
+            self.free_segments[k] = seg;
+            (*seg).in_free_list = true;
+        }
+    }
+
+    unsafe fn unlink_free_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: `seg` is ours and in the free list.
+        unsafe {
+            let k = ((*seg).kind.load(Ordering::Relaxed) - KIND_SMALL) as usize;
+            let (prev, next) = ((*seg).free_prev, (*seg).free_next);
+            if prev.is_null() {
+                self.free_segments[k] = next;
+            } else {
+                (*prev).free_next = next;
+            }
+            if !next.is_null() {
+                (*next).free_prev = prev;
+            }
+            (*seg).in_free_list = false;
+        }
+    }
+
+    /// Gives an empty page (in no queue) back to its segment; an empty segment goes back to
+    /// its arena.
+    unsafe fn free_page(&mut self, page: *mut Page, now: u64) {
+        let seg = Segment::of(page.cast());
+        // SAFETY: the page descriptor lives in its segment's header, which we own.
+        unsafe {
+            let s = &mut *seg;
+            let index = (page as usize - addr_of!(s.pages) as usize) / size_of::<Page>();
+            // Relaxed: owner-only; walkers read a snapshot.
+            (*page).in_use.store(0, Ordering::Relaxed);
+            (*page).freed_at = now;
+            s.free_mask |= 1u64 << index;
+            s.used_pages -= 1;
+            if !s.in_free_list {
+                self.link_free_segment(seg);
+            }
+            if s.used_pages == 0 {
+                self.unlink_free_segment(seg);
+                self.remove_segment(seg);
+                segment::release(seg);
+            }
+        }
+    }
+
+    /// Unlinks a segment from the list of owned segments.
+    pub(crate) unsafe fn remove_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: `seg` is in our segment list.
+        unsafe {
+            let (prev, next) = ((*seg).prev, (*seg).next);
+            if prev.is_null() {
+                self.segments = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*seg).next = null_mut();
+            (*seg).prev = null_mut();
+        }
+    }
+
+    /// A local free into a page that has flags set (parked full, or aligned blocks), or a
+    /// free handed over from the delayed list.
+    unsafe fn free_local_slow(&mut self, page: *mut Page, block: *mut Block) {
+        // SAFETY: the page is ours; the block is a live block of it.
+        unsafe {
+            let p = &mut *page;
+            (*block).next = p.local_free;
+            p.local_free = block;
+            self.count_free();
+            // Relaxed: owner-only flag.
+            let flags = p.flags.load(Ordering::Relaxed);
+            if flags & FLAG_IN_FULL != 0 {
+                self.unfull(page);
+            }
+            if p.used_sub(1) == 0 {
+                self.page_emptied();
+            }
+        }
+    }
+
+    /// Moves a parked page back to its class queue (it has a free block again).
+    unsafe fn unfull(&mut self, page: *mut Page) {
+        // SAFETY: the page is ours and in the full list.
+        unsafe {
+            let p = &mut *page;
+            p.set_delayed_state(NO_DELAYED, false);
+            // Relaxed: owner-only flag.
+            p.flags.store(p.flags.load(Ordering::Relaxed) & !FLAG_IN_FULL, Ordering::Relaxed);
+            self.full.remove(page);
+            let class = p.class.load(Ordering::Relaxed) as usize;
+            self.queues[class].push_back(page);
+        }
+    }
+
+    /// A page's last block was freed: the page is released by a later purge pass if it stays
+    /// empty (so a page emptied and refilled in a loop is not thrashed).
+    #[cold]
+    fn page_emptied(&mut self) {
+        self.maybe_purge();
+    }
+
+    /// Frees the blocks remote threads parked in our delayed list.
+    unsafe fn process_delayed(&mut self) {
+        let mut block = self.delayed.take_all();
+        while !block.is_null() {
+            // SAFETY: blocks on the list are live blocks freed by remote threads; we own
+            // them now.
+            unsafe {
+                let next = (*block).next;
+                self.free_block(block);
+                block = next;
+            }
+        }
+    }
+
+    /// Frees `block` (a block start, not an interior pointer) from this heap's point of view:
+    /// locally if we own its page, remotely otherwise (adopted heaps leave such blocks).
+    unsafe fn free_block(&mut self, block: *mut Block) {
+        let seg = Segment::of(block.cast());
+        // SAFETY: the block is live, so its segment and page are.
+        unsafe {
+            let page = Segment::page_of(seg, block.cast());
+            // Relaxed: only this thread makes itself the owner.
+            if core::ptr::eq((*seg).owner.load(Ordering::Relaxed), self) {
+                self.free_local_slow(page, block);
+            } else {
+                (*page).free_remote(block);
+            }
+        }
+    }
+
+    /// Runs a purge pass when the purge delay has passed since the last one.
+    fn maybe_purge(&mut self) {
+        let now = monotonic_ms();
+        if now >= self.next_purge {
+            // Set before purging: a purge frees blocks, which may call us again.
+            self.next_purge = now + crate::options::purge_delay_ms();
+            // SAFETY: called on the owning thread.
+            unsafe { self.purge(now, false) };
+        }
+    }
+
+    /// Returns memory to the OS: pages empty at two passes in a row go back to their segment
+    /// (`force`: at once), free pages not reused within the purge delay are decommitted,
+    /// empty segments go back to their arena, old cached large spans to the OS.
+    ///
+    /// # Safety
+    /// Called on the owning thread (or on an idle heap held exclusively).
+    pub(crate) unsafe fn purge(&mut self, now: u64, force: bool) {
+        let delay = crate::options::purge_delay_ms();
+        // Set first: the purge frees blocks, which may ask for a purge again.
+        self.next_purge = now + delay;
+        self.purge_pass = self.purge_pass.wrapping_add(1).max(1);
+        let pass = self.purge_pass;
+        // SAFETY: every page and segment reached is owned by this heap.
+        unsafe {
+            self.process_delayed();
+            for class in 0..CLASS_COUNT {
+                let mut page = self.queues[class].first;
+                while !page.is_null() {
+                    let p = &mut *page;
+                    let next = p.next;
+                    p.collect_remote();
+                    if p.used.load(Ordering::Relaxed) != 0 {
+                        p.freed_at = 0;
+                    } else if force || (p.freed_at != 0 && p.freed_at as u32 != pass) {
+                        self.queues[class].remove(page);
+                        if self.pages[class] == page {
+                            self.pages[class] = if self.queues[class].first.is_null() {
+                                empty_page()
+                            } else {
+                                self.queues[class].first
+                            };
+                        }
+                        self.free_page(page, now);
+                    } else {
+                        // First pass that sees it empty: mark it (freed_at holds the pass
+                        // number while the page is in use).
+                        p.freed_at = pass as u64;
+                    }
+                    page = next;
+                }
+            }
+            // Decommit free pages that stayed unused for the delay.
+            let os = SystemOs;
+            let os_page = os.page_size();
+            let mut seg = self.segments;
+            while !seg.is_null() {
+                let s = &mut *seg;
+                let next = s.next;
+                let shift = s.page_shift.load(Ordering::Relaxed);
+                let mut mask = s.free_mask;
+                while mask != 0 {
+                    let index = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    let page = &mut s.pages[index];
+                    if page.committed.load(Ordering::Relaxed) != 0
+                        && (force || now >= page.freed_at + delay)
+                    {
+                        let (start, size) = Segment::page_area(seg, index, shift);
+                        let aligned = align_up(start as usize, os_page) - start as usize;
+                        if size > aligned {
+                            os.decommit(NonNull::new_unchecked(start.add(aligned)), size - aligned);
+                        }
+                        page.committed.store(0, Ordering::Relaxed);
+                    }
+                }
+                seg = next;
+            }
+            self.large_cache.purge(now, delay, force);
+        }
+    }
+
+    /// Gives back everything a heap can: used by `collect` and at thread exit.
+    ///
+    /// # Safety
+    /// As for [`Heap::purge`].
+    pub(crate) unsafe fn collect_all(&mut self) {
+        // SAFETY: forwarded.
+        unsafe {
+            self.process_delayed();
+            // Pages parked full may have received remote frees: bring them back first.
+            let mut page = self.full.first;
+            while !page.is_null() {
+                let next = (*page).next;
+                if (*page).collect_remote() > 0 {
+                    self.unfull(page);
+                }
+                page = next;
+            }
+            self.purge(monotonic_ms(), true);
+        }
+    }
+
+    /// Forgets the current pages (the next allocation of each class walks its queue).
+    pub(crate) fn reset_current_pages(&mut self) {
+        self.pages = [empty_page(); CLASS_COUNT];
+    }
+
+    /// Moves everything `other` owns into `self` (adoption of an idle heap's pages).
+    ///
+    /// # Safety
+    /// `self` is the calling thread's heap; `other` is an idle heap held exclusively.
+    pub(crate) unsafe fn adopt(&mut self, other: &mut Heap) {
+        let me = self as *mut Heap;
+        let my_list = addr_of!(self.delayed).cast_mut();
+        // SAFETY: `other` is held exclusively; its segments and pages become ours.
+        unsafe {
+            let mut seg = other.segments;
+            while !seg.is_null() {
+                let next = (*seg).next;
+                let s = &mut *seg;
+                for page in s.pages.iter_mut() {
+                    if page.in_use.load(Ordering::Relaxed) != 0 {
+                        // Release: a remote freer that Acquires the state we set next also
+                        // sees the new list (see `Page::free_remote`).
+                        page.delayed.store(my_list, Ordering::Release);
+                        // Wait out freers mid-way on the old list, and re-publish the state
+                        // so later freers synchronise with the store above.
+                        let state = page.thread_free.load(Ordering::Relaxed) & 3;
+                        let state = if state == USE_DELAYED { USE_DELAYED } else { NO_DELAYED };
+                        page.set_delayed_state(state, false);
+                    }
+                }
+                // Release: as for `add_segment`.
+                s.owner.store(me, Ordering::Release);
+                s.in_free_list = false;
+                s.prev = null_mut();
+                s.next = self.segments;
+                if !self.segments.is_null() {
+                    (*self.segments).prev = seg;
+                }
+                self.segments = seg;
+                if s.free_mask != 0 {
+                    self.link_free_segment(seg);
+                }
+                seg = next;
+            }
+            other.segments = null_mut();
+            other.free_segments = [null_mut(); 2];
+            for class in 0..CLASS_COUNT {
+                let mut page = other.queues[class].first;
+                while !page.is_null() {
+                    let next = (*page).next;
+                    self.queues[class].push_back(page);
+                    page = next;
+                }
+                other.queues[class] = PageQueue::EMPTY;
+            }
+            let mut page = other.full.first;
+            while !page.is_null() {
+                let next = (*page).next;
+                self.full.push_back(page);
+                page = next;
+            }
+            other.full = PageQueue::EMPTY;
+            other.reset_current_pages();
+            // Blocks freed into the old heap's delayed list: ours now (or remote).
+            let mut block = other.delayed.take_all();
+            while !block.is_null() {
+                let next = (*block).next;
+                self.free_block(block);
+                block = next;
+            }
+            other.large_cache.release_all();
+        }
+    }
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory or when
+/// the request cannot be served; [`crate::error::last_error`] says which.
+#[inline(always)]
+pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    if align <= NATURAL_ALIGN && size <= MEDIUM_MAX {
+        // Every class from 16 B is a multiple of 16, and 8 B blocks are 8-aligned: rounding
+        // the size up to the alignment is enough.
+        let size = if size < align { align } else { size };
+        // SAFETY: class_of(size) < CLASS_COUNT for size <= MEDIUM_MAX.
+        unsafe { alloc_class(thread::current(), class_of(size)) }
+    } else {
+        alloc_general(size, align)
+    }
+}
+
+/// Fast path: pop the current page's free list. Falls back to [`alloc_slow`].
+///
+/// # Safety
+/// `heap` is the calling thread's heap (or the empty heap); `class < CLASS_COUNT`.
+#[inline(always)]
+unsafe fn alloc_class(heap: *mut Heap, class: usize) -> *mut u8 {
+    // SAFETY: `pages[class]` is a page this thread owns or the empty page; a non-null `free`
+    // is a block of it.
+    unsafe {
+        let page = *(*heap).pages.get_unchecked(class);
+        let block = (*page).free;
+        if !block.is_null() {
+            (*page).free = (*block).next;
+            (*page).used_add(1);
+            (*heap).count_alloc();
+            return block.cast();
+        }
+        alloc_slow(heap, class)
+    }
+}
+
+/// Slow path: attach a heap to the thread if needed, take delayed frees, find or make a page.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
+    let heap = if heap == empty_heap() {
+        match thread::attach() {
+            Some(h) => h,
+            None => {
+                record(AllocErrorKind::OutOfMemory);
+                return null_mut();
+            }
+        }
+    } else {
+        heap
+    };
+    // SAFETY: `heap` is the calling thread's heap.
+    unsafe {
+        let h = &mut *heap;
+        h.process_delayed();
+        h.maybe_purge();
+        let Some(page) = h.find_page(class) else {
+            record(AllocErrorKind::OutOfMemory);
+            return null_mut();
+        };
+        let block = (*page).free;
+        (*page).free = (*block).next;
+        (*page).used_add(1);
+        h.count_alloc();
+        block.cast()
+    }
+}
+
+/// Alignment above 16, or a size above the largest class.
+#[inline(never)]
+fn alloc_general(size: usize, align: usize) -> *mut u8 {
+    if !align.is_power_of_two() {
+        record(AllocErrorKind::InvalidRequest);
+        return null_mut();
+    }
+    if align <= NATURAL_ALIGN {
+        return large::alloc(size, align);
+    }
+    if align <= PAGE_START_ALIGN && size <= MEDIUM_MAX {
+        // A class whose size is a multiple of the alignment gives aligned blocks (page starts
+        // are 4 KiB-aligned).
+        let class = class_of(size.max(align));
+        if CLASS_SIZE[class] % align == 0 {
+            // SAFETY: class < CLASS_COUNT.
+            return unsafe { alloc_class(thread::current(), class) };
+        }
+    }
+    // Over-allocate and align inside the block; the page is marked so frees find the start.
+    match size.checked_add(align - 1) {
+        Some(padded) if padded <= MEDIUM_MAX && align <= PAGE_START_ALIGN => {
+            // SAFETY: class_of(padded) < CLASS_COUNT.
+            let p = unsafe { alloc_class(thread::current(), class_of(padded)) };
+            if p.is_null() {
+                return p;
+            }
+            let aligned = p.wrapping_add(align_up(p as usize, align) - p as usize);
+            if aligned != p {
+                // SAFETY: `p` is a live block of ours, so its page is.
+                unsafe {
+                    let page = Segment::page_of(Segment::of(p), p);
+                    // Relaxed: owner-only write; remote freers get the flag through the
+                    // program's hand-off of the block.
+                    let flags = (*page).flags.load(Ordering::Relaxed);
+                    (*page).flags.store(flags | FLAG_HAS_ALIGNED, Ordering::Relaxed);
+                }
+            }
+            aligned
+        }
+        _ => large::alloc(size, align),
+    }
+}
+
+/// Allocates zeroed memory; skips the memset for blocks known to be fresh OS memory.
+#[inline]
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     let p = alloc(size, align);
-    if !p.is_null() {
-        // SAFETY: p is size bytes.
-        unsafe { core::ptr::write_bytes(p, 0, size) };
+    if p.is_null() {
+        return p;
+    }
+    let seg = Segment::of(p);
+    // SAFETY: `p` is a live block of `size` bytes of ours.
+    unsafe {
+        // Relaxed: fixed for the segment's life.
+        if (*seg).kind.load(Ordering::Relaxed) == KIND_LARGE {
+            if !large::is_fresh(seg) {
+                zero(p, size);
+            }
+            return p;
+        }
+        let page = Segment::page_of(seg, p);
+        if (*page).free_is_zero {
+            // The block came from a fresh page: only its link word was written.
+            zero(p, size.min(size_of::<Block>()));
+        } else {
+            zero(p, size);
+        }
     }
     p
 }
 
+/// Frees a block. Null is ignored.
+///
 /// # Safety
-/// ptr from alloc.
+/// `ptr` is null or a live block returned by this heap (any thread's), not used afterwards.
+#[inline(always)]
 pub unsafe fn free(ptr: *mut u8) {
-    // SAFETY: caller.
-    unsafe { libc::free(ptr.cast()) }
+    if ptr.is_null() {
+        return;
+    }
+    let seg = Segment::of(ptr);
+    let heap = thread::current();
+    // SAFETY: `ptr` is a live block, so its segment header and page descriptor are.
+    unsafe {
+        let page = Segment::page_of(seg, ptr);
+        // Relaxed: a segment's owner is only ever set to a thread's own heap by that thread
+        // (or while that heap is idle), so comparing with our heap cannot give a false match.
+        if (*seg).owner.load(Ordering::Relaxed) == heap
+            && (*page).flags.load(Ordering::Relaxed) == 0
+        {
+            let block = ptr.cast::<Block>();
+            (*block).next = (*page).local_free;
+            (*page).local_free = block;
+            (*heap).count_free();
+            if (*page).used_sub(1) == 0 {
+                (*heap).page_emptied();
+            }
+            return;
+        }
+        free_slow(seg, page, ptr, heap);
+    }
 }
 
+/// Large blocks, aligned (interior) pointers, parked pages, and remote frees.
+#[inline(never)]
+unsafe fn free_slow(seg: *mut Segment, page: *mut Page, ptr: *mut u8, heap: *mut Heap) {
+    // SAFETY: the caller's `free` contract: `ptr` is a live block of `page` in `seg`.
+    unsafe {
+        // Relaxed: fixed for the segment's life.
+        if (*seg).kind.load(Ordering::Relaxed) == KIND_LARGE {
+            large::free(seg, heap);
+            return;
+        }
+        // Relaxed: HAS_ALIGNED was set before the block was handed out.
+        let flags = (*page).flags.load(Ordering::Relaxed);
+        let block = if flags & FLAG_HAS_ALIGNED != 0 { (*page).block_start(ptr) } else { ptr };
+        if (*seg).owner.load(Ordering::Relaxed) == heap {
+            (*heap).free_local_slow(page, block.cast());
+        } else {
+            (*page).free_remote(block.cast());
+            if heap != empty_heap() {
+                (*heap).count_free();
+            }
+        }
+    }
+}
+
+/// Bytes usable in the block at `ptr` (at least the size asked for).
+///
 /// # Safety
-/// ptr from alloc.
+/// `ptr` is a live block returned by this heap.
 pub unsafe fn usable_size(ptr: *const u8) -> usize {
-    // SAFETY: caller.
-    unsafe { libc::malloc_usable_size(ptr as *mut _) }
+    let seg = Segment::of(ptr);
+    // SAFETY: `ptr` is live: its segment and page are.
+    unsafe {
+        let page = Segment::page_of(seg, ptr);
+        let p = &*page;
+        // Relaxed: fixed while the block is live.
+        let size = p.block_size.load(Ordering::Relaxed);
+        if (*seg).kind.load(Ordering::Relaxed) == KIND_LARGE {
+            return size - (ptr as usize - p.start as usize);
+        }
+        let start = if p.flags.load(Ordering::Relaxed) & FLAG_HAS_ALIGNED != 0 {
+            p.block_start(ptr.cast_mut())
+        } else {
+            ptr.cast_mut()
+        };
+        size - (ptr as usize - start as usize)
+    }
 }
 
+/// Resizes a block, in place when the new size still fits its block without wasting more
+/// than half of it. Null `ptr` allocates; on failure the old block is untouched and null is
+/// returned.
+///
 /// # Safety
-/// ptr from alloc.
+/// `ptr` is null or a live block of this heap; `align` is the alignment it was allocated with.
 pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-    let n = alloc(new_size, align);
-    if !n.is_null() && !ptr.is_null() {
-        // SAFETY: caller.
+    if ptr.is_null() {
+        return alloc(new_size, align);
+    }
+    // SAFETY: forwarded from the caller.
+    let usable = unsafe { usable_size(ptr) };
+    if new_size <= usable && new_size >= usable / 2 {
+        return ptr;
+    }
+    let new = alloc(new_size, align);
+    if !new.is_null() {
+        // SAFETY: both blocks are live and distinct; we copy what both hold.
         unsafe {
-            core::ptr::copy_nonoverlapping(ptr, n, usable_size(ptr).min(new_size));
+            core::ptr::copy_nonoverlapping(ptr, new, usable.min(new_size));
             free(ptr);
         }
     }
-    n
+    new
+}
+
+/// Returns the calling thread's free memory to the OS now (empty pages, unused segments,
+/// cached large spans) instead of after the purge delay.
+pub fn collect() {
+    let heap = thread::current();
+    if heap != empty_heap() {
+        // SAFETY: the calling thread's heap.
+        unsafe { (*heap).collect_all() };
+    }
+    thread::collect_idle();
+}
+
+/// The size in bytes of the header before the first page of a segment (for tests and docs).
+pub const fn segment_header_size() -> usize {
+    HEADER_SIZE
 }

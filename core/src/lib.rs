@@ -6,12 +6,27 @@
 pub mod error;
 pub mod os;
 pub mod sync;
-#[cfg(feature = "std")]
-pub mod global;
-#[cfg(feature = "std")]
-pub mod heap;
-#[cfg(feature = "std")]
-pub mod stats;
+pub mod size_class;
 
+#[cfg(all(feature = "std", not(loom)))]
+pub mod global;
+#[cfg(all(feature = "std", not(loom)))]
+pub mod heap;
+#[cfg(all(feature = "std", not(loom)))]
+mod large;
 #[cfg(feature = "std")]
+pub mod options;
+pub(crate) mod page;
+#[cfg(all(feature = "std", not(loom)))]
+pub(crate) mod segment;
+#[cfg(all(feature = "std", not(loom)))]
+pub mod stats;
+#[cfg(all(feature = "std", not(loom)))]
+mod thread;
+
+#[cfg(all(feature = "std", not(loom)))]
 pub use global::Allocscope;
+#[cfg(all(feature = "std", not(loom)))]
+pub use heap::collect;
+#[cfg(all(feature = "std", not(loom)))]
+pub use stats::{stats, walk_pages, ClassStats, PageInfo, Stats};

@@ -104,6 +104,26 @@ pub const fn align_up(value: usize, align: usize) -> usize {
     }
 }
 
+/// A monotonic clock in milliseconds (coarse: it only times purge delays). Never allocates.
+#[cfg(unix)]
+pub fn monotonic_ms() -> u64 {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let clock = libc::CLOCK_MONOTONIC_COARSE;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let clock = libc::CLOCK_MONOTONIC;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// A monotonic clock in milliseconds (coarse: it only times purge delays). Never allocates.
+#[cfg(windows)]
+pub fn monotonic_ms() -> u64 {
+    // SAFETY: GetTickCount64 has no preconditions.
+    unsafe { windows_sys::Win32::System::SystemInformation::GetTickCount64() }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Unix
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ pub struct ClassStats {
 }
 
 /// Heap-wide totals.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
     /// Bytes in live blocks, counted by block size (small and medium) or mapping size (large).
     pub live_bytes: usize,
@@ -31,7 +31,21 @@ pub struct Stats {
     /// Large (directly mapped) blocks alive.
     pub large_blocks: usize,
     /// Per size class figures, indexed by class.
-    pub classes: Vec<ClassStats>,
+    pub classes: [ClassStats; crate::size_class::CLASS_COUNT],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            live_bytes: 0,
+            committed_bytes: 0,
+            reserved_bytes: 0,
+            allocs: 0,
+            frees: 0,
+            large_blocks: 0,
+            classes: [ClassStats::default(); crate::size_class::CLASS_COUNT],
+        }
+    }
 }
 
 /// One page of one arena, as the fragmentation map shows it.
@@ -51,4 +65,72 @@ pub struct PageInfo {
     pub used: u32,
     /// Whether the page's memory is committed.
     pub committed: bool,
+}
+
+/// The heap's figures now: walks every arena's segments and every heap's counters.
+/// Allocates nothing.
+pub fn stats() -> Stats {
+    use crate::size_class::{CLASS_COUNT, CLASS_SIZE};
+    let mut s = Stats::default();
+    for (class, c) in s.classes.iter_mut().enumerate().take(CLASS_COUNT) {
+        c.block_size = CLASS_SIZE[class];
+    }
+    walk_pages(&mut |page: &PageInfo| {
+        if page.committed {
+            s.committed_bytes += page.size;
+        }
+        if let Some(class) = page.class {
+            let c = &mut s.classes[class as usize];
+            c.pages += 1;
+            c.live_blocks += page.used as usize;
+            s.live_bytes += page.used as usize * page.block_size;
+        }
+    });
+    let mut segments = 0;
+    crate::segment::for_each_claimed(|_| segments += 1);
+    s.committed_bytes += segments * crate::segment::HEADER_SIZE;
+    let (mapped, live, blocks) = crate::large::totals();
+    s.live_bytes += live;
+    s.large_blocks = blocks;
+    s.committed_bytes += mapped;
+    s.reserved_bytes = crate::segment::reserved_bytes() + mapped;
+    crate::thread::for_each_heap(|h| {
+        let (a, f) = h.op_counts();
+        s.allocs += a as u64;
+        s.frees += f as u64;
+    });
+    s
+}
+
+/// Calls `f` for every page of every segment in use, in address order within each arena.
+/// Free pages are reported with `class: None`. Allocates nothing; the figures are a snapshot
+/// taken without stopping other threads.
+pub fn walk_pages(f: &mut dyn FnMut(&PageInfo)) {
+    use crate::segment::{Segment, KIND_LARGE, KIND_MEDIUM, KIND_SMALL};
+    use crate::sync::Ordering;
+    crate::segment::for_each_claimed(|seg| {
+        // SAFETY: claimed segments' headers are committed memory for the arena's life; every
+        // field read here is an atomic (a relaxed snapshot).
+        let s = unsafe { &*seg };
+        let kind = s.kind.load(Ordering::Relaxed);
+        if kind != KIND_SMALL && kind != KIND_MEDIUM && kind != KIND_LARGE {
+            return;
+        }
+        let shift = s.page_shift.load(Ordering::Relaxed);
+        let count = (s.page_count.load(Ordering::Relaxed) as usize).min(s.pages.len());
+        for (index, page) in s.pages.iter().enumerate().take(count) {
+            let (start, size) = Segment::page_area(seg, index, shift);
+            let in_use = page.in_use.load(Ordering::Relaxed) != 0;
+            let info = PageInfo {
+                address: start as usize,
+                size,
+                class: in_use.then(|| page.class.load(Ordering::Relaxed)),
+                block_size: if in_use { page.block_size.load(Ordering::Relaxed) } else { 0 },
+                capacity: if in_use { page.reserved.load(Ordering::Relaxed) } else { 0 },
+                used: if in_use { page.used.load(Ordering::Relaxed) } else { 0 },
+                committed: page.committed.load(Ordering::Relaxed) != 0,
+            };
+            f(&info);
+        }
+    });
 }

@@ -5,9 +5,11 @@
 //! May touch: nothing but `core::sync::atomic` and, under `cfg(loom)`, `loom`.
 
 #[cfg(loom)]
-pub use loom::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+pub use loom::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+};
 #[cfg(not(loom))]
-pub use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
+pub use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize};
 #[cfg(all(not(loom), target_has_atomic = "64"))]
 pub use core::sync::atomic::AtomicU64;
 

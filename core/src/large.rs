@@ -1,0 +1,209 @@
+//! Large blocks (over 64 KiB, or alignments pages cannot give): one OS mapping each, aligned
+//! to the segment size so that `free` finds its header by the same address arithmetic as for
+//! small blocks.
+//!
+//! ```text
+//! mapping base (4 MiB-aligned)                     base + offset
+//! | header: a Segment of kind LARGE, pages[0] ...  | the block ...                  |
+//! ```
+//!
+//! `offset` is the header size rounded up to the alignment asked for, so any power-of-two
+//! alignment up to half a segment (2 MiB) is served. Freed spans go to the freeing thread's
+//! [`SpanCache`] and are reused by size before the OS is asked again; spans unused for the
+//! purge delay are released.
+//!
+//! May touch: [`crate::os`], [`crate::segment`], [`crate::sync`], [`crate::error`].
+
+use core::ptr::{null_mut, NonNull};
+
+use crate::error::{record, AllocErrorKind};
+use crate::heap::{empty_heap, Heap};
+use crate::os::{align_up, monotonic_ms, Os, SystemOs};
+use crate::segment::{Segment, HEADER_SIZE, KIND_LARGE, SEGMENT_SHIFT, SEGMENT_SIZE};
+use crate::sync::{AtomicUsize, Ordering};
+
+/// Largest alignment served (half a segment: the block must start in the first segment).
+pub const MAX_ALIGN: usize = SEGMENT_SIZE / 2;
+/// Spans kept per thread, and the largest span worth keeping.
+const CACHE_SLOTS: usize = 8;
+const CACHE_MAX_SPAN: usize = 64 << 20;
+
+/// Statistics: bytes mapped for large blocks (live and cached), bytes of live large blocks,
+/// live large blocks. Relaxed RMWs: counters, on a path that makes a syscall anyway.
+static MAPPED_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+
+/// (mapped bytes, live bytes, live blocks) of large blocks.
+pub(crate) fn totals() -> (usize, usize, usize) {
+    // Relaxed: statistics.
+    (
+        MAPPED_BYTES.load(Ordering::Relaxed),
+        LIVE_BYTES.load(Ordering::Relaxed),
+        LIVE_BLOCKS.load(Ordering::Relaxed),
+    )
+}
+
+#[derive(Clone, Copy)]
+struct Span {
+    base: *mut u8,
+    size: usize,
+    freed_at: u64,
+}
+
+const NO_SPAN: Span = Span { base: null_mut(), size: 0, freed_at: 0 };
+
+/// A thread's cache of freed spans. Owner only.
+pub(crate) struct SpanCache {
+    spans: [Span; CACHE_SLOTS],
+}
+
+impl SpanCache {
+    pub(crate) const fn new() -> Self {
+        SpanCache { spans: [NO_SPAN; CACHE_SLOTS] }
+    }
+
+    /// Takes a cached span of at least `size` bytes wasting at most half of it.
+    fn take(&mut self, size: usize) -> Option<(*mut u8, usize)> {
+        let mut best: Option<usize> = None;
+        for (i, s) in self.spans.iter().enumerate() {
+            if !s.base.is_null()
+                && s.size >= size
+                && s.size - size <= s.size / 2
+                && best.is_none_or(|b| self.spans[b].size > s.size)
+            {
+                best = Some(i);
+            }
+        }
+        let i = best?;
+        let span = core::mem::replace(&mut self.spans[i], NO_SPAN);
+        Some((span.base, span.size))
+    }
+
+    /// Keeps a span; evicts (releases) the oldest when full.
+    fn put(&mut self, base: *mut u8, size: usize) {
+        let now = monotonic_ms();
+        let slot = match self.spans.iter().position(|s| s.base.is_null()) {
+            Some(i) => i,
+            None => {
+                let oldest = (0..CACHE_SLOTS).min_by_key(|&i| self.spans[i].freed_at).unwrap_or(0);
+                let old = self.spans[oldest];
+                release(old.base, old.size);
+                oldest
+            }
+        };
+        self.spans[slot] = Span { base, size, freed_at: now };
+    }
+
+    /// Releases spans cached for longer than `delay` ms (all of them with `force`).
+    pub(crate) fn purge(&mut self, now: u64, delay: u64, force: bool) {
+        for s in self.spans.iter_mut() {
+            if !s.base.is_null() && (force || now >= s.freed_at + delay) {
+                release(s.base, s.size);
+                *s = NO_SPAN;
+            }
+        }
+    }
+
+    /// Releases every cached span.
+    pub(crate) fn release_all(&mut self) {
+        self.purge(0, 0, true);
+    }
+}
+
+fn release(base: *mut u8, size: usize) {
+    if let Some(p) = NonNull::new(base) {
+        // Relaxed: statistics.
+        MAPPED_BYTES.fetch_sub(size, Ordering::Relaxed);
+        // SAFETY: `base`/`size` are exactly one mapping of ours that nobody uses.
+        unsafe { SystemOs.release(p, size) };
+    }
+}
+
+/// Allocates a large block.
+pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
+    let align = align.max(16);
+    if align > MAX_ALIGN {
+        record(AllocErrorKind::InvalidRequest);
+        return null_mut();
+    }
+    let os = SystemOs;
+    let offset = align_up(HEADER_SIZE, align);
+    let Some(total) = offset.checked_add(size).filter(|&t| t <= isize::MAX as usize / 2) else {
+        record(AllocErrorKind::InvalidRequest);
+        return null_mut();
+    };
+    let total = align_up(total, os.page_size());
+    let heap = crate::thread::current();
+    // SAFETY: the thread's own heap (the empty heap has an empty cache we never write).
+    let cached = if heap != empty_heap() { unsafe { (*heap).large_cache.take(total) } } else { None };
+    let (base, mapped, fresh) = match cached {
+        Some((base, mapped)) => (base, mapped, false),
+        None => match os.reserve(total, SEGMENT_SIZE) {
+            Some(p) => {
+                if total >= 2 * SEGMENT_SIZE && crate::options::huge_pages() {
+                    os.hint_huge_pages(p, total);
+                }
+                // Relaxed: statistics.
+                MAPPED_BYTES.fetch_add(total, Ordering::Relaxed);
+                (p.as_ptr(), total, true)
+            }
+            None => {
+                record(AllocErrorKind::OutOfMemory);
+                return null_mut();
+            }
+        },
+    };
+    let seg = base.cast::<Segment>();
+    // SAFETY: the mapping is ours, at least HEADER_SIZE + size bytes, 4 MiB-aligned.
+    unsafe {
+        let s = &mut *seg;
+        // Relaxed: the header is published through the block, which the program hands over
+        // with its own synchronisation.
+        s.owner.store(null_mut(), Ordering::Relaxed);
+        s.kind.store(KIND_LARGE, Ordering::Relaxed);
+        s.page_shift.store(SEGMENT_SHIFT as u8, Ordering::Relaxed);
+        s.page_count.store(1, Ordering::Relaxed);
+        s.mapping_size.store(mapped, Ordering::Relaxed);
+        let page = &mut s.pages[0];
+        page.start = base.add(offset);
+        page.block_size.store(mapped - offset, Ordering::Relaxed);
+        page.is_zero_init = fresh;
+        page.flags.store(0, Ordering::Relaxed);
+        page.used.store(1, Ordering::Relaxed);
+        // Relaxed: statistics.
+        LIVE_BYTES.fetch_add(mapped, Ordering::Relaxed);
+        LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
+        page.start
+    }
+}
+
+/// Whether a large block's memory is fresh from the OS (reads as zero).
+///
+/// # Safety
+/// `seg` is the header of a live large block.
+pub(crate) unsafe fn is_fresh(seg: *mut Segment) -> bool {
+    // SAFETY: forwarded.
+    unsafe { (*seg).pages[0].is_zero_init }
+}
+
+/// Frees a large block into the calling thread's span cache (or to the OS).
+///
+/// # Safety
+/// `seg` is the header of a live large block, not used afterwards.
+pub(crate) unsafe fn free(seg: *mut Segment, heap: *mut Heap) {
+    // SAFETY: forwarded; the heap is the calling thread's.
+    unsafe {
+        // Relaxed: fixed while the block is live.
+        let mapped = (*seg).mapping_size.load(Ordering::Relaxed);
+        // Relaxed: statistics.
+        LIVE_BYTES.fetch_sub(mapped, Ordering::Relaxed);
+        LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
+        (*seg).pages[0].used.store(0, Ordering::Relaxed);
+        if heap == empty_heap() || mapped > CACHE_MAX_SPAN {
+            release(seg.cast(), mapped);
+        } else {
+            (*heap).large_cache.put(seg.cast(), mapped);
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! A page: a run of equal-sized blocks carved from a segment, with three free lists.
+//!
+//! ```text
+//! free         blocks ready for allocation            owner only, popped by the fast path
+//! local_free   blocks the owner freed                 owner only, pushed by the fast path
+//! thread_free  blocks other threads freed             atomic: CAS push by anyone, taken
+//!                                                     whole by the owner with one RMW
+//! ```
+//!
+//! Keeping the owner's frees apart from `free` makes the point where lists are merged
+//! ([`Page::collect`], in the slow path) the only place that learns about remote frees, and lets
+//! `free_is_zero` describe exactly the blocks of `free` (calloc skips the memset for those).
+//!
+//! Invariant: `used == blocks handed out - blocks in local_free (already subtracted) - 0`, i.e.
+//! `used + |free| + |local_free| + |thread_free| == capacity` where remote frees stay counted as
+//! used until collected.
+//!
+//! `thread_free` also carries a two-bit state in its low bits (blocks are 8-aligned), the
+//! "delayed free" protocol that tells remote freers whether the owner can see this page:
+//! * `NO_DELAYED`: the page is in a class queue; a remote free is one CAS push here;
+//! * `USE_DELAYED`: the page is full and parked in the heap's full list where the owner does not
+//!   look; the first remote freer instead pushes the block onto the heap's `delayed` list (the
+//!   owner checks that list in every slow path) and flips the state back to `NO_DELAYED`;
+//! * `DELAYED_FREEING`: a remote freer is between those two steps; the owner waits it out before
+//!   changing the state.
+//!
+//! May touch: [`crate::sync`], [`crate::os`] (via the segment), nothing else.
+
+use core::ptr::{self, null_mut};
+
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+
+/// A free block: its first word links to the next free block.
+#[repr(C)]
+pub(crate) struct Block {
+    pub next: *mut Block,
+}
+
+pub(crate) const NO_DELAYED: usize = 0;
+pub(crate) const USE_DELAYED: usize = 1;
+pub(crate) const DELAYED_FREEING: usize = 2;
+pub(crate) const STATE_MASK: usize = 3;
+
+/// Page flags (owner writes, relaxed; remote freers read `HAS_ALIGNED`).
+pub(crate) const FLAG_IN_FULL: u8 = 1;
+pub(crate) const FLAG_HAS_ALIGNED: u8 = 2;
+
+/// One page of a segment. Owner-only fields are plain; fields other threads read (statistics,
+/// page walk, remote frees) are atomics the owner updates with relaxed load + store (never an
+/// atomic read-modify-write: the fast path stays free of them).
+#[repr(C)]
+pub(crate) struct Page {
+    /// Blocks ready for allocation. Owner only.
+    pub free: *mut Block,
+    /// Blocks in use, remote frees not yet collected included. Owner writes (load + store).
+    pub used: AtomicU32,
+    /// `FLAG_*` bits; the free fast path takes the local path only when zero.
+    pub flags: AtomicU8,
+    /// Size class of the blocks, valid while `in_use`.
+    pub class: AtomicU8,
+    /// 1 while the page belongs to a class (allocated from its segment). Read by walkers.
+    pub in_use: AtomicU8,
+    /// Whether the page's memory is committed (else it reads as zero once touched).
+    pub committed: AtomicU8,
+    /// Blocks owner-freed since the last collect. Owner only.
+    pub local_free: *mut Block,
+    /// Remote frees and the delayed-free state (low two bits).
+    pub thread_free: AtomicUsize,
+    /// The delayed-free list of the heap that owns the page (remote freers push there while
+    /// the page is parked full). Heaps are never freed, so the pointer stays valid.
+    pub delayed: AtomicPtr<DelayedList>,
+    /// Block size in bytes (a copy of the class's size, or the large block's size).
+    pub block_size: AtomicUsize,
+    /// Blocks the page can hold.
+    pub reserved: AtomicU32,
+    /// Blocks whose memory has been linked into a free list so far (lazy extension).
+    pub capacity: u32,
+    /// Whether every block of `free` is zero but for its link word.
+    pub free_is_zero: bool,
+    /// Whether the page's never-used blocks read as zero (fresh or decommitted memory).
+    pub is_zero_init: bool,
+    /// First byte of the page's block area.
+    pub start: *mut u8,
+    /// Neighbours in the heap's class queue or full list. Owner only.
+    pub next: *mut Page,
+    pub prev: *mut Page,
+    /// While the page is free in its segment: when it was freed (milliseconds, for the purge
+    /// delay). While in use: the purge pass that first saw it empty (0 = not empty).
+    pub freed_at: u64,
+}
+
+impl Page {
+    /// A page with nothing: the sentinel every empty heap slot points at, so the fast path
+    /// needs no null check (its `free` is null: any allocation from it takes the slow path).
+    #[cfg(not(loom))]
+    #[allow(clippy::declare_interior_mutable_const)] // only ever copied into the one static
+    pub const EMPTY: Page = Page {
+        free: null_mut(),
+        used: AtomicU32::new(0),
+        flags: AtomicU8::new(0),
+        class: AtomicU8::new(0),
+        in_use: AtomicU8::new(0),
+        committed: AtomicU8::new(0),
+        local_free: null_mut(),
+        thread_free: AtomicUsize::new(0),
+        delayed: AtomicPtr::new(null_mut()),
+        block_size: AtomicUsize::new(0),
+        reserved: AtomicU32::new(0),
+        capacity: 0,
+        free_is_zero: false,
+        is_zero_init: false,
+        start: null_mut(),
+        next: null_mut(),
+        prev: null_mut(),
+        freed_at: 0,
+    };
+
+    /// Owner-side relaxed increment (load + store: not an RMW, nobody else writes `used`).
+    #[inline(always)]
+    pub fn used_add(&self, n: u32) {
+        // Relaxed: only the owner writes; readers (statistics) tolerate stale values.
+        self.used.store(self.used.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Owner-side relaxed decrement; returns the new value.
+    #[inline(always)]
+    pub fn used_sub(&self, n: u32) -> u32 {
+        // Relaxed: as for `used_add`.
+        let v = self.used.load(Ordering::Relaxed).wrapping_sub(n);
+        self.used.store(v, Ordering::Relaxed);
+        v
+    }
+
+    /// Prepares an unused page for blocks of `class` (`block_size` bytes) in `area_size` bytes
+    /// starting at `start`, owned by `heap`.
+    ///
+    /// # Safety
+    /// The page is not in use by anyone; `start..start+area_size` is committed memory of the
+    /// page's segment.
+    pub unsafe fn init(
+        &mut self,
+        delayed: *mut DelayedList,
+        class: usize,
+        block_size: usize,
+        start: *mut u8,
+        area_size: usize,
+        is_zero: bool,
+    ) {
+        self.free = null_mut();
+        self.local_free = null_mut();
+        self.capacity = 0;
+        self.start = start;
+        self.next = null_mut();
+        self.prev = null_mut();
+        self.free_is_zero = false;
+        self.is_zero_init = is_zero;
+        self.freed_at = 0;
+        // Relaxed stores: the page is unpublished (no block exists yet); the heap pointer and
+        // the flags reach remote freers through the program's own hand-off of a block.
+        self.used.store(0, Ordering::Relaxed);
+        self.flags.store(0, Ordering::Relaxed);
+        self.class.store(class as u8, Ordering::Relaxed);
+        self.block_size.store(block_size, Ordering::Relaxed);
+        self.reserved.store((area_size / block_size) as u32, Ordering::Relaxed);
+        self.thread_free.store(NO_DELAYED, Ordering::Relaxed);
+        self.delayed.store(delayed, Ordering::Relaxed);
+        self.in_use.store(1, Ordering::Relaxed);
+    }
+
+    /// Links up to `max_bytes` worth of never-used blocks into `free` (which must be empty).
+    /// Extending lazily keeps a fresh page's untouched memory untouched (RSS and cache).
+    ///
+    /// # Safety
+    /// Owner only; the page is initialised and `free` is empty.
+    #[inline(never)]
+    pub unsafe fn extend(&mut self, max_bytes: usize) {
+        debug_assert!(self.free.is_null());
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        if self.capacity >= reserved {
+            return;
+        }
+        let size = self.block_size.load(Ordering::Relaxed);
+        let wanted = (max_bytes / size).max(1) as u32;
+        let count = wanted.min(reserved - self.capacity) as usize;
+        // SAFETY: blocks capacity..capacity+count lie inside the page area (count is bounded
+        // by `reserved`, computed from the area size at init).
+        unsafe {
+            let first = self.start.add(self.capacity as usize * size);
+            let mut block = first;
+            for _ in 1..count {
+                let next = block.add(size);
+                (*block.cast::<Block>()).next = next.cast();
+                block = next;
+            }
+            (*block.cast::<Block>()).next = null_mut();
+            self.free = first.cast();
+        }
+        self.capacity += count as u32;
+        self.free_is_zero = self.is_zero_init;
+    }
+
+    /// Moves owner frees and remote frees into `free` (called when `free` ran dry). Returns
+    /// `true` when `free` is non-empty afterwards.
+    ///
+    /// # Safety
+    /// Owner only; the page is initialised and `free` is empty.
+    pub unsafe fn collect(&mut self) -> bool {
+        debug_assert!(self.free.is_null());
+        if !self.local_free.is_null() {
+            self.free = self.local_free;
+            self.local_free = null_mut();
+            self.free_is_zero = false;
+        }
+        // SAFETY: forwarded precondition (owner).
+        unsafe { self.collect_remote() };
+        !self.free.is_null()
+    }
+
+    /// Takes the whole remote list with one atomic RMW (the state bits stay) and prepends it to
+    /// `free`. Returns the number of blocks taken.
+    ///
+    /// # Safety
+    /// Owner only.
+    pub unsafe fn collect_remote(&mut self) -> u32 {
+        // Cheap check first: most pages have no remote frees. Relaxed: a stale zero only means
+        // the blocks are taken at the next collect.
+        if self.thread_free.load(Ordering::Relaxed) & !STATE_MASK == 0 {
+            return 0;
+        }
+        // Acquire: pairs with the Release of the pushes, so the link words written by remote
+        // freers are visible before we walk them. No ABA: blocks are only ever pushed by
+        // others and taken all at once by us; nobody pops a single block.
+        let taken = self.thread_free.fetch_and(STATE_MASK, Ordering::Acquire) & !STATE_MASK;
+        let head = taken as *mut Block;
+        if head.is_null() {
+            return 0;
+        }
+        let mut tail = head;
+        let mut count = 1u32;
+        // SAFETY: every block on the list was pushed by a remote free and is owned by us now.
+        unsafe {
+            while !(*tail).next.is_null() {
+                tail = (*tail).next;
+                count += 1;
+            }
+            (*tail).next = self.free;
+        }
+        self.free = head;
+        self.free_is_zero = false;
+        self.used_sub(count);
+        count
+    }
+
+    /// Pushes `block` on the remote list: one CAS in the common case. When the page is parked
+    /// full (`USE_DELAYED`), the block goes to the owning heap's delayed list instead.
+    ///
+    /// # Safety
+    /// `block` is a live block of this page, freed by a thread that does not own the page.
+    pub unsafe fn free_remote(&self, block: *mut Block) {
+        // Relaxed: the CAS below validates it.
+        let mut old = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            let state = old & STATE_MASK;
+            let new = if state == USE_DELAYED {
+                (old & !STATE_MASK) | DELAYED_FREEING
+            } else {
+                // SAFETY: the block is ours to write until the CAS publishes it.
+                unsafe { (*block).next = (old & !STATE_MASK) as *mut Block };
+                block as usize | state
+            };
+            // Release: publishes the link word (and the program's last writes to the block)
+            // to the owner, which takes the list with Acquire.
+            match self.thread_free.compare_exchange_weak(
+                old,
+                new,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    if state != USE_DELAYED {
+                        return;
+                    }
+                    break;
+                }
+                Err(seen) => {
+                    old = seen;
+                    if old & STATE_MASK == DELAYED_FREEING {
+                        // Another freer is publishing to the delayed list: wait for it to
+                        // flip the state back, then push normally.
+                        crate::sync::spin_hint();
+                    }
+                }
+            }
+        }
+        // We own DELAYED_FREEING: the owner will not change the state until we reset it.
+        // Acquire: pairs with the Release store of `delayed` when a heap adopts the page, so
+        // we push onto the list of the heap that owns it now (a push onto the previous owner's
+        // list is still handled: whoever drains a delayed list frees blocks of foreign pages
+        // remotely).
+        let list = self.delayed.load(Ordering::Acquire);
+        // SAFETY: delayed lists live in heaps, which are never freed (they are recycled).
+        unsafe { (*list).push(block) };
+        // Back to NO_DELAYED: later remote frees go straight to this page's list.
+        // Relaxed load: the CAS validates; Release on success: orders our delayed push before
+        // the owner's observation of NO_DELAYED.
+        let mut old = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            let new = (old & !STATE_MASK) | NO_DELAYED;
+            match self.thread_free.compare_exchange_weak(
+                old,
+                new,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(seen) => old = seen,
+            }
+        }
+    }
+
+    /// Sets the delayed-free state to `state`, waiting while a remote freer is mid-way.
+    /// Returns `false` (and leaves the state alone) if `require_empty` and remote frees are
+    /// pending: a page with pending remote frees is not full.
+    ///
+    /// # Safety
+    /// Owner only.
+    pub unsafe fn set_delayed_state(&self, state: usize, require_empty: bool) -> bool {
+        // Relaxed: the CAS validates.
+        let mut old = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            if old & STATE_MASK == DELAYED_FREEING {
+                crate::sync::spin_hint();
+                // Acquire: see the freer's reset (and its delayed push) before retrying.
+                old = self.thread_free.load(Ordering::Acquire);
+                continue;
+            }
+            if require_empty && old & !STATE_MASK != 0 {
+                return false;
+            }
+            let new = (old & !STATE_MASK) | state;
+            // AcqRel: acquire what freers published; release our state to the next freer.
+            match self.thread_free.compare_exchange_weak(
+                old,
+                new,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => old = seen,
+            }
+        }
+    }
+
+    /// Start of the block containing `p` (for pages with aligned, interior pointers).
+    #[inline]
+    pub fn block_start(&self, p: *mut u8) -> *mut u8 {
+        // Relaxed: block_size is fixed while any block of the page is live.
+        let size = self.block_size.load(Ordering::Relaxed);
+        let offset = (p as usize).wrapping_sub(self.start as usize);
+        p.wrapping_sub(offset % size)
+    }
+}
+
+/// A multi-producer list of blocks taken whole by one consumer: a heap's delayed frees.
+/// Pushes are CAS loops; the consumer takes everything with one swap, so there is no ABA.
+pub(crate) struct DelayedList {
+    head: AtomicPtr<Block>,
+}
+
+impl DelayedList {
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        DelayedList { head: AtomicPtr::new(null_mut()) }
+    }
+
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        DelayedList { head: AtomicPtr::new(null_mut()) }
+    }
+
+    /// # Safety
+    /// `block` is a block nobody else uses until the consumer takes it.
+    pub unsafe fn push(&self, block: *mut Block) {
+        // Relaxed: the CAS validates.
+        let mut old = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the block is ours until the CAS publishes it.
+            unsafe { (*block).next = old };
+            // Release: publishes the link word to the consumer's Acquire swap.
+            match self.head.compare_exchange_weak(old, block, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => old = seen,
+            }
+        }
+    }
+
+    /// Takes every block pushed so far.
+    pub fn take_all(&self) -> *mut Block {
+        // Relaxed pre-check: the common case is an empty list, and a load is cheaper than a
+        // swap; a block pushed just after is taken next time.
+        if self.head.load(Ordering::Relaxed).is_null() {
+            return null_mut();
+        }
+        // Acquire: pairs with the pushes' Release so the link words are visible.
+        self.head.swap(null_mut(), Ordering::Acquire)
+    }
+}
+
+/// Doubly linked list of pages (a class queue or the full list). Owner only.
+#[derive(Clone, Copy)]
+pub(crate) struct PageQueue {
+    pub first: *mut Page,
+    pub last: *mut Page,
+}
+
+impl PageQueue {
+    pub const EMPTY: PageQueue = PageQueue { first: null_mut(), last: null_mut() };
+
+    /// # Safety
+    /// `page` is valid and in no queue.
+    pub unsafe fn push_front(&mut self, page: *mut Page) {
+        // SAFETY: the caller guarantees `page` is valid; queue members are valid.
+        unsafe {
+            (*page).prev = null_mut();
+            (*page).next = self.first;
+            if self.first.is_null() {
+                self.last = page;
+            } else {
+                (*self.first).prev = page;
+            }
+        }
+        self.first = page;
+    }
+
+    /// # Safety
+    /// `page` is valid and in no queue.
+    pub unsafe fn push_back(&mut self, page: *mut Page) {
+        // SAFETY: the caller guarantees `page` is valid; queue members are valid.
+        unsafe {
+            (*page).next = null_mut();
+            (*page).prev = self.last;
+            if self.last.is_null() {
+                self.first = page;
+            } else {
+                (*self.last).next = page;
+            }
+        }
+        self.last = page;
+    }
+
+    /// # Safety
+    /// `page` is in this queue.
+    pub unsafe fn remove(&mut self, page: *mut Page) {
+        // SAFETY: the caller guarantees `page` and its neighbours are in this queue.
+        unsafe {
+            let (prev, next) = ((*page).prev, (*page).next);
+            if prev.is_null() {
+                self.first = next;
+            } else {
+                (*prev).next = next;
+            }
+            if next.is_null() {
+                self.last = prev;
+            } else {
+                (*next).prev = prev;
+            }
+            (*page).next = null_mut();
+            (*page).prev = null_mut();
+        }
+    }
+}
+
+/// Writes zero over `len` bytes (used by calloc when the block is not known to be zero).
+///
+/// # Safety
+/// `p..p+len` is writable.
+#[inline]
+pub(crate) unsafe fn zero(p: *mut u8, len: usize) {
+    // SAFETY: forwarded.
+    unsafe { ptr::write_bytes(p, 0, len) }
+}

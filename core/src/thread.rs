@@ -1,0 +1,315 @@
+//! Heaps and threads: which heap a thread uses, where heaps come from, and what happens to a
+//! heap when its thread exits.
+//!
+//! * The thread-local slot holds a pointer to the thread's heap, or to the empty heap before the
+//!   first allocation. It is a `const`-initialised `Cell` with no destructor, so reading it is
+//!   a plain TLS load.
+//! * Heaps are carved from OS memory and never freed: the registry of all heaps is append-only
+//!   (statistics walk it) and pointers to heaps stay valid forever (remote freers rely on it).
+//! * At thread exit (a `pthread_key` destructor on Unix, a thread-local guard elsewhere) the
+//!   heap gives back what it can and joins the idle pool. A new thread takes an idle heap —
+//!   pages, live blocks and all — before making a new one; a running thread that needs a new
+//!   segment first adopts the segments of an idle heap. Nothing is lost when threads come and go.
+//! * The idle pool is guarded by a spin lock: taken only at thread start and exit and when
+//!   adopting, never while allocating from the OS or calling out, and released around `fork`.
+//!
+//! May touch: [`crate::heap`], [`crate::os`], `libc` (pthread keys, atfork).
+
+use core::cell::Cell;
+use core::ptr::null_mut;
+
+use crate::heap::{empty_heap, Heap};
+use crate::os::{Os, SystemOs};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+thread_local! {
+    static HEAP: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+}
+
+/// The calling thread's heap, or the empty heap.
+#[inline(always)]
+pub(crate) fn current() -> *mut Heap {
+    let h = HEAP.try_with(Cell::get).unwrap_or(null_mut());
+    if h.is_null() {
+        empty_heap()
+    } else {
+        h
+    }
+}
+
+/// Spin lock over the idle pool and heap creation.
+static LOCK: AtomicBool = AtomicBool::new(false);
+/// Idle heaps (of exited threads), linked through `Heap::idle_next`. Guarded by `LOCK`.
+static IDLE: AtomicPtr<Heap> = AtomicPtr::new(null_mut());
+/// Every heap ever made, linked through `Heap::registry_next`; push-only.
+static REGISTRY: AtomicPtr<Heap> = AtomicPtr::new(null_mut());
+/// Unused heap slots of the last metadata chunk: next address and end. Guarded by `LOCK`.
+static CHUNK_NEXT: AtomicUsize = AtomicUsize::new(0);
+static CHUNK_END: AtomicUsize = AtomicUsize::new(0);
+static CHUNK_BASE: AtomicPtr<u8> = AtomicPtr::new(null_mut());
+
+fn lock() {
+    // Acquire: the critical section sees the previous holder's writes.
+    while LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        crate::sync::spin_hint();
+    }
+}
+
+fn unlock() {
+    // Release: publishes the critical section's writes to the next holder.
+    LOCK.store(false, Ordering::Release);
+}
+
+/// Pops an idle heap. Caller holds the lock.
+fn pop_idle() -> *mut Heap {
+    // Relaxed: guarded by LOCK.
+    let h = IDLE.load(Ordering::Relaxed);
+    if !h.is_null() {
+        // SAFETY: heaps in the pool are valid and guarded by LOCK.
+        unsafe { IDLE.store((*h).idle_next, Ordering::Relaxed) };
+    }
+    h
+}
+
+/// Makes a heap from metadata memory. Caller holds the lock.
+fn new_heap() -> Option<*mut Heap> {
+    let size = core::mem::size_of::<Heap>().next_multiple_of(64);
+    // Relaxed: guarded by LOCK.
+    let mut next = CHUNK_NEXT.load(Ordering::Relaxed);
+    if next == 0 || next + size > CHUNK_END.load(Ordering::Relaxed) {
+        let chunk = 64 * 1024usize.max(size);
+        let base = SystemOs.reserve(chunk, 4096)?;
+        CHUNK_BASE.store(base.as_ptr(), Ordering::Relaxed);
+        next = base.as_ptr() as usize;
+        CHUNK_END.store(next + chunk, Ordering::Relaxed);
+    }
+    CHUNK_NEXT.store(next + size, Ordering::Relaxed);
+    let base = CHUNK_BASE.load(Ordering::Relaxed);
+    let heap = base.wrapping_add(next - base as usize).cast::<Heap>();
+    // SAFETY: the slot is fresh metadata memory of the right size and alignment (64).
+    unsafe { heap.write(Heap::new_const()) };
+    // Push onto the registry. Relaxed load: the CAS validates. Release: statistics readers
+    // that Acquire the head see an initialised heap.
+    let mut head = REGISTRY.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: the heap is ours until published.
+        unsafe { (*heap).registry_next = head };
+        match REGISTRY.compare_exchange_weak(head, heap, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return Some(heap),
+            Err(seen) => head = seen,
+        }
+    }
+}
+
+/// Gives the calling thread a heap (an idle one, or a new one). `None` when out of memory.
+#[cold]
+pub(crate) fn attach() -> Option<*mut Heap> {
+    lock();
+    let mut heap = pop_idle();
+    if heap.is_null() {
+        heap = match new_heap() {
+            Some(h) => h,
+            None => {
+                unlock();
+                return None;
+            }
+        };
+    }
+    unlock();
+    // Set before registering the exit hook: registering may allocate (glibc's
+    // pthread_setspecific for high keys), which must then find this heap.
+    if HEAP.try_with(|h| h.set(heap)).is_err() {
+        // Thread-locals are gone (thread teardown): give the heap back.
+        release_to_idle(heap);
+        return None;
+    }
+    register_exit_hook(heap);
+    // After the heap is set: registering allocates in glibc.
+    register_fork_handlers_once();
+    Some(heap)
+}
+
+/// Called when a thread ends: give back what we can, then join the idle pool.
+fn detach(heap: *mut Heap) {
+    if heap.is_null() || heap == empty_heap() {
+        return;
+    }
+    let _ = HEAP.try_with(|h| h.set(null_mut()));
+    // SAFETY: the exiting thread's own heap; after this call nobody uses it until another
+    // thread takes it from the pool.
+    unsafe {
+        (*heap).collect_all();
+        (*heap).reset_current_pages();
+    }
+    release_to_idle(heap);
+}
+
+fn release_to_idle(heap: *mut Heap) {
+    lock();
+    // SAFETY: guarded by LOCK; the heap is held by nobody.
+    unsafe { (*heap).idle_next = IDLE.load(Ordering::Relaxed) };
+    // Relaxed: guarded by LOCK.
+    IDLE.store(heap, Ordering::Relaxed);
+    unlock();
+}
+
+/// Moves the segments of one idle heap into `heap` (called before claiming a new segment).
+/// Returns whether anything was adopted.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+pub(crate) unsafe fn adopt_idle(heap: &mut Heap) -> bool {
+    // Relaxed peek: an empty pool is the common case; a heap arriving now waits for next time.
+    if IDLE.load(Ordering::Relaxed).is_null() {
+        return false;
+    }
+    lock();
+    let idle = pop_idle();
+    unlock();
+    if idle.is_null() {
+        return false;
+    }
+    // SAFETY: popped from the pool: we hold it exclusively.
+    let adopted = unsafe {
+        let had = !(*idle).segments.is_null();
+        heap.adopt(&mut *idle);
+        had
+    };
+    release_to_idle(idle);
+    adopted
+}
+
+/// Gives idle heaps' free memory back to the OS (pages emptied by remote frees after their
+/// thread exited).
+pub(crate) fn collect_idle() {
+    // Take the whole pool while we work on it (other threads see it empty: they make new
+    // heaps meanwhile, which is sound).
+    lock();
+    // Relaxed: guarded by LOCK.
+    let first = IDLE.swap(null_mut(), Ordering::Relaxed);
+    unlock();
+    if first.is_null() {
+        return;
+    }
+    let mut last = first;
+    let mut h = first;
+    while !h.is_null() {
+        // SAFETY: we hold these heaps exclusively.
+        unsafe {
+            (*h).collect_all();
+            last = h;
+            h = (*h).idle_next;
+        }
+    }
+    lock();
+    // SAFETY: `last` is the tail of the list we hold; guarded by LOCK.
+    unsafe { (*last).idle_next = IDLE.load(Ordering::Relaxed) };
+    IDLE.store(first, Ordering::Relaxed);
+    unlock();
+}
+
+/// Calls `f` on every heap ever made (statistics).
+pub(crate) fn for_each_heap(mut f: impl FnMut(&Heap)) {
+    // Acquire: pairs with the Release push, so heaps are initialised.
+    let mut h = REGISTRY.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: registered heaps are never freed.
+        unsafe {
+            f(&*h);
+            h = (*h).registry_next;
+        }
+    }
+}
+
+// ----- thread exit hooks -----------------------------------------------------------------------
+
+#[cfg(unix)]
+mod exit_hook {
+    use super::*;
+
+    /// The pthread key whose destructor detaches the heap (key + 1; 0 = not created).
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
+        detach(value.cast());
+    }
+
+    pub(super) fn register(heap: *mut Heap) {
+        // Acquire: pairs with the Release publication of the key below.
+        let mut key = KEY.load(Ordering::Acquire);
+        if key == 0 {
+            let mut k: libc::pthread_key_t = 0;
+            // SAFETY: creates a key with a destructor that has the right signature.
+            if unsafe { libc::pthread_key_create(&mut k, Some(on_thread_exit)) } != 0 {
+                return;
+            }
+            // Release: publishes the created key. A racing thread's key is deleted.
+            match KEY.compare_exchange(0, k as usize + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => key = k as usize + 1,
+                Err(existing) => {
+                    // SAFETY: `k` is our key, never used.
+                    unsafe { libc::pthread_key_delete(k) };
+                    key = existing;
+                }
+            }
+        }
+        // SAFETY: the key exists; the value is our heap.
+        unsafe { libc::pthread_setspecific((key - 1) as libc::pthread_key_t, heap.cast()) };
+    }
+}
+
+#[cfg(not(unix))]
+mod exit_hook {
+    use super::*;
+
+    struct Guard(Cell<*mut Heap>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            detach(self.0.get());
+        }
+    }
+
+    thread_local! {
+        static GUARD: Guard = const { Guard(Cell::new(null_mut())) };
+    }
+
+    pub(super) fn register(heap: *mut Heap) {
+        let _ = GUARD.try_with(|g| g.0.set(heap));
+    }
+}
+
+fn register_exit_hook(heap: *mut Heap) {
+    exit_hook::register(heap);
+}
+
+// ----- fork ------------------------------------------------------------------------------------
+
+static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
+
+#[cfg(unix)]
+fn register_fork_handlers_once() {
+    // Relaxed: registering twice is harmless (and prevented by the swap).
+    if FORK_HANDLERS.load(Ordering::Relaxed) || FORK_HANDLERS.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    extern "C" fn prepare() {
+        lock();
+    }
+    extern "C" fn parent() {
+        unlock();
+    }
+    extern "C" fn child() {
+        unlock();
+    }
+    // SAFETY: the handlers are plain functions valid for the process's life.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+#[cfg(not(unix))]
+fn register_fork_handlers_once() {
+    let _ = &FORK_HANDLERS;
+}

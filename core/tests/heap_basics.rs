@@ -1,0 +1,217 @@
+//! The heap as this test binary's global allocator: everything the test harness and the tests
+//! allocate goes through allocscope.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::collections::HashMap;
+
+use allocscope_core::{heap, Allocscope};
+
+#[global_allocator]
+static GLOBAL: Allocscope = Allocscope::new();
+
+fn fill(p: *mut u8, len: usize, seed: u8) {
+    for i in 0..len {
+        // SAFETY: p..p+len is a live block.
+        unsafe { *p.add(i) = seed.wrapping_add(i as u8) };
+    }
+}
+
+fn check(p: *const u8, len: usize, seed: u8) {
+    for i in 0..len {
+        // SAFETY: p..p+len is a live block.
+        assert_eq!(unsafe { *p.add(i) }, seed.wrapping_add(i as u8), "byte {i} of {len}");
+    }
+}
+
+#[test]
+fn collections_work_on_the_heap() {
+    let mut v: Vec<u64> = (0..100_000).collect();
+    v.retain(|x| x % 3 == 0);
+    assert_eq!(v.len(), 33_334);
+    let mut m = HashMap::new();
+    for i in 0..10_000 {
+        m.insert(i.to_string(), vec![i; i % 17]);
+    }
+    assert_eq!(m["4242"].len(), 4242 % 17);
+    let s: String = (0..1000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    assert_eq!(s.len(), 1000);
+}
+
+#[test]
+fn every_size_up_to_large_is_usable_and_distinct() {
+    let sizes: Vec<usize> = (0..=4096).chain((4097..300_000).step_by(997)).collect();
+    let mut blocks = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let p = heap::alloc(size, 8);
+        assert!(!p.is_null(), "size {size}");
+        // SAFETY: p is a live block of at least `size` bytes.
+        assert!(unsafe { heap::usable_size(p) } >= size);
+        fill(p, size, i as u8);
+        blocks.push((p, size, i as u8));
+    }
+    for &(p, size, seed) in &blocks {
+        check(p, size, seed);
+    }
+    for (p, _, _) in blocks {
+        // SAFETY: live, freed once.
+        unsafe { heap::free(p) };
+    }
+}
+
+#[test]
+fn alignments_up_to_one_mib_are_honoured() {
+    let mut blocks = Vec::new();
+    for shift in 0..=20 {
+        let align = 1usize << shift;
+        for size in [1, 7, 8, 24, 100, 1000, 5000, 70_000, 2 << 20] {
+            let p = heap::alloc(size, align);
+            assert!(!p.is_null(), "size {size} align {align}");
+            assert_eq!(p as usize % align, 0, "size {size} align {align}");
+            // SAFETY: live block.
+            assert!(unsafe { heap::usable_size(p) } >= size);
+            fill(p, size, shift as u8);
+            blocks.push((p, size, shift as u8));
+        }
+    }
+    for (p, size, seed) in blocks {
+        check(p, size, seed);
+        // SAFETY: live, freed once.
+        unsafe { heap::free(p) };
+    }
+}
+
+#[test]
+fn alignment_beyond_the_maximum_fails_cleanly() {
+    allocscope_core::error::clear_last_error();
+    let p = heap::alloc(64, 64 << 20);
+    assert!(p.is_null());
+    assert_eq!(
+        allocscope_core::error::last_error(),
+        Some(allocscope_core::error::AllocErrorKind::InvalidRequest)
+    );
+}
+
+#[test]
+fn out_of_memory_is_null_not_a_panic() {
+    allocscope_core::error::clear_last_error();
+    let p = heap::alloc(usize::MAX / 2, 8);
+    assert!(p.is_null());
+    assert!(allocscope_core::error::last_error().is_some());
+    let layout = Layout::from_size_align(1 << 62, 8).unwrap();
+    // SAFETY: a valid layout.
+    assert!(unsafe { GLOBAL.alloc(layout) }.is_null());
+}
+
+#[test]
+fn zeroed_allocations_are_zero_even_on_reused_memory() {
+    for round in 0..3 {
+        let mut dirty = Vec::new();
+        for size in [8usize, 48, 200, 3000, 20_000, 100_000, 1 << 20] {
+            let p = heap::alloc(size, 8);
+            fill(p, size, 0xAB);
+            dirty.push(p);
+        }
+        for p in dirty {
+            // SAFETY: live, freed once.
+            unsafe { heap::free(p) };
+        }
+        for size in [8usize, 48, 200, 3000, 20_000, 100_000, 1 << 20] {
+            let p = heap::alloc_zeroed(size, 8);
+            for i in 0..size {
+                // SAFETY: live block of `size` bytes.
+                assert_eq!(unsafe { *p.add(i) }, 0, "round {round} size {size} byte {i}");
+            }
+            // SAFETY: live, freed once.
+            unsafe { heap::free(p) };
+        }
+    }
+}
+
+#[test]
+fn realloc_keeps_contents_and_grows_in_place_within_the_block() {
+    let p = heap::alloc(100, 8);
+    fill(p, 100, 3);
+    // SAFETY: p live; 100 -> 110 fits the 112 B block.
+    let q = unsafe { heap::realloc(p, 110, 8) };
+    assert_eq!(p, q, "in place within the class");
+    check(q, 100, 3);
+    let mut p = q;
+    let mut size = 110;
+    for new in [1000, 50_000, 300_000, 5 << 20, 64, 3] {
+        // SAFETY: p is live with `size` bytes.
+        let q = unsafe { heap::realloc(p, new, 8) };
+        assert!(!q.is_null());
+        check(q, size.min(new).min(100), 3);
+        p = q;
+        size = new;
+    }
+    // SAFETY: live, freed once.
+    unsafe { heap::free(p) };
+}
+
+#[test]
+fn cross_thread_frees_and_thread_churn_lose_nothing() {
+    for _round in 0..4 {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+        let producer = std::thread::spawn(move || {
+            for batch in 0..200 {
+                let blocks: Vec<usize> = (0..256)
+                    .map(|i| {
+                        let size = 16 + (i * 7 + batch) % 500;
+                        let p = heap::alloc(size, 8);
+                        fill(p, size, i as u8);
+                        p as usize
+                    })
+                    .collect();
+                tx.send(blocks).unwrap();
+            }
+        });
+        let consumer = std::thread::spawn(move || {
+            let mut batch = 0;
+            while let Ok(blocks) = rx.recv() {
+                for (i, p) in blocks.into_iter().enumerate() {
+                    let size = 16 + (i * 7 + batch) % 500;
+                    check(p as *const u8, size, i as u8);
+                    // SAFETY: live block handed over by the producer; freed once.
+                    unsafe { heap::free(p as *mut u8) };
+                }
+                batch += 1;
+            }
+            batch
+        });
+        producer.join().unwrap();
+        assert_eq!(consumer.join().unwrap(), 200);
+    }
+}
+
+#[test]
+fn stats_and_page_walk_see_live_blocks() {
+    // Another thread, so other tests' traffic on this thread doesn't matter; we look at our
+    // own pages through the walk by address.
+    std::thread::spawn(|| {
+        let blocks: Vec<*mut u8> = (0..10_000).map(|_| heap::alloc(48, 8)).collect();
+        let first = blocks[0] as usize;
+        let mut found = None;
+        allocscope_core::walk_pages(&mut |page| {
+            if first >= page.address && first < page.address + page.size {
+                found = Some(*page);
+            }
+        });
+        let page = found.expect("the page of a live block is walked");
+        assert_eq!(page.block_size, 48);
+        assert!(page.used >= 1 && page.used <= page.capacity);
+        assert!(page.committed);
+        let s = allocscope_core::stats();
+        assert!(s.live_bytes >= 10_000 * 48, "{}", s.live_bytes);
+        assert!(s.classes[allocscope_core::size_class::class_of(48)].live_blocks >= 10_000);
+        assert!(s.committed_bytes >= s.live_bytes);
+        assert!(s.reserved_bytes >= s.committed_bytes);
+        assert!(s.allocs >= 10_000);
+        for p in blocks {
+            // SAFETY: live, freed once.
+            unsafe { heap::free(p) };
+        }
+    })
+    .join()
+    .unwrap();
+}
