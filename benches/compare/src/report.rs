@@ -480,13 +480,19 @@ mod tests {
         assert!(table.contains("random@1"), "{table}");
     }
 
-    #[test]
-    fn a_missing_allocator_shows_as_failed_and_drops_out_of_ratios() {
+    /// Runs of `random@1` on system and mimalloc, none of allocscope, and their summary.
+    fn system_and_mimalloc_only() -> ([Run; 2], Summary) {
         let runs = [
             run("system", Workload::Random, 12.0, 3000),
             run("mimalloc", Workload::Random, 4.0, 3000),
         ];
         let s = summary(&runs);
+        (runs, s)
+    }
+
+    #[test]
+    fn a_missing_allocator_shows_as_failed_and_drops_out_of_ratios() {
+        let (_, s) = system_and_mimalloc_only();
         assert!(s.rows[0].cells[2].is_none());
         assert_eq!(s.ratios(2, 1, Metric::Time)[0], None);
         assert!(s.render().contains("failed"));
@@ -494,11 +500,7 @@ mod tests {
 
     #[test]
     fn result_files_hold_runs_and_medians() {
-        let runs = [
-            run("system", Workload::Random, 12.0, 3000),
-            run("mimalloc", Workload::Random, 4.0, 3000),
-        ];
-        let s = summary(&runs);
+        let (runs, s) = system_and_mimalloc_only();
         let dir =
             std::env::temp_dir().join(format!("allocscope-bench-test-{}", std::process::id()));
         let (jsonl, csv) = (dir.join("r.jsonl"), dir.join("r.csv"));
