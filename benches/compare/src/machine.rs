@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 /// The machine, as far as the benchmark needs to describe it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Machine {
     /// CPU model name (`/proc/cpuinfo`), or `unknown`.
     pub cpu_model: String,
@@ -17,6 +17,9 @@ pub struct Machine {
     pub mem_total_kib: u64,
     /// Kernel release, or `unknown`.
     pub kernel: String,
+    /// The 1-minute load average when the benchmark started: above a few tenths, something
+    /// else was running and multi-threaded figures are not to be trusted.
+    pub load_at_start: f64,
 }
 
 impl Machine {
@@ -46,18 +49,20 @@ impl Machine {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
+            load_at_start: load_average(),
         }
     }
 
     /// One line for the report's head.
     pub fn describe(&self) -> String {
         format!(
-            "machine: {}, {} logical CPUs ({} usable), {:.1} GiB, Linux {}",
+            "machine: {}, {} logical CPUs ({} usable), {:.1} GiB, Linux {}, load average {:.2}",
             self.cpu_model,
             self.logical_cpus,
             self.usable_cpus,
             self.mem_total_kib as f64 / (1024.0 * 1024.0),
-            self.kernel
+            self.kernel,
+            self.load_at_start
         )
     }
 
@@ -69,6 +74,15 @@ impl Machine {
             "usable_cpus": self.usable_cpus,
             "mem_total_kib": self.mem_total_kib,
             "kernel": self.kernel,
+            "load_at_start": self.load_at_start,
         })
     }
+}
+
+/// The 1-minute load average (`/proc/loadavg`), 0 when unknown.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }

@@ -263,6 +263,15 @@ fn compare(
         println!("note: {note}");
     }
     let (runs, failures) = runner::run_all(&contenders, &cases, common.reps, common.seed);
+    // The benchmark itself keeps one or two CPUs busy; more than that means company.
+    let load_at_end = machine::load_average();
+    if machine.load_at_start > 0.5 || load_at_end > 2.5 {
+        println!(
+            "note: the machine was busy (load average {:.2} at the start, {load_at_end:.2} at the end): \
+             multi-threaded figures are unreliable",
+            machine.load_at_start
+        );
+    }
     let summary = Summary::new(harness, &names, &cases, &runs);
     print!("{}", summary.render());
     for f in &failures {
