@@ -3,7 +3,11 @@
 //!
 //! May touch: [`crate::sync`] only.
 
+#[cfg(not(loom))]
 use crate::sync::{AtomicU32, Ordering};
+// A process-wide diagnostic, never part of a loom model; loom's atomics cannot be `static`.
+#[cfg(loom)]
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// Why an allocation returned null / `None` / `AllocError`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +20,12 @@ pub enum AllocErrorKind {
     InvalidRequest = 2,
     /// A strategy allocator's fixed capacity is used up.
     Exhausted = 3,
+    /// A free of a block that is already free (reported, and the free refused).
+    DoubleFree = 4,
+    /// A free of a pointer the allocator did not hand out, or with the wrong size.
+    InvalidFree = 5,
+    /// A stack allocator's block freed while blocks above it are live (kept until a reset).
+    OutOfOrderFree = 6,
 }
 
 /// The last failure seen by any allocator of this crate (0 = none yet). Relaxed: a diagnostic
@@ -34,6 +44,9 @@ pub fn last_error() -> Option<AllocErrorKind> {
         1 => Some(AllocErrorKind::OutOfMemory),
         2 => Some(AllocErrorKind::InvalidRequest),
         3 => Some(AllocErrorKind::Exhausted),
+        4 => Some(AllocErrorKind::DoubleFree),
+        5 => Some(AllocErrorKind::InvalidFree),
+        6 => Some(AllocErrorKind::OutOfOrderFree),
         _ => None,
     }
 }

@@ -3,9 +3,18 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod buddy;
 pub mod error;
+pub mod lock_free;
 pub mod os;
+pub mod pool;
+mod region;
+pub mod slab;
+pub mod spin;
+pub mod stack;
+pub mod strategy_stats;
 pub mod sync;
+pub mod typed;
 pub mod size_class;
 
 #[cfg(all(feature = "std", not(loom)))]

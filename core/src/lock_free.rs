@@ -1,0 +1,677 @@
+//! The lock-free pool: fixed-size blocks shared by many threads, with per-thread caches in
+//! front of one lock-free shared list.
+//!
+//! # The shared list
+//! A Treiber stack (R. K. Treiber, "Systems Programming: Coping with Parallelism", IBM RJ 5118,
+//! 1986) whose entries are *batches* of blocks: a thread moves up to [`BATCH`] blocks with one
+//! CAS. Links never live in the blocks (a block in use belongs to its user, and reading it
+//! while another thread writes would be a data race); they live in a side table of atomics,
+//! one [`Link`] per block, addressed by block index.
+//!
+//! # ABA
+//! A pop reads the head batch `A` and its successor, then CASes the head from `A` to the
+//! successor. If meanwhile `A` was popped, other batches changed, and `A` was pushed back, a
+//! bare index CAS would succeed and install a stale successor. So the head word packs the
+//! index with a version tag incremented by every successful CAS, in the *same* atomic word:
+//! `head = tag << INDEX_BITS | (index + 1)`. The CAS succeeds only if no other update happened,
+//! unless the tag wrapped all the way round to the same value with the same batch on top.
+//! With 64-bit atomics the tag has 32 bits: 2^32 successful updates (about 40 s at 10 ns each,
+//! faster than any contended CAS loop runs) would have to happen while one thread sits between
+//! two adjacent instructions of `pop`. Targets with only 32-bit atomics (`thumbv7em`) split the
+//! word 16/16: at most 65 534 blocks, and 65 536 updates inside that window — an interrupt
+//! handler would have to run that many pool operations while it preempts a pop; pools on such
+//! targets are small and handlers short.
+//!
+//! # Per-thread caches
+//! A [`LocalCache`] (from [`LockFreePool::cache`], one per thread; it is `!Sync`) keeps up to
+//! [`CACHE_SLOTS`] block indices. Allocation pops from it, free pushes to it: no atomics. An
+//! empty cache refills with one batch (one CAS); a full cache flushes its older half as one
+//! batch (one CAS). Every [`REBALANCE_PERIOD`] operations a cache returns half of the blocks
+//! that sat unused for the whole period (its low-water mark), so an idle thread does not
+//! strand memory. Producer/consumer — one thread allocating, another freeing — costs two CASes
+//! per [`BATCH`] blocks: the producer refills, the consumer flushes.
+//!
+//! Freeing a pointer that is not a block of this pool (outside it, or not at a block boundary)
+//! is refused as [`AllocErrorKind::InvalidFree`] in every build; in debug builds a per-block
+//! flag also refuses double frees ([`AllocErrorKind::DoubleFree`]).
+//!
+//! May touch: [`crate::sync`], [`crate::region`], [`crate::os`], [`crate::strategy_stats`],
+//! [`crate::error`].
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+use core::mem::{align_of, size_of, MaybeUninit};
+use core::ptr::NonNull;
+
+use crate::error::{record, AllocErrorKind};
+use crate::os::{align_up, Os};
+use crate::region::Region;
+use crate::strategy_stats::{ratio, StrategyStats};
+use crate::sync::{AtomicU32, AtomicUsize, Ordering};
+use crate::typed::{impl_allocator_api2, TypedAlloc};
+
+#[cfg(target_has_atomic = "64")]
+type Word = u64;
+#[cfg(target_has_atomic = "64")]
+type AtomicWord = crate::sync::AtomicU64;
+#[cfg(not(target_has_atomic = "64"))]
+type Word = u32;
+#[cfg(not(target_has_atomic = "64"))]
+type AtomicWord = AtomicU32;
+
+/// Bits of the head word holding `index + 1`; the rest is the ABA tag.
+const INDEX_BITS: u32 = Word::BITS / 2;
+const INDEX_MASK: Word = (1 << INDEX_BITS) - 1;
+/// One tag step.
+const TAG_ONE: Word = 1 << INDEX_BITS;
+
+/// Block indices a per-thread cache holds.
+pub const CACHE_SLOTS: usize = 64;
+/// Blocks moved between a cache and the shared list at once (half a cache).
+pub const BATCH: usize = CACHE_SLOTS / 2;
+/// Operations of a cache between two rebalances.
+pub const REBALANCE_PERIOD: u32 = 256;
+
+/// Keeps a hot atomic on its own cache line (no false sharing with its neighbours).
+#[repr(align(64))]
+struct CachePadded<T>(T);
+
+/// The side-table entry of one block. Links hold `index + 1`, 0 meaning none.
+struct Link {
+    /// The next block of the same batch (or of a cache's chain being flushed).
+    next: AtomicU32,
+    /// For the first block of a batch on the shared list: the first block of the next batch.
+    batch_next: AtomicU32,
+    /// Debug builds: 1 while the block is allocated.
+    live: AtomicU32,
+}
+
+/// Statistics shared by every thread: relaxed counters, updated at batch moves (caches) or per
+/// operation (the cacheless path).
+struct Shared {
+    /// Blocks on the shared list.
+    shared_free: AtomicUsize,
+    /// Blocks sitting in caches.
+    cached: AtomicUsize,
+    /// High-water mark of blocks off the shared list (in use or cached).
+    peak_out: AtomicUsize,
+    allocations: AtomicUsize,
+    deallocations: AtomicUsize,
+    failures: AtomicUsize,
+    misuse: AtomicUsize,
+}
+
+/// A fixed-size block allocator for many threads. See the [module documentation](self).
+pub struct LockFreePool<'a> {
+    /// `tag << INDEX_BITS | (index of the first block of the top batch + 1)`.
+    head: CachePadded<AtomicWord>,
+    links: NonNull<Link>,
+    blocks: NonNull<u8>,
+    /// Distance between blocks: the block size rounded up to the alignment.
+    stride: usize,
+    /// `log2(stride)` when it is a power of two (the common case: a shift instead of a
+    /// division on free), else `u32::MAX`.
+    stride_shift: u32,
+    capacity: usize,
+    block_size: usize,
+    block_align: usize,
+    stats: CachePadded<Shared>,
+    region: Region,
+    os: Option<&'a dyn Os>,
+    _buffer: PhantomData<&'a mut [MaybeUninit<u8>]>,
+}
+
+// SAFETY: all shared state is atomic (head, links, statistics); a block is accessed only by the
+// thread that popped it until it pushes it back, and a push (Release) happens-before the pop
+// (Acquire) that hands it to another thread. The region is owned by the pool.
+unsafe impl Sync for LockFreePool<'_> {}
+// SAFETY: as above; moving the pool moves ownership of its region.
+unsafe impl Send for LockFreePool<'_> {}
+
+impl<'a> LockFreePool<'a> {
+    fn over(
+        region: Region,
+        os: Option<&'a dyn Os>,
+        block_size: usize,
+        align: usize,
+    ) -> Option<Self> {
+        if !align.is_power_of_two() || block_size > isize::MAX as usize / 2 {
+            record(AllocErrorKind::InvalidRequest);
+            return None;
+        }
+        let stride = align_up(block_size.max(1), align);
+        let start = region.base.as_ptr() as usize;
+        let links_off = align_up(start, align_of::<Link>()) - start;
+        let room = region.len.checked_sub(links_off + align)?;
+        let max_index = (INDEX_MASK - 1).min(u32::MAX as Word - 1) as usize;
+        let mut capacity = (room / (size_of::<Link>() + stride)).min(max_index);
+        let blocks_off = align_up(start + links_off + capacity * size_of::<Link>(), align) - start;
+        capacity = capacity.min((region.len.checked_sub(blocks_off)?) / stride);
+        if capacity == 0 {
+            return None;
+        }
+        // SAFETY: links_off and blocks_off lie inside the region (computed above to fit).
+        let (links, blocks) =
+            unsafe { (region.at(links_off).cast::<Link>(), region.at(blocks_off)) };
+        // Initial shared list: batches of BATCH consecutive blocks, in index order.
+        for i in 0..capacity {
+            let batch_end = (i / BATCH + 1) * BATCH;
+            let next = if i + 1 < batch_end.min(capacity) {
+                i as u32 + 2
+            } else {
+                0
+            };
+            let batch_next = if i % BATCH == 0 && batch_end < capacity {
+                batch_end as u32 + 1
+            } else {
+                0
+            };
+            // SAFETY: i < capacity: the entry lies in the side table, which nobody uses yet.
+            unsafe {
+                links.as_ptr().add(i).write(Link {
+                    next: AtomicU32::new(next),
+                    batch_next: AtomicU32::new(batch_next),
+                    live: AtomicU32::new(0),
+                })
+            };
+        }
+        let pool = LockFreePool {
+            head: CachePadded(AtomicWord::new(1)),
+            links,
+            blocks,
+            stride,
+            stride_shift: if stride.is_power_of_two() {
+                stride.trailing_zeros()
+            } else {
+                u32::MAX
+            },
+            capacity,
+            block_size,
+            block_align: align,
+            stats: CachePadded(Shared {
+                shared_free: AtomicUsize::new(capacity),
+                cached: AtomicUsize::new(0),
+                peak_out: AtomicUsize::new(0),
+                allocations: AtomicUsize::new(0),
+                deallocations: AtomicUsize::new(0),
+                failures: AtomicUsize::new(0),
+                misuse: AtomicUsize::new(0),
+            }),
+            region,
+            os,
+            _buffer: PhantomData,
+        };
+        Some(pool)
+    }
+
+    /// A pool of `block_size`-byte blocks aligned to `align`, as many as fit in `buffer`
+    /// (the side table included). `None` if none fits or the layout is impossible.
+    pub fn from_buffer(
+        buffer: &'a mut [MaybeUninit<u8>],
+        block_size: usize,
+        align: usize,
+    ) -> Option<Self> {
+        Self::over(Region::of_buffer(buffer), None, block_size, align)
+    }
+
+    /// A pool of `capacity` blocks reserved from `os` (released on drop).
+    pub fn with_os(
+        os: &'a dyn Os,
+        block_size: usize,
+        align: usize,
+        capacity: usize,
+    ) -> Option<Self> {
+        let stride = align_up(block_size.max(1), align.max(1));
+        let bytes = capacity
+            .checked_mul(stride + size_of::<Link>())?
+            .checked_add(2 * align + 64)?;
+        let region = Region::reserve(os, bytes, os.page_size())?;
+        let pool = Self::over(region, Some(os), block_size, align);
+        if pool.is_none() {
+            // SAFETY: the region just reserved; nothing uses it.
+            unsafe { region.release(os) };
+        }
+        pool
+    }
+
+    /// A pool of `capacity` blocks of the operating system's memory.
+    #[cfg(all(feature = "std", any(unix, windows)))]
+    pub fn new(block_size: usize, align: usize, capacity: usize) -> Option<LockFreePool<'static>> {
+        LockFreePool::with_os(&crate::region::SYSTEM_OS, block_size, align, capacity)
+    }
+
+    /// A per-thread cache in front of the pool. Keep one per thread and allocate through it.
+    pub fn cache(&self) -> LocalCache<'_, 'a> {
+        LocalCache {
+            pool: self,
+            slots: [const { Cell::new(0) }; CACHE_SLOTS],
+            len: Cell::new(0),
+            low_water: Cell::new(0),
+            ticks: Cell::new(0),
+            allocations: Cell::new(0),
+            deallocations: Cell::new(0),
+        }
+    }
+
+    /// Blocks in the pool.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The usable size of a block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// The pool's figures. `fragmentation` is the share of free blocks stranded in per-thread
+    /// caches (free, but not available to other threads). `used_bytes` and the operation
+    /// counts include what caches published at their last batch move; `peak_used_bytes` is
+    /// the high-water mark of blocks off the shared list (used or cached).
+    pub fn stats(&self) -> StrategyStats {
+        let s = &self.stats.0;
+        // Relaxed (all loads): statistics, a snapshot that may be slightly stale.
+        let shared = s.shared_free.load(Ordering::Relaxed);
+        let cached = s.cached.load(Ordering::Relaxed);
+        let free = (shared + cached).min(self.capacity);
+        StrategyStats {
+            used_bytes: (self.capacity - free) * self.stride,
+            free_bytes: free * self.stride,
+            peak_used_bytes: s.peak_out.load(Ordering::Relaxed) * self.stride,
+            allocations: s.allocations.load(Ordering::Relaxed) as u64,
+            deallocations: s.deallocations.load(Ordering::Relaxed) as u64,
+            failures: s.failures.load(Ordering::Relaxed) as u64,
+            misuse: s.misuse.load(Ordering::Relaxed) as u64,
+            fragmentation: ratio(cached, free),
+        }
+    }
+
+    #[inline(always)]
+    fn link(&self, index: u32) -> &Link {
+        // SAFETY: callers pass indices of blocks (< capacity); entries live as long as the pool.
+        unsafe { &*self.links.as_ptr().add(index as usize) }
+    }
+
+    #[inline(always)]
+    fn block(&self, index: u32) -> NonNull<u8> {
+        // SAFETY: index < capacity, so the block lies inside the region.
+        unsafe { NonNull::new_unchecked(self.blocks.as_ptr().add(index as usize * self.stride)) }
+    }
+
+    /// The index of the block at `ptr`; `None` if it is not a block of this pool.
+    #[inline(always)]
+    fn index_of(&self, ptr: NonNull<u8>) -> Option<u32> {
+        let offset = (ptr.as_ptr() as usize).wrapping_sub(self.blocks.as_ptr() as usize);
+        let index = if self.stride_shift != u32::MAX {
+            if offset & (self.stride - 1) != 0 {
+                return None;
+            }
+            offset >> self.stride_shift
+        } else {
+            if offset % self.stride != 0 {
+                return None;
+            }
+            offset / self.stride
+        };
+        (index < self.capacity).then_some(index as u32)
+    }
+
+    /// Takes the top batch off the shared list; returns its first block's index.
+    #[inline]
+    fn pop_batch(&self) -> Option<u32> {
+        // Acquire: pairs with the Release CAS of the push that published this batch (or of any
+        // later update: every write to `head` is an RMW, so release sequences continue through
+        // them), making its `batch_next` and `next` links visible before we read them.
+        let mut cur = self.head.0.load(Ordering::Acquire);
+        loop {
+            let link = (cur & INDEX_MASK) as u32;
+            if link == 0 {
+                return None;
+            }
+            // Relaxed: if another thread took this batch meanwhile the value may be stale,
+            // but then the tag moved and the CAS below fails.
+            let next = self.link(link - 1).batch_next.load(Ordering::Relaxed);
+            let new = ((cur & !INDEX_MASK).wrapping_add(TAG_ONE)) | next as Word;
+            // Success Acquire: the batch and the blocks' contents (the freeing threads' last
+            // writes, released by their push) become ours. Failure Acquire: `seen` is used as
+            // the first load was.
+            match self
+                .head
+                .0
+                .compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return Some(link - 1),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Puts the batch starting at `first` (its `next` links already written, the last one 0)
+    /// on the shared list.
+    #[inline]
+    fn push_batch(&self, first: u32) {
+        // Relaxed: nothing is read through the old head; the CAS validates it.
+        let mut cur = self.head.0.load(Ordering::Relaxed);
+        loop {
+            // Relaxed: published by the Release CAS below.
+            self.link(first)
+                .batch_next
+                .store((cur & INDEX_MASK) as u32, Ordering::Relaxed);
+            let new = ((cur & !INDEX_MASK).wrapping_add(TAG_ONE)) | (first as Word + 1);
+            // Success Release: the links of the batch and the blocks' contents happen-before
+            // the pop that takes them. Failure Relaxed: we only rewrite our own link and retry.
+            match self
+                .head
+                .0
+                .compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Debug builds: marks a block live (`true`) or free; `false` if it already was.
+    #[inline]
+    fn set_live(&self, index: u32, live: bool) -> bool {
+        // Relaxed: the flag only detects misuse by one thread of a block it holds; ordering
+        // with other threads comes from the list operations.
+        self.link(index).live.swap(live as u32, Ordering::Relaxed) != live as u32
+    }
+
+    /// Checks a free; `Some(index)` when it may proceed, otherwise reports the misuse.
+    #[inline]
+    fn accept_free(&self, ptr: NonNull<u8>) -> Option<u32> {
+        let Some(index) = self.index_of(ptr) else {
+            self.report_misuse(AllocErrorKind::InvalidFree);
+            return None;
+        };
+        if cfg!(debug_assertions) && !self.set_live(index, false) {
+            self.report_misuse(AllocErrorKind::DoubleFree);
+            return None;
+        }
+        Some(index)
+    }
+
+    #[cold]
+    fn report_misuse(&self, kind: AllocErrorKind) {
+        // Relaxed: a statistic.
+        self.stats.0.misuse.fetch_add(1, Ordering::Relaxed);
+        record(kind);
+    }
+
+    #[cold]
+    fn report_failure(&self, kind: AllocErrorKind) {
+        // Relaxed: a statistic.
+        self.stats.0.failures.fetch_add(1, Ordering::Relaxed);
+        record(kind);
+    }
+
+    /// Records that `taken` blocks left the shared list (peak tracking).
+    fn note_taken(&self, taken: usize) {
+        // Relaxed (both): statistics; the figure may lag the list by a few operations.
+        let left = self.stats.0.shared_free.fetch_sub(taken, Ordering::Relaxed) - taken;
+        self.stats
+            .0
+            .peak_out
+            .fetch_max(self.capacity - left, Ordering::Relaxed);
+    }
+
+    fn fits(&self, size: usize, align: usize) -> bool {
+        size <= self.block_size && align <= self.block_align
+    }
+}
+
+// SAFETY: a block is handed out only after it was popped from the shared list, which it joined
+// free; blocks are disjoint stride-sized pieces of the region aligned to block_align (the first
+// is aligned and stride is a multiple of it), valid until the pool is dropped.
+unsafe impl TypedAlloc for LockFreePool<'_> {
+    /// The cacheless path: one or two CASes per call. Prefer a [`LocalCache`] per thread.
+    fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        if !self.fits(size, align) {
+            self.report_failure(AllocErrorKind::InvalidRequest);
+            return None;
+        }
+        let Some(first) = self.pop_batch() else {
+            self.report_failure(AllocErrorKind::Exhausted);
+            return None;
+        };
+        // Relaxed: the batch is ours since the Acquire pop.
+        let rest = self.link(first).next.load(Ordering::Relaxed);
+        if rest != 0 {
+            self.push_batch(rest - 1);
+        }
+        self.note_taken(1);
+        if cfg!(debug_assertions) {
+            self.set_live(first, true);
+        }
+        // Relaxed: a statistic.
+        self.stats.0.allocations.fetch_add(1, Ordering::Relaxed);
+        Some(self.block(first))
+    }
+
+    unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+        let Some(index) = self.accept_free(ptr) else {
+            return;
+        };
+        // Relaxed: published by push_batch's Release CAS.
+        self.link(index).next.store(0, Ordering::Relaxed);
+        self.push_batch(index);
+        // Relaxed (both): statistics.
+        self.stats.0.shared_free.fetch_add(1, Ordering::Relaxed);
+        self.stats.0.deallocations.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl_allocator_api2!(['a] LockFreePool<'a>);
+
+impl Drop for LockFreePool<'_> {
+    fn drop(&mut self) {
+        for i in 0..self.capacity {
+            // SAFETY: every entry was written in `over`; nothing uses the pool any more.
+            unsafe { core::ptr::drop_in_place(self.links.as_ptr().add(i)) };
+        }
+        if let Some(os) = self.os {
+            // SAFETY: the region came from Region::reserve on this OS.
+            unsafe { self.region.release(os) }
+        }
+    }
+}
+
+impl core::fmt::Debug for LockFreePool<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LockFreePool")
+            .field("block_size", &self.block_size)
+            .field("capacity", &self.capacity)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A per-thread cache of a [`LockFreePool`]: allocation and free without atomics, batches to
+/// and from the shared list. Dropping it returns its blocks to the pool.
+pub struct LocalCache<'p, 'a> {
+    pool: &'p LockFreePool<'a>,
+    /// Block indices; `slots[..len]` are free blocks, the newest (hottest) on top.
+    slots: [Cell<u32>; CACHE_SLOTS],
+    len: Cell<usize>,
+    /// The lowest `len` since the last rebalance: that many blocks sat unused all along.
+    low_water: Cell<usize>,
+    ticks: Cell<u32>,
+    /// Operations not yet published to the pool's statistics.
+    allocations: Cell<usize>,
+    deallocations: Cell<usize>,
+}
+
+impl LocalCache<'_, '_> {
+    /// Free blocks held by this cache.
+    pub fn cached(&self) -> usize {
+        self.len.get()
+    }
+
+    /// Moves `count` blocks from the bottom (the coldest) to the shared list as one batch.
+    #[cold]
+    #[inline(never)]
+    fn flush(&self, count: usize) {
+        let len = self.len.get();
+        let count = count.min(len);
+        if count == 0 {
+            return;
+        }
+        let pool = self.pool;
+        for i in 0..count {
+            let next = if i + 1 < count {
+                self.slots[i + 1].get() + 1
+            } else {
+                0
+            };
+            // Relaxed: published by push_batch's Release CAS.
+            pool.link(self.slots[i].get())
+                .next
+                .store(next, Ordering::Relaxed);
+        }
+        pool.push_batch(self.slots[0].get());
+        for i in count..len {
+            self.slots[i - count].set(self.slots[i].get());
+        }
+        self.len.set(len - count);
+        self.low_water.set(self.low_water.get().min(len - count));
+        // Relaxed (all): statistics.
+        pool.stats.0.shared_free.fetch_add(count, Ordering::Relaxed);
+        pool.stats.0.cached.fetch_sub(count, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Refills an empty cache with one batch; returns the new length (0: the pool is empty).
+    #[cold]
+    #[inline(never)]
+    fn refill(&self) -> usize {
+        let pool = self.pool;
+        let Some(mut index) = pool.pop_batch() else {
+            return 0;
+        };
+        let mut len = self.len.get();
+        loop {
+            self.slots[len].set(index);
+            len += 1;
+            // Relaxed: the batch is ours since the Acquire pop.
+            let next = pool.link(index).next.load(Ordering::Relaxed);
+            if next == 0 {
+                break;
+            }
+            if len == CACHE_SLOTS {
+                // Batches are never longer than BATCH; kept safe should one ever be.
+                pool.push_batch(next - 1);
+                break;
+            }
+            index = next - 1;
+        }
+        let taken = len - self.len.get();
+        self.len.set(len);
+        pool.note_taken(taken);
+        // Relaxed: a statistic.
+        pool.stats.0.cached.fetch_add(taken, Ordering::Relaxed);
+        self.publish();
+        len
+    }
+
+    /// Counts an operation; every REBALANCE_PERIOD, returns half of what sat unused.
+    #[inline(always)]
+    fn tick(&self) {
+        let ticks = self.ticks.get() + 1;
+        self.ticks.set(ticks);
+        if ticks == REBALANCE_PERIOD {
+            self.rebalance();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn rebalance(&self) {
+        self.ticks.set(0);
+        let idle = self.low_water.get();
+        if idle >= 2 {
+            self.flush(idle / 2);
+        }
+        self.low_water.set(self.len.get());
+    }
+
+    /// Adds this cache's operation counts to the pool's statistics.
+    fn publish(&self) {
+        let stats = &self.pool.stats.0;
+        // Relaxed (both): statistics.
+        stats
+            .allocations
+            .fetch_add(self.allocations.replace(0), Ordering::Relaxed);
+        stats
+            .deallocations
+            .fetch_add(self.deallocations.replace(0), Ordering::Relaxed);
+    }
+}
+
+// SAFETY: blocks come from the pool's shared list (see the pool's implementation) and are held
+// by this cache alone until handed out; a freed block is checked to be a block of the pool.
+unsafe impl TypedAlloc for LocalCache<'_, '_> {
+    #[inline]
+    fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let pool = self.pool;
+        if !pool.fits(size, align) {
+            pool.report_failure(AllocErrorKind::InvalidRequest);
+            return None;
+        }
+        let mut len = self.len.get();
+        if len == 0 {
+            len = self.refill();
+            if len == 0 {
+                pool.report_failure(AllocErrorKind::Exhausted);
+                return None;
+            }
+        }
+        len -= 1;
+        self.len.set(len);
+        if len < self.low_water.get() {
+            self.low_water.set(len);
+        }
+        let index = self.slots[len].get();
+        if cfg!(debug_assertions) {
+            pool.set_live(index, true);
+        }
+        self.allocations.set(self.allocations.get() + 1);
+        self.tick();
+        Some(pool.block(index))
+    }
+
+    #[inline]
+    unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+        let Some(index) = self.pool.accept_free(ptr) else {
+            return;
+        };
+        let mut len = self.len.get();
+        if len == CACHE_SLOTS {
+            self.flush(BATCH);
+            len = self.len.get();
+        }
+        self.slots[len].set(index);
+        self.len.set(len + 1);
+        self.deallocations.set(self.deallocations.get() + 1);
+        self.tick();
+    }
+}
+
+impl_allocator_api2!(['p, 'a] LocalCache<'p, 'a>);
+
+impl Drop for LocalCache<'_, '_> {
+    fn drop(&mut self) {
+        while self.len.get() != 0 {
+            self.flush(BATCH);
+        }
+        self.publish();
+    }
+}
+
+impl core::fmt::Debug for LocalCache<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LocalCache")
+            .field("cached", &self.cached())
+            .finish()
+    }
+}

@@ -1,0 +1,927 @@
+//! The slab cache: kernel-style object caches for one type (J. Bonwick, "The Slab Allocator:
+//! An Object-Caching Kernel Memory Allocator", USENIX 1994; magazines from Bonwick & Adams,
+//! "Magazines and Vmem", USENIX 2001).
+//!
+//! * **Slabs**: aligned, `slab_size`-byte pieces of memory (from an [`Os`] or a caller buffer)
+//!   holding a header, a free-index table and `objects_per_slab` objects. An object's slab is
+//!   found from its address (`address & !(slab_size - 1)`).
+//! * **Lists**: every slab is on exactly one of *partial* (some objects free), *full* or
+//!   *empty*. Allocation takes from a partial slab first, then an empty one, then a new slab,
+//!   which keeps memory compact and leaves whole slabs empty to give back.
+//! * **Constructed state**: with a constructor, objects are built once when their slab is
+//!   created and dropped only when the slab is given back; [`SlabCache::get`] hands out a
+//!   constructed object and takes it back as is, so the constructor's work is kept across
+//!   reuse. (The byte-level and `Allocator` interfaces hand out raw memory: they drop the
+//!   constructed object first and rebuild it on free.)
+//! * **Magazines**: a [`Magazine`] (one per thread) caches up to [`MAGAZINE_SLOTS`] objects and
+//!   moves half a magazine at a time under one lock acquisition.
+//! * **Pressure**: a slab that becomes empty while more than `max_empty` slabs already are is
+//!   given back at once; [`SlabCache::shrink`] gives back every empty slab.
+//!
+//! Misuse: every object's entry in its slab's index table says whether it is allocated, so a
+//! double free through the cache is refused ([`AllocErrorKind::DoubleFree`]) in every build; in
+//! debug builds magazines check it too, and a pointer outside the cache's slabs is refused
+//! ([`AllocErrorKind::InvalidFree`]).
+//!
+//! The lists are guarded by a [`SpinLock`]: the fast path is the magazine, without a lock.
+//!
+//! May touch: [`crate::spin`], [`crate::region`], [`crate::os`], [`crate::strategy_stats`],
+//! [`crate::error`].
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+use core::mem::{align_of, size_of, MaybeUninit};
+use core::ops::{Deref, DerefMut};
+use core::ptr::{self, NonNull};
+
+use crate::error::{record, AllocErrorKind};
+use crate::os::{align_up, Os};
+use crate::region::Region;
+use crate::spin::SpinLock;
+use crate::strategy_stats::{ratio, StrategyStats};
+use crate::typed::{impl_allocator_api2, TypedAlloc};
+
+/// Objects a magazine holds.
+pub const MAGAZINE_SLOTS: usize = 32;
+/// Objects moved between a magazine and the slabs at once.
+pub const MAGAZINE_BATCH: usize = MAGAZINE_SLOTS / 2;
+/// The smallest slab.
+const MIN_SLAB: usize = 4096;
+/// A slab holds at least this many objects (when the type is large the slab grows).
+const MIN_OBJECTS: usize = 8;
+
+/// Index-table value of an allocated object.
+const ALLOCATED: u32 = u32::MAX;
+/// Index-table value of an object sitting in a magazine.
+const IN_MAGAZINE: u32 = u32::MAX - 1;
+
+/// Which list a slab is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum ListId {
+    Partial = 0,
+    Full = 1,
+    Empty = 2,
+}
+
+/// The header at the start of every slab, followed by its index table (`u32` per object: the
+/// next free object + 1, 0 for none, or `ALLOCATED` / `IN_MAGAZINE`).
+#[repr(C)]
+struct SlabHeader {
+    next: *mut SlabHeader,
+    prev: *mut SlabHeader,
+    list: ListId,
+    /// Objects not free in this slab (allocated or in magazines).
+    in_use: u32,
+    /// First free object + 1 (0: none).
+    free_head: u32,
+}
+
+/// Slabs carved from a caller buffer.
+struct BufferSlabs {
+    /// The buffer; its base pointer carries the provenance of every slab.
+    region: Region,
+    /// Offset of the next never-used slab.
+    fresh: usize,
+    /// Slabs given back, linked through their first word.
+    returned: *mut u8,
+}
+
+/// Everything behind the lock.
+struct Lists {
+    heads: [*mut SlabHeader; 3],
+    counts: [usize; 3],
+    buffer: Option<BufferSlabs>,
+    /// Objects out of slabs (allocated or in magazines), objects in magazines.
+    out: usize,
+    in_magazines: usize,
+    peak_used: usize,
+    allocations: u64,
+    deallocations: u64,
+    failures: u64,
+    misuse: u64,
+}
+
+// SAFETY: the raw pointers are slabs owned by the cache; the lock serialises access to them.
+unsafe impl Send for Lists {}
+
+/// An object cache for `T`. See the [module documentation](self).
+pub struct SlabCache<'a, T> {
+    lists: SpinLock<Lists>,
+    ctor: Option<fn() -> T>,
+    slab_size: usize,
+    per_slab: usize,
+    /// Offset of the first object in a slab; objects are `stride` apart.
+    objects_at: usize,
+    stride: usize,
+    max_empty: usize,
+    os: Option<&'a dyn Os>,
+    _objects: PhantomData<T>,
+    _buffer: PhantomData<&'a mut [MaybeUninit<u8>]>,
+}
+
+// SAFETY: objects move between threads through the locked lists and magazines (T: Send); all
+// shared state is behind the spin lock.
+unsafe impl<T: Send> Sync for SlabCache<'_, T> {}
+// SAFETY: as above; the cache owns its slabs.
+unsafe impl<T: Send> Send for SlabCache<'_, T> {}
+
+impl<'a, T> SlabCache<'a, T> {
+    fn build(os: Option<&'a dyn Os>, buffer: Option<Region>, ctor: Option<fn() -> T>) -> Self {
+        let stride = align_up(size_of::<T>().max(1), align_of::<T>());
+        let mut slab_size = MIN_SLAB;
+        let layout = |slab: usize| {
+            let header = size_of::<SlabHeader>();
+            // n objects need header + 4n bytes of table, padding to T, then n * stride.
+            let mut n = (slab - header) / (stride + 4);
+            loop {
+                let at = align_up(header + 4 * n, align_of::<T>());
+                if n == 0 || at + n * stride <= slab {
+                    return (n, at);
+                }
+                n -= 1;
+            }
+        };
+        while layout(slab_size).0 < MIN_OBJECTS && slab_size < (1 << (usize::BITS - 2)) {
+            slab_size *= 2;
+        }
+        let (per_slab, objects_at) = layout(slab_size);
+        let buffer = buffer.map(|region| {
+            let start = region.base.as_ptr() as usize;
+            BufferSlabs {
+                region,
+                fresh: align_up(start, slab_size) - start,
+                returned: ptr::null_mut(),
+            }
+        });
+        SlabCache {
+            lists: SpinLock::new(Lists {
+                heads: [ptr::null_mut(); 3],
+                counts: [0; 3],
+                buffer,
+                out: 0,
+                in_magazines: 0,
+                peak_used: 0,
+                allocations: 0,
+                deallocations: 0,
+                failures: 0,
+                misuse: 0,
+            }),
+            ctor,
+            slab_size,
+            per_slab: per_slab.min(IN_MAGAZINE as usize - 1),
+            objects_at,
+            stride,
+            max_empty: 1,
+            os,
+            _objects: PhantomData,
+            _buffer: PhantomData,
+        }
+    }
+
+    /// A cache whose slabs come from `os`; objects are raw memory (no constructor).
+    pub fn with_os(os: &'a dyn Os) -> Self {
+        Self::build(Some(os), None, None)
+    }
+
+    /// A cache whose slabs are carved from a caller buffer.
+    pub fn from_buffer(buffer: &'a mut [MaybeUninit<u8>]) -> Self {
+        Self::build(None, Some(Region::of_buffer(buffer)), None)
+    }
+
+    /// A cache over the operating system's memory.
+    #[cfg(all(feature = "std", any(unix, windows)))]
+    pub fn new() -> SlabCache<'static, T> {
+        SlabCache::build(Some(&crate::region::SYSTEM_OS), None, None)
+    }
+
+    /// Builds every object with `ctor` when its slab is created, and hands out constructed
+    /// objects through [`SlabCache::get`]. Call before the first allocation.
+    pub fn with_constructor(mut self, ctor: fn() -> T) -> Self {
+        self.ctor = Some(ctor);
+        self
+    }
+
+    /// How many empty slabs to keep before giving them back (default 1).
+    pub fn with_max_empty(mut self, slabs: usize) -> Self {
+        self.max_empty = slabs;
+        self
+    }
+
+    /// Bytes per slab.
+    pub fn slab_size(&self) -> usize {
+        self.slab_size
+    }
+
+    /// Objects per slab.
+    pub fn objects_per_slab(&self) -> usize {
+        self.per_slab
+    }
+
+    /// Slabs on the partial, full and empty lists.
+    pub fn slab_counts(&self) -> (usize, usize, usize) {
+        let lists = self.lists.lock();
+        (lists.counts[0], lists.counts[1], lists.counts[2])
+    }
+
+    /// A per-thread magazine in front of the cache.
+    pub fn magazine(&self) -> Magazine<'_, 'a, T> {
+        Magazine {
+            cache: self,
+            slots: [const { Cell::new(ptr::null_mut()) }; MAGAZINE_SLOTS],
+            len: Cell::new(0),
+            allocations: Cell::new(0),
+            deallocations: Cell::new(0),
+            published_len: Cell::new(0),
+        }
+    }
+
+    /// A constructed object; returned as it is (not dropped) when the handle is dropped.
+    /// `None` when memory runs out, or when the cache has no constructor
+    /// ([`AllocErrorKind::InvalidRequest`]).
+    pub fn get(&self) -> Option<Pooled<'_, T, Self>> {
+        if self.ctor.is_none() {
+            record(AllocErrorKind::InvalidRequest);
+            return None;
+        }
+        let mut one = [ptr::null_mut(); 1];
+        (self.take(&mut one, None) == 1)
+            // SAFETY: a non-null object of this cache.
+            .then(|| Pooled {
+                ptr: unsafe { NonNull::new_unchecked(one[0].cast()) },
+                home: self,
+            })
+    }
+
+    /// Gives every empty slab back to its source. Returns how many.
+    pub fn shrink(&self) -> usize {
+        let mut lists = self.lists.lock();
+        let mut released = 0;
+        while !lists.heads[ListId::Empty as usize].is_null() {
+            let slab = lists.heads[ListId::Empty as usize];
+            self.unlink(&mut lists, slab);
+            self.release_slab(&mut lists, slab);
+            released += 1;
+        }
+        released
+    }
+
+    /// The cache's figures. `fragmentation` is the share of free object slots that sit in
+    /// partial slabs (memory that cannot be given back until those slabs empty).
+    pub fn stats(&self) -> StrategyStats {
+        let lists = self.lists.lock();
+        let slabs: usize = lists.counts.iter().sum();
+        let slots = slabs * self.per_slab;
+        let used = lists.out - lists.in_magazines;
+        let free = slots - used;
+        let mut stranded = 0;
+        let mut slab = lists.heads[ListId::Partial as usize];
+        while !slab.is_null() {
+            // SAFETY: slabs on the lists are valid while the lock is held.
+            unsafe {
+                stranded += self.per_slab - (*slab).in_use as usize;
+                slab = (*slab).next;
+            }
+        }
+        StrategyStats {
+            used_bytes: used * self.stride,
+            free_bytes: free * self.stride,
+            peak_used_bytes: lists.peak_used * self.stride,
+            allocations: lists.allocations,
+            deallocations: lists.deallocations,
+            failures: lists.failures,
+            misuse: lists.misuse,
+            fragmentation: ratio(stranded, free),
+        }
+    }
+
+    // --- slabs ------------------------------------------------------------------------------
+
+    /// The index table of a slab.
+    fn table(&self, slab: *mut SlabHeader) -> *mut u32 {
+        // The table follows the header (repr(C); the header's alignment covers u32).
+        slab.wrapping_add(1).cast()
+    }
+
+    fn object(&self, slab: *mut SlabHeader, index: usize) -> *mut u8 {
+        slab.cast::<u8>()
+            .wrapping_add(self.objects_at + index * self.stride)
+    }
+
+    /// The slab and index of an object address, without checking it is ours.
+    fn locate(&self, obj: *mut u8) -> (*mut SlabHeader, usize) {
+        let offset = obj as usize & (self.slab_size - 1);
+        let slab = obj.wrapping_sub(offset).cast::<SlabHeader>();
+        (slab, (offset.wrapping_sub(self.objects_at)) / self.stride)
+    }
+
+    /// Debug check: `obj` is an object slot of one of our slabs.
+    fn owns(&self, lists: &Lists, obj: *mut u8) -> bool {
+        let (slab, index) = self.locate(obj);
+        let offset = obj as usize & (self.slab_size - 1);
+        if offset < self.objects_at
+            || (offset - self.objects_at) % self.stride != 0
+            || index >= self.per_slab
+        {
+            return false;
+        }
+        for head in lists.heads {
+            let mut s = head;
+            while !s.is_null() {
+                if s == slab {
+                    return true;
+                }
+                // SAFETY: slabs on the lists are valid while the lock is held.
+                s = unsafe { (*s).next };
+            }
+        }
+        false
+    }
+
+    fn unlink(&self, lists: &mut Lists, slab: *mut SlabHeader) {
+        // SAFETY: `slab` and its neighbours are valid slabs on the list it names; the caller
+        // holds the lock.
+        unsafe {
+            let SlabHeader {
+                next, prev, list, ..
+            } = slab.read();
+            if prev.is_null() {
+                lists.heads[list as usize] = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            lists.counts[list as usize] -= 1;
+        }
+    }
+
+    fn link(&self, lists: &mut Lists, slab: *mut SlabHeader, list: ListId) {
+        let head = lists.heads[list as usize];
+        // SAFETY: `slab` is a valid slab not on any list; `head` is null or a valid slab.
+        unsafe {
+            (*slab).next = head;
+            (*slab).prev = ptr::null_mut();
+            (*slab).list = list;
+            if !head.is_null() {
+                (*head).prev = slab;
+            }
+        }
+        lists.heads[list as usize] = slab;
+        lists.counts[list as usize] += 1;
+    }
+
+    /// Moves a slab to the list its fill level calls for.
+    fn relist(&self, lists: &mut Lists, slab: *mut SlabHeader) {
+        // SAFETY: a valid slab of ours; the caller holds the lock.
+        let (in_use, list) = unsafe { ((*slab).in_use as usize, (*slab).list) };
+        let want = match in_use {
+            0 => ListId::Empty,
+            n if n == self.per_slab => ListId::Full,
+            _ => ListId::Partial,
+        };
+        if want != list {
+            self.unlink(lists, slab);
+            self.link(lists, slab, want);
+        }
+    }
+
+    /// A fresh slab from the source, objects constructed, on the empty list.
+    #[cold]
+    fn new_slab(&self, lists: &mut Lists) -> Option<*mut SlabHeader> {
+        let raw = match (&mut lists.buffer, self.os) {
+            (Some(buf), _) => {
+                if !buf.returned.is_null() {
+                    let slab = buf.returned;
+                    // SAFETY: a returned slab's first word links the next returned slab.
+                    buf.returned = unsafe { slab.cast::<*mut u8>().read() };
+                    slab
+                } else if buf.fresh + self.slab_size <= buf.region.len {
+                    // SAFETY: fresh + slab_size <= len: inside the buffer.
+                    let slab = unsafe { buf.region.at(buf.fresh) }.as_ptr();
+                    buf.fresh += self.slab_size;
+                    slab
+                } else {
+                    return None;
+                }
+            }
+            (None, Some(os)) => Region::reserve(os, self.slab_size, self.slab_size)?
+                .base
+                .as_ptr(),
+            (None, None) => return None,
+        };
+        let slab = raw.cast::<SlabHeader>();
+        let table = self.table(slab);
+        // SAFETY: `raw` is a slab-sized, slab-aligned piece of memory that is ours alone; the
+        // header, table and objects fit in it by construction of the layout.
+        unsafe {
+            slab.write(SlabHeader {
+                next: ptr::null_mut(),
+                prev: ptr::null_mut(),
+                list: ListId::Empty,
+                in_use: 0,
+                free_head: 1,
+            });
+            for i in 0..self.per_slab {
+                let next = if i + 1 < self.per_slab {
+                    i as u32 + 2
+                } else {
+                    0
+                };
+                table.add(i).write(next);
+                if let Some(ctor) = self.ctor {
+                    self.object(slab, i).cast::<T>().write(ctor());
+                }
+            }
+        }
+        self.link(lists, slab, ListId::Empty);
+        Some(slab)
+    }
+
+    /// Drops a slab's constructed objects and gives its memory back. The slab is on no list.
+    #[cold]
+    fn release_slab(&self, lists: &mut Lists, slab: *mut SlabHeader) {
+        if self.ctor.is_some() {
+            let table = self.table(slab);
+            for i in 0..self.per_slab {
+                // SAFETY: `slab` is ours; entries below ALLOCATED-markers are free objects in
+                // constructed state (allocated ones were leaked by the caller: not dropped).
+                unsafe {
+                    if *table.add(i) < IN_MAGAZINE {
+                        ptr::drop_in_place(self.object(slab, i).cast::<T>());
+                    }
+                }
+            }
+        }
+        match (&mut lists.buffer, self.os) {
+            (Some(buf), _) => {
+                // SAFETY: the slab's first word is free now (the header is dead).
+                unsafe { slab.cast::<*mut u8>().write(buf.returned) };
+                buf.returned = slab.cast();
+            }
+            (None, Some(os)) => {
+                // SAFETY: the slab came from Region::reserve(os, slab_size, ..) and nothing
+                // uses it any more.
+                let region = Region {
+                    base: unsafe { NonNull::new_unchecked(slab.cast()) },
+                    len: self.slab_size,
+                };
+                // SAFETY: as above.
+                unsafe { region.release(os) };
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Takes up to `out.len()` objects into `out` under one lock; returns how many. A
+    /// magazine passes its operation counts and its new fill level to publish.
+    fn take(&self, out: &mut [*mut u8], magazine: Option<MagazineReport>) -> usize {
+        let mut lists = self.lists.lock();
+        // Debug builds tell objects in magazines from objects in use (to catch double frees
+        // into magazines); release builds mark both ALLOCATED.
+        let mark = if magazine.is_some() && cfg!(debug_assertions) {
+            IN_MAGAZINE
+        } else {
+            ALLOCATED
+        };
+        let mut taken = 0;
+        while taken < out.len() {
+            let mut slab = lists.heads[ListId::Partial as usize];
+            if slab.is_null() {
+                slab = lists.heads[ListId::Empty as usize];
+            }
+            if slab.is_null() {
+                match self.new_slab(&mut lists) {
+                    Some(s) => slab = s,
+                    None => break,
+                }
+            }
+            let table = self.table(slab);
+            // SAFETY: a valid slab of ours, under the lock; free_head names a free object.
+            unsafe {
+                while taken < out.len() && (*slab).free_head != 0 {
+                    let index = (*slab).free_head as usize - 1;
+                    (*slab).free_head = *table.add(index);
+                    *table.add(index) = mark;
+                    (*slab).in_use += 1;
+                    out[taken] = self.object(slab, index);
+                    taken += 1;
+                }
+            }
+            self.relist(&mut lists, slab);
+        }
+        if taken == 0 {
+            lists.failures += 1;
+            if lists.buffer.is_some() {
+                record(AllocErrorKind::Exhausted);
+            }
+        }
+        lists.out += taken;
+        match magazine {
+            Some(report) => {
+                report.publish(&mut lists);
+                lists.in_magazines += taken;
+            }
+            None => lists.allocations += taken as u64,
+        }
+        let used = lists.out - lists.in_magazines;
+        lists.peak_used = lists.peak_used.max(used);
+        taken
+    }
+
+    /// Returns objects to their slabs under one lock, refusing (and reporting) objects that
+    /// are not taken — double frees — and, in debug builds, pointers that are not ours.
+    /// `rebuild`: run the constructor over raw memory coming back from the byte interface.
+    fn put(&self, objects: &[*mut u8], magazine: Option<MagazineReport>, rebuild: bool) {
+        let mut lists = self.lists.lock();
+        let mut accepted = 0;
+        for &obj in objects {
+            if cfg!(debug_assertions) && !self.owns(&lists, obj) {
+                lists.misuse += 1;
+                record(AllocErrorKind::InvalidFree);
+                continue;
+            }
+            let (slab, index) = self.locate(obj);
+            let table = self.table(slab);
+            // SAFETY: `obj` is an object of one of our slabs (checked in debug builds; the
+            // caller's contract otherwise), which is valid under the lock.
+            unsafe {
+                let entry = *table.add(index);
+                let expected = match (cfg!(debug_assertions), magazine.is_some()) {
+                    (true, true) => entry == IN_MAGAZINE,
+                    (true, false) => entry == ALLOCATED,
+                    (false, _) => entry >= IN_MAGAZINE,
+                };
+                if !expected {
+                    lists.misuse += 1;
+                    record(AllocErrorKind::DoubleFree);
+                    continue;
+                }
+                if rebuild {
+                    self.reconstruct(obj);
+                }
+                *table.add(index) = (*slab).free_head;
+                (*slab).free_head = index as u32 + 1;
+                (*slab).in_use -= 1;
+            }
+            accepted += 1;
+            lists.out -= 1;
+            self.relist(&mut lists, slab);
+            // SAFETY: as above.
+            if unsafe { (*slab).in_use } == 0
+                && lists.counts[ListId::Empty as usize] > self.max_empty
+            {
+                self.unlink(&mut lists, slab);
+                self.release_slab(&mut lists, slab);
+            }
+        }
+        match magazine {
+            Some(report) => report.publish(&mut lists),
+            None => lists.deallocations += accepted,
+        }
+    }
+
+    /// Byte-level requests must fit one object.
+    fn fits(&self, size: usize, align: usize) -> bool {
+        size <= self.stride && align <= align_of::<T>()
+    }
+
+    /// Turns a constructed object into raw memory for the byte-level interface.
+    fn unconstruct(&self, obj: *mut u8) {
+        if self.ctor.is_some() {
+            // SAFETY: objects of a constructor cache hold a constructed T when taken.
+            unsafe { ptr::drop_in_place(obj.cast::<T>()) };
+        }
+    }
+
+    /// Rebuilds the constructed state of raw memory coming back from the byte-level interface.
+    fn reconstruct(&self, obj: *mut u8) {
+        if let Some(ctor) = self.ctor {
+            // SAFETY: the caller freed this object: its memory is ours and holds no live T.
+            unsafe { obj.cast::<T>().write(ctor()) };
+        }
+    }
+}
+
+#[cfg(all(feature = "std", any(unix, windows)))]
+impl<T> Default for SlabCache<'static, T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Drop for SlabCache<'_, T> {
+    fn drop(&mut self) {
+        let lists = self.lists.get_mut() as *mut Lists;
+        // SAFETY: `&mut self`: no magazine or handle borrows the cache; we walk and release
+        // every slab once.
+        unsafe {
+            for list in 0..3 {
+                while !(*lists).heads[list].is_null() {
+                    let slab = (*lists).heads[list];
+                    self.unlink(&mut *lists, slab);
+                    self.release_slab(&mut *lists, slab);
+                }
+            }
+        }
+    }
+}
+
+impl<T> core::fmt::Debug for SlabCache<'_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SlabCache")
+            .field("slab_size", &self.slab_size)
+            .field("objects_per_slab", &self.per_slab)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+// SAFETY: objects are disjoint stride-sized slots of slabs the cache owns, aligned to T (slabs
+// are slab-aligned and objects_at and stride are multiples of align_of::<T>()); a slot is
+// handed out only while its table entry says it is free, and marked ALLOCATED until freed.
+unsafe impl<T> TypedAlloc for SlabCache<'_, T> {
+    fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        if !self.fits(size, align) {
+            self.lists.lock().failures += 1;
+            record(AllocErrorKind::InvalidRequest);
+            return None;
+        }
+        let mut one = [ptr::null_mut(); 1];
+        if self.take(&mut one, None) == 0 {
+            return None;
+        }
+        self.unconstruct(one[0]);
+        NonNull::new(one[0])
+    }
+
+    unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+        self.put(&[ptr.as_ptr()], None, true);
+    }
+}
+
+impl_allocator_api2!([T] SlabCache<'_, T>);
+
+/// What a magazine publishes when it moves a batch: its operations since the last batch and
+/// how many objects it held then and holds after this move.
+#[derive(Clone, Copy)]
+struct MagazineReport {
+    allocations: u64,
+    deallocations: u64,
+    held_before: usize,
+    held_after: usize,
+}
+
+impl MagazineReport {
+    fn publish(self, lists: &mut Lists) {
+        lists.allocations += self.allocations;
+        lists.deallocations += self.deallocations;
+        lists.in_magazines =
+            (lists.in_magazines + self.held_after).saturating_sub(self.held_before);
+    }
+}
+
+/// Where a [`Pooled`] object goes back to.
+pub trait ObjectHome<T> {
+    /// Takes back a constructed object.
+    ///
+    /// # Safety
+    /// `obj` came from this home's `get` and is in constructed state.
+    unsafe fn put_back(&self, obj: NonNull<T>);
+}
+
+impl<T> ObjectHome<T> for SlabCache<'_, T> {
+    unsafe fn put_back(&self, obj: NonNull<T>) {
+        self.put(&[obj.as_ptr().cast()], None, false);
+    }
+}
+
+/// A constructed object of a [`SlabCache`]; goes back, still constructed, when dropped.
+pub struct Pooled<'h, T, H: ObjectHome<T>> {
+    ptr: NonNull<T>,
+    home: &'h H,
+}
+
+impl<T, H: ObjectHome<T>> Deref for Pooled<'_, T, H> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the object is constructed and owned by this handle.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T, H: ObjectHome<T>> DerefMut for Pooled<'_, T, H> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as above; `&mut self` makes the reference unique.
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
+impl<T, H: ObjectHome<T>> Drop for Pooled<'_, T, H> {
+    fn drop(&mut self) {
+        // SAFETY: the object came from this home's `get` and is still constructed.
+        unsafe { self.home.put_back(self.ptr) }
+    }
+}
+
+impl<T: core::fmt::Debug, H: ObjectHome<T>> core::fmt::Debug for Pooled<'_, T, H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// A per-thread magazine of a [`SlabCache`]: objects come and go without the lock; half a
+/// magazine moves at once. Dropping it returns its objects to their slabs.
+pub struct Magazine<'c, 'a, T> {
+    cache: &'c SlabCache<'a, T>,
+    slots: [Cell<*mut u8>; MAGAZINE_SLOTS],
+    len: Cell<usize>,
+    /// Operations since the last batch move, and the fill level published then.
+    allocations: Cell<u64>,
+    deallocations: Cell<u64>,
+    published_len: Cell<usize>,
+}
+
+impl<T> Magazine<'_, '_, T> {
+    /// Objects held.
+    pub fn cached(&self) -> usize {
+        self.len.get()
+    }
+
+    /// A constructed object (see [`SlabCache::get`]).
+    pub fn get(&self) -> Option<Pooled<'_, T, Self>> {
+        if self.cache.ctor.is_none() {
+            record(AllocErrorKind::InvalidRequest);
+            return None;
+        }
+        let obj = self.pop()?;
+        // SAFETY: objects are non-null.
+        Some(Pooled {
+            ptr: unsafe { NonNull::new_unchecked(obj.cast()) },
+            home: self,
+        })
+    }
+
+    #[inline]
+    fn pop(&self) -> Option<*mut u8> {
+        let mut len = self.len.get();
+        if len == 0 {
+            len = self.refill();
+            if len == 0 {
+                return None;
+            }
+        }
+        len -= 1;
+        self.len.set(len);
+        let obj = self.slots[len].get();
+        if cfg!(debug_assertions) {
+            self.mark(obj, IN_MAGAZINE, ALLOCATED);
+        }
+        self.allocations.set(self.allocations.get() + 1);
+        Some(obj)
+    }
+
+    /// Debug builds: checks `obj` is an object of ours in use and marks it as in a magazine;
+    /// reports and returns `false` otherwise. Release builds: always `true`.
+    #[inline]
+    fn accept(&self, obj: *mut u8) -> bool {
+        if cfg!(debug_assertions) && !self.mark(obj, ALLOCATED, IN_MAGAZINE) {
+            let mut lists = self.cache.lists.lock();
+            lists.misuse += 1;
+            record(AllocErrorKind::DoubleFree);
+            return false;
+        }
+        true
+    }
+
+    /// Adds an accepted object.
+    #[inline]
+    fn push(&self, obj: *mut u8) {
+        let mut len = self.len.get();
+        if len == MAGAZINE_SLOTS {
+            self.flush(MAGAZINE_BATCH);
+            len = self.len.get();
+        }
+        self.slots[len].set(obj);
+        self.len.set(len + 1);
+        self.deallocations.set(self.deallocations.get() + 1);
+    }
+
+    /// Debug builds: moves an object's table entry from `from` to `to`; `false` if it did not
+    /// read `from` (or the pointer is not ours).
+    fn mark(&self, obj: *mut u8, from: u32, to: u32) -> bool {
+        let cache = self.cache;
+        let lists = cache.lists.lock();
+        if !cache.owns(&lists, obj) {
+            return false;
+        }
+        let (slab, index) = cache.locate(obj);
+        let entry = cache.table(slab).wrapping_add(index);
+        // SAFETY: the object is ours (checked) and its slab valid under the lock.
+        unsafe {
+            if *entry != from {
+                return false;
+            }
+            *entry = to;
+        }
+        true
+    }
+
+    /// The report of a batch move that leaves `held_after` objects here.
+    fn report(&self, held_after: usize) -> MagazineReport {
+        let report = MagazineReport {
+            allocations: self.allocations.replace(0),
+            deallocations: self.deallocations.replace(0),
+            held_before: self.published_len.get(),
+            held_after,
+        };
+        self.published_len.set(held_after);
+        report
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refill(&self) -> usize {
+        let mut batch = [ptr::null_mut(); MAGAZINE_BATCH];
+        // The fill level after the move is not known before it: `take` adds what it took.
+        let report = self.report(0);
+        let got = self.cache.take(&mut batch, Some(report));
+        for (i, obj) in batch[..got].iter().enumerate() {
+            self.slots[i].set(*obj);
+        }
+        self.len.set(got);
+        self.published_len.set(got);
+        got
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn flush(&self, count: usize) {
+        let len = self.len.get();
+        let count = count.min(len);
+        let mut batch = [ptr::null_mut(); MAGAZINE_SLOTS];
+        for (i, slot) in batch[..count].iter_mut().enumerate() {
+            *slot = self.slots[i].get();
+        }
+        let report = self.report(len - count);
+        self.cache.put(&batch[..count], Some(report), false);
+        for i in count..len {
+            self.slots[i - count].set(self.slots[i].get());
+        }
+        self.len.set(len - count);
+    }
+}
+
+impl<T> ObjectHome<T> for Magazine<'_, '_, T> {
+    unsafe fn put_back(&self, obj: NonNull<T>) {
+        if self.accept(obj.as_ptr().cast()) {
+            self.push(obj.as_ptr().cast());
+        }
+    }
+}
+
+// SAFETY: objects come from the cache (see its implementation) and are held by this magazine
+// alone until handed out.
+unsafe impl<T> TypedAlloc for Magazine<'_, '_, T> {
+    #[inline]
+    fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        if !self.cache.fits(size, align) {
+            record(AllocErrorKind::InvalidRequest);
+            return None;
+        }
+        let obj = self.pop()?;
+        self.cache.unconstruct(obj);
+        NonNull::new(obj)
+    }
+
+    #[inline]
+    unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+        if self.accept(ptr.as_ptr()) {
+            self.cache.reconstruct(ptr.as_ptr());
+            self.push(ptr.as_ptr());
+        }
+    }
+}
+
+impl_allocator_api2!(['c, 'a, T] Magazine<'c, 'a, T>);
+
+impl<T> Drop for Magazine<'_, '_, T> {
+    fn drop(&mut self) {
+        // At least once, so counts of a magazine that never filled are published too.
+        loop {
+            self.flush(MAGAZINE_BATCH);
+            if self.len.get() == 0 {
+                break;
+            }
+        }
+    }
+}
+
+impl<T> core::fmt::Debug for Magazine<'_, '_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Magazine")
+            .field("cached", &self.cached())
+            .finish()
+    }
+}

@@ -1,0 +1,393 @@
+//! The stack: bump allocation in one region, freed in LIFO order, by markers, or all at once.
+//! The model case is a game loop's per-frame memory:
+//!
+//! ```
+//! use core::mem::MaybeUninit;
+//! use allocscope_core::{stack::Stack, typed::TypedAlloc};
+//!
+//! let mut buffer = [MaybeUninit::<u8>::uninit(); 4096];
+//! let mut stack = Stack::from_buffer(&mut buffer);
+//! for _frame in 0..3 {
+//!     let frame = stack.scope(); // everything allocated through `frame` goes at its end
+//!     let mut names = allocator_api2::vec::Vec::new_in(&frame);
+//!     names.push(7u32);
+//!     let boxed = frame.boxed([0u8; 64]).unwrap();
+//!     assert_eq!(boxed.len(), 64);
+//! }
+//! assert_eq!(stack.stats().used_bytes, 0);
+//! ```
+//!
+//! Freeing the block on top pops it. Freeing any other block is *reported* (counted as misuse
+//! and recorded as [`AllocErrorKind::OutOfOrderFree`]) and its bytes become a hole that the
+//! top absorbs when it comes down to it; at most [`TRACKED_HOLES`] holes are remembered, the
+//! others stay used until a reset. A free above the top is refused as
+//! [`AllocErrorKind::DoubleFree`], a pointer outside the region as
+//! [`AllocErrorKind::InvalidFree`]. These checks are a few comparisons and run in every build.
+//!
+//! May touch: [`crate::region`], [`crate::os`], [`crate::strategy_stats`], [`crate::error`].
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+use core::mem::MaybeUninit;
+use core::ptr::NonNull;
+
+use crate::error::AllocErrorKind;
+use crate::os::Os;
+use crate::region::Region;
+use crate::strategy_stats::{ratio, Counters, StrategyStats};
+use crate::typed::{impl_allocator_api2, TypedAlloc};
+
+/// How many out-of-order frees a stack remembers until the top comes down to them.
+pub const TRACKED_HOLES: usize = 8;
+
+/// A position of the top, to return to with [`Stack::reset_to`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Marker(usize);
+
+/// A freed block below the top: `start..end` addresses.
+#[derive(Clone, Copy, Debug, Default)]
+struct Hole {
+    start: usize,
+    end: usize,
+}
+
+/// A LIFO / bump allocator. See the [module documentation](self).
+pub struct Stack<'a> {
+    region: Region,
+    /// Address one past the region.
+    end: usize,
+    /// The next free byte; derived from `region.base` (strict provenance).
+    top: Cell<*mut u8>,
+    holes: [Cell<Hole>; TRACKED_HOLES],
+    hole_count: Cell<usize>,
+    hole_bytes: Cell<usize>,
+    os: Option<&'a dyn Os>,
+    /// `used` counts `top - base` (padding and holes included); holes are subtracted in stats.
+    counters: Counters,
+    _buffer: PhantomData<&'a mut [MaybeUninit<u8>]>,
+}
+
+// SAFETY: the stack owns its region exclusively; moving it moves that ownership. Not Sync.
+unsafe impl Send for Stack<'_> {}
+
+impl<'a> Stack<'a> {
+    fn over(region: Region, os: Option<&'a dyn Os>) -> Self {
+        Stack {
+            region,
+            end: region.end_addr(),
+            top: Cell::new(region.base.as_ptr()),
+            holes: [const { Cell::new(Hole { start: 0, end: 0 }) }; TRACKED_HOLES],
+            hole_count: Cell::new(0),
+            hole_bytes: Cell::new(0),
+            os,
+            counters: Counters::new(),
+            _buffer: PhantomData,
+        }
+    }
+
+    /// A stack over a caller buffer.
+    pub fn from_buffer(buffer: &'a mut [MaybeUninit<u8>]) -> Self {
+        Self::over(Region::of_buffer(buffer), None)
+    }
+
+    /// A stack of `capacity` bytes reserved from `os` (released on drop). `None` if the OS
+    /// refuses.
+    pub fn with_os(os: &'a dyn Os, capacity: usize) -> Option<Self> {
+        let region = Region::reserve(os, capacity.max(1), os.page_size())?;
+        Some(Self::over(region, Some(os)))
+    }
+
+    /// A stack of `capacity` bytes of the operating system's memory.
+    #[cfg(all(feature = "std", any(unix, windows)))]
+    pub fn new(capacity: usize) -> Option<Stack<'static>> {
+        Stack::with_os(&crate::region::SYSTEM_OS, capacity)
+    }
+
+    /// Bytes the stack spans.
+    pub fn capacity(&self) -> usize {
+        self.region.len
+    }
+
+    fn top_offset(&self) -> usize {
+        self.top.get() as usize - self.region.base.as_ptr() as usize
+    }
+
+    /// The current top, to come back to with [`Stack::reset_to`].
+    pub fn marker(&self) -> Marker {
+        Marker(self.top_offset())
+    }
+
+    /// Frees everything allocated since `marker` was taken. A marker above the top (taken
+    /// before an earlier, deeper reset) changes nothing.
+    ///
+    /// # Safety
+    /// No block allocated after `marker` was taken is used afterwards. (A [`Scope`] is the safe
+    /// way to do this.)
+    pub unsafe fn reset_to(&self, marker: Marker) {
+        let top = self.top_offset();
+        if marker.0 > top {
+            return;
+        }
+        // SAFETY: marker.0 <= top <= len: inside the region.
+        self.top.set(unsafe { self.region.at(marker.0) }.as_ptr());
+        self.counters
+            .used
+            .set(self.counters.used.get() - (top - marker.0));
+        let cut = self.region.base.as_ptr() as usize + marker.0;
+        self.drop_holes_above(cut);
+    }
+
+    /// Frees everything.
+    pub fn reset(&mut self) {
+        // SAFETY: `&mut self` proves no block (and no scope) borrows the stack; raw pointers
+        // from allocate_bytes are the caller's to stop using, as after any free.
+        unsafe { self.reset_to(Marker(0)) }
+    }
+
+    /// A scope: allocate through it; everything it allocated is freed when it is dropped.
+    pub fn scope(&mut self) -> Scope<'_, 'a> {
+        Scope {
+            marker: self.marker(),
+            stack: self,
+        }
+    }
+
+    /// The stack's figures. `fragmentation` is the share of free bytes sitting in holes left by
+    /// out-of-order frees (usable again only once the top comes down to them).
+    pub fn stats(&self) -> StrategyStats {
+        let free = self.end - self.top.get() as usize;
+        let holes = self.hole_bytes.get();
+        let mut stats = self
+            .counters
+            .snapshot(free + holes, ratio(holes, free + holes));
+        stats.used_bytes -= holes.min(stats.used_bytes);
+        stats
+    }
+
+    /// Forgets holes starting at or above `cut` (the top came down past them).
+    fn drop_holes_above(&self, cut: usize) {
+        let mut i = 0;
+        while i < self.hole_count.get() {
+            let hole = self.holes[i].get();
+            if hole.start >= cut {
+                self.remove_hole(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn remove_hole(&self, i: usize) {
+        let last = self.hole_count.get() - 1;
+        let hole = self.holes[i].get();
+        self.hole_bytes
+            .set(self.hole_bytes.get() - (hole.end - hole.start));
+        self.holes[i].set(self.holes[last].get());
+        self.hole_count.set(last);
+    }
+
+    /// Lowers the top to `new_top` (an address in the region), then past every hole that
+    /// now ends at the top.
+    #[inline]
+    fn pop_to(&self, new_top: usize) {
+        let mut new_top = new_top;
+        if self.hole_count.get() != 0 {
+            new_top = self.absorb_holes(new_top);
+        }
+        let top = self.top.get();
+        let drop = top as usize - new_top;
+        // SAFETY: base <= new_top <= top, so the result stays inside the region.
+        self.top.set(unsafe { top.sub(drop) });
+        self.counters.used.set(self.counters.used.get() - drop);
+    }
+
+    #[cold]
+    fn absorb_holes(&self, mut new_top: usize) -> usize {
+        let mut i = 0;
+        while i < self.hole_count.get() {
+            let hole = self.holes[i].get();
+            if hole.end == new_top {
+                new_top = hole.start;
+                self.remove_hole(i);
+                i = 0;
+            } else {
+                i += 1;
+            }
+        }
+        new_top
+    }
+
+    /// A free that is not of the top block: classify, report, keep a hole.
+    #[cold]
+    #[inline(never)]
+    fn free_below_top(&self, addr: usize, size: usize) {
+        let top = self.top.get() as usize;
+        let base = self.region.base.as_ptr() as usize;
+        let Some(end) = addr.checked_add(size) else {
+            return self.counters.on_misuse(AllocErrorKind::InvalidFree);
+        };
+        if addr < base || end > self.end {
+            return self.counters.on_misuse(AllocErrorKind::InvalidFree);
+        }
+        if addr >= top && size != 0 {
+            // Above the top: popped already (freed twice, or used after a reset).
+            return self.counters.on_misuse(AllocErrorKind::DoubleFree);
+        }
+        if end > top {
+            return self.counters.on_misuse(AllocErrorKind::InvalidFree);
+        }
+        if size == 0 {
+            self.counters.on_free(0);
+            return;
+        }
+        for i in 0..self.hole_count.get() {
+            let hole = self.holes[i].get();
+            if addr < hole.end && hole.start < end {
+                return self.counters.on_misuse(AllocErrorKind::DoubleFree);
+            }
+        }
+        // Accepted, and reported: the bytes wait for the top to come down.
+        self.counters.on_misuse(AllocErrorKind::OutOfOrderFree);
+        self.counters
+            .deallocations
+            .set(self.counters.deallocations.get() + 1);
+        let count = self.hole_count.get();
+        if count < TRACKED_HOLES {
+            self.holes[count].set(Hole { start: addr, end });
+            self.hole_count.set(count + 1);
+            self.hole_bytes.set(self.hole_bytes.get() + size);
+        }
+    }
+}
+
+// SAFETY: blocks are disjoint pieces of the region between the old and the new top, aligned by
+// the padding computed below; the top only comes down past a block when it is freed or when
+// the caller resets (whose contract says the blocks above are no longer used).
+unsafe impl TypedAlloc for Stack<'_> {
+    #[inline]
+    fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        if !align.is_power_of_two() {
+            self.counters.on_failure(AllocErrorKind::InvalidRequest);
+            return None;
+        }
+        let top = self.top.get();
+        let addr = top as usize;
+        let pad = addr.wrapping_neg() & (align - 1);
+        let room = self.end - addr;
+        if size > room || pad > room - size {
+            self.counters.on_failure(AllocErrorKind::Exhausted);
+            return None;
+        }
+        // SAFETY: pad + size <= room: both pointers stay inside the region.
+        let (block, new_top) = unsafe { (top.add(pad), top.add(pad + size)) };
+        self.top.set(new_top);
+        self.counters.on_alloc(pad + size);
+        // SAFETY: derived from the region's non-null base by an in-bounds offset.
+        Some(unsafe { NonNull::new_unchecked(block) })
+    }
+
+    #[inline]
+    unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, size: usize, _align: usize) {
+        let addr = ptr.as_ptr() as usize;
+        if addr.wrapping_add(size) == self.top.get() as usize
+            && addr >= self.region.base.as_ptr() as usize
+        {
+            self.counters
+                .deallocations
+                .set(self.counters.deallocations.get() + 1);
+            self.pop_to(addr);
+        } else {
+            self.free_below_top(addr, size);
+        }
+    }
+
+    unsafe fn resize_in_place(&self, ptr: NonNull<u8>, old: usize, new: usize, _a: usize) -> bool {
+        let addr = ptr.as_ptr() as usize;
+        let top = self.top.get();
+        if addr.wrapping_add(old) != top as usize || new > self.end - addr {
+            return false;
+        }
+        // SAFETY: addr + new <= end and addr >= base (it is a live block): inside the region.
+        self.top.set(unsafe { ptr.as_ptr().add(new) });
+        self.counters.used.set(self.counters.used.get() + new - old);
+        if self.counters.used.get() > self.counters.peak.get() {
+            self.counters.peak.set(self.counters.used.get());
+        }
+        true
+    }
+}
+
+impl_allocator_api2!(['a] Stack<'a>);
+
+impl Drop for Stack<'_> {
+    fn drop(&mut self) {
+        if let Some(os) = self.os {
+            // SAFETY: the region came from Region::reserve on this OS; nothing borrows the
+            // stack any more.
+            unsafe { self.region.release(os) }
+        }
+    }
+}
+
+impl core::fmt::Debug for Stack<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Stack")
+            .field("capacity", &self.capacity())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Allocations through a scope are freed together when it is dropped; it holds the stack
+/// exclusively, so nothing else can allocate above its marker meanwhile.
+#[derive(Debug)]
+pub struct Scope<'s, 'a> {
+    stack: &'s Stack<'a>,
+    marker: Marker,
+}
+
+impl<'a> Scope<'_, 'a> {
+    /// A nested scope, freed before this one can allocate again.
+    pub fn scope(&mut self) -> Scope<'_, 'a> {
+        Scope {
+            stack: self.stack,
+            marker: self.stack.marker(),
+        }
+    }
+
+    /// The stack's figures.
+    pub fn stats(&self) -> StrategyStats {
+        self.stack.stats()
+    }
+}
+
+// SAFETY: forwards to the stack, which upholds the contract; blocks stay valid until the scope
+// is dropped, and every handle or collection using them borrows the scope.
+unsafe impl TypedAlloc for Scope<'_, '_> {
+    #[inline]
+    fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        self.stack.allocate_bytes(size, align)
+    }
+
+    #[inline]
+    unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.stack.deallocate_bytes(ptr, size, align) }
+    }
+
+    unsafe fn resize_in_place(&self, ptr: NonNull<u8>, old: usize, new: usize, a: usize) -> bool {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.stack.resize_in_place(ptr, old, new, a) }
+    }
+}
+
+impl_allocator_api2!(['s, 'a] Scope<'s, 'a>);
+
+impl Drop for Scope<'_, '_> {
+    fn drop(&mut self) {
+        // SAFETY: the scope borrowed the stack mutably since the marker was taken, so every
+        // block above it was allocated through this scope (or a nested, already dropped one),
+        // and whatever used them borrowed the scope and is gone.
+        unsafe { self.stack.reset_to(self.marker) }
+    }
+}
