@@ -36,7 +36,44 @@ static LAST_ERROR: AtomicU32 = AtomicU32::new(0);
 #[cold]
 pub fn record(kind: AllocErrorKind) {
     LAST_ERROR.store(kind as u32, Ordering::Relaxed);
+    set_errno(kind);
 }
+
+/// C callers read `errno`: out of memory is `ENOMEM`, an impossible request `EINVAL`. Setting
+/// it here lets the C entry points tail-call the heap.
+#[cfg(all(unix, feature = "std"))]
+fn set_errno(kind: AllocErrorKind) {
+    let code = match kind {
+        AllocErrorKind::InvalidRequest => libc::EINVAL,
+        _ => libc::ENOMEM,
+    };
+    // SAFETY: errno_location gives the calling thread's errno slot.
+    unsafe { *errno_location() = code };
+}
+
+/// The calling thread's `errno` slot.
+#[cfg(all(unix, feature = "std"))]
+fn errno_location() -> *mut libc::c_int {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "emscripten"))]
+    // SAFETY: no preconditions.
+    return unsafe { libc::__errno_location() };
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    // SAFETY: no preconditions.
+    return unsafe { libc::__error() };
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "emscripten",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd"
+    )))]
+    // SAFETY: no preconditions.
+    return unsafe { libc::__errno() };
+}
+
+#[cfg(not(all(unix, feature = "std")))]
+fn set_errno(_kind: AllocErrorKind) {}
 
 /// The reason of the most recent allocation failure in this process, if any.
 pub fn last_error() -> Option<AllocErrorKind> {

@@ -45,14 +45,21 @@ const NATURAL_ALIGN: usize = 16;
 const PAGE_START_ALIGN: usize = 4096;
 /// How much of a fresh page one extension links into the free list.
 const EXTEND_BYTES: usize = 4096;
+/// Requests up to this size use the direct page table.
+const DIRECT_MAX: usize = 1024;
+const DIRECT_SLOTS: usize = DIRECT_MAX / 8 + 1;
 
 /// A heap: everything one thread allocates from. Owner-only fields are plain; the fields
 /// other threads touch are atomics (`delayed`, the statistics counters).
 #[repr(C)]
 pub struct Heap {
-    /// Current page per class (or [`EMPTY_PAGE`]). The only field the alloc fast path reads.
+    /// The current page for requests of up to 1 KiB, indexed by `(size + 7) / 8`: the
+    /// malloc fast path reads one entry and skips the class lookup. Mirrors `pages`.
+    direct: [*mut Page; DIRECT_SLOTS],
+    /// Current page per class (or [`EMPTY_PAGE`]).
     pages: [*mut Page; CLASS_COUNT],
-    /// Allocations and frees served (statistics; owner writes with load + store).
+    /// Allocations and frees served (statistics, with the `stats` feature; owner writes with
+    /// load + store).
     allocs: AtomicUsize,
     frees: AtomicUsize,
     /// Pages of each class that may have free blocks; the current page is the first.
@@ -92,7 +99,7 @@ pub(crate) static EMPTY_HEAP: Sentinel<Heap> = Sentinel(Heap::new_const());
 
 /// A pointer to [`EMPTY_HEAP`].
 #[inline(always)]
-pub(crate) fn empty_heap() -> *mut Heap {
+pub(crate) const fn empty_heap() -> *mut Heap {
     addr_of!(EMPTY_HEAP.0).cast_mut()
 }
 
@@ -105,6 +112,7 @@ impl Heap {
     /// A heap owning nothing, every slot on the empty page.
     pub(crate) const fn new_const() -> Heap {
         Heap {
+            direct: [addr_of!(EMPTY_PAGE.0).cast_mut(); DIRECT_SLOTS],
             pages: [addr_of!(EMPTY_PAGE.0).cast_mut(); CLASS_COUNT],
             allocs: AtomicUsize::new(0),
             frees: AtomicUsize::new(0),
@@ -127,16 +135,31 @@ impl Heap {
         (self.allocs.load(Ordering::Relaxed), self.frees.load(Ordering::Relaxed))
     }
 
+    /// Counts an allocation (with the `stats` feature: it costs an instruction on the fast
+    /// path, which release builds do without).
     #[inline(always)]
     fn count_alloc(&self) {
+        #[cfg(feature = "stats")]
         // Relaxed load + store, not an RMW: only the owner writes; readers want a statistic.
         self.allocs.store(self.allocs.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
+    /// Counts a free (with the `stats` feature).
     #[inline(always)]
     fn count_free(&self) {
+        #[cfg(feature = "stats")]
         // Relaxed: as in `count_alloc`.
         self.frees.store(self.frees.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Makes `page` the current page of `class`, in both tables.
+    #[inline]
+    fn set_current(&mut self, class: usize, page: *mut Page) {
+        self.pages[class] = page;
+        let (first, end) = DIRECT_RANGE[class];
+        for slot in &mut self.direct[first as usize..end as usize] {
+            *slot = page;
+        }
     }
 
     /// Finds a page of `class` with a free block, making it current. `None` when out of memory.
@@ -164,7 +187,7 @@ impl Heap {
                         self.queues[class].remove(page);
                         self.queues[class].push_front(page);
                     }
-                    self.pages[class] = page;
+                    self.set_current(class, page);
                     return Some(page);
                 }
                 // Full. Park it unless remote frees raced in (then look at it again).
@@ -190,11 +213,11 @@ impl Heap {
             }
             break;
             }
-            self.pages[class] = empty_page();
+            self.set_current(class, empty_page());
             let page = self.fresh_page(class)?;
             (*page).extend(EXTEND_BYTES);
             self.queues[class].push_front(page);
-            self.pages[class] = page;
+            self.set_current(class, page);
             Some(page)
         }
     }
@@ -441,11 +464,9 @@ impl Heap {
                     } else if force || (p.freed_at != 0 && p.freed_at as u32 != pass) {
                         self.queues[class].remove(page);
                         if self.pages[class] == page {
-                            self.pages[class] = if self.queues[class].first.is_null() {
-                                empty_page()
-                            } else {
-                                self.queues[class].first
-                            };
+                            let first = self.queues[class].first;
+                            let current = if first.is_null() { empty_page() } else { first };
+                            self.set_current(class, current);
                         }
                         self.free_page(page, now);
                     } else {
@@ -510,6 +531,7 @@ impl Heap {
     /// Forgets the current pages (the next allocation of each class walks its queue).
     pub(crate) fn reset_current_pages(&mut self) {
         self.pages = [empty_page(); CLASS_COUNT];
+        self.direct = [empty_page(); DIRECT_SLOTS];
     }
 
     /// Moves everything `other` owns into `self` (adoption of an idle heap's pages).
@@ -586,10 +608,27 @@ impl Heap {
 /// the request cannot be served; [`crate::error::last_error`] says which.
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    // Up to 1 KiB, any class serves alignments up to 8, and up to 16 from 16 B on.
+    if size <= DIRECT_MAX && (align <= 8 || (align <= NATURAL_ALIGN && size > 8)) {
+        let heap = thread::current();
+        // SAFETY: `direct` entries are pages this thread owns or the empty page; a non-null
+        // `free` is a block of that page.
+        unsafe {
+            let page = *(*heap).direct.get_unchecked((size + 7) >> 3);
+            let block = (*page).free;
+            if !block.is_null() {
+                (*page).free = (*block).next;
+                (*page).used_add(1);
+                (*heap).count_alloc();
+                return block.cast();
+            }
+            return alloc_slow(heap, class_of(size));
+        }
+    }
     if align <= NATURAL_ALIGN && size <= MEDIUM_MAX {
-        // Every class from 16 B is a multiple of 16, and 8 B blocks are 8-aligned: rounding
-        // the size up to the alignment is enough.
-        let size = if size < align { align } else { size };
+        // Every class from 16 B is a multiple of 16, and 8 B blocks are 8-aligned: only a
+        // 16-aligned request of at most 8 bytes needs the next class.
+        let size = if align > 8 && size < align { align } else { size };
         // SAFETY: class_of(size) < CLASS_COUNT for size <= MEDIUM_MAX.
         unsafe { alloc_class(thread::current(), class_of(size)) }
     } else {
@@ -648,6 +687,23 @@ unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
         h.count_alloc();
         block.cast()
     }
+}
+
+/// For each class, the range of `direct` slots whose requests it serves (empty above 1 KiB).
+const DIRECT_RANGE: [(u16, u16); CLASS_COUNT] = direct_ranges();
+
+const fn direct_ranges() -> [(u16, u16); CLASS_COUNT] {
+    let mut ranges = [(0u16, 0u16); CLASS_COUNT];
+    let mut slot = 0;
+    while slot < DIRECT_SLOTS {
+        let class = crate::size_class::class_of_const(slot * 8);
+        if ranges[class].1 == 0 {
+            ranges[class].0 = slot as u16;
+        }
+        ranges[class].1 = slot as u16 + 1;
+        slot += 1;
+    }
+    ranges
 }
 
 /// Alignment above 16, or a size above the largest class.

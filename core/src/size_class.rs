@@ -68,7 +68,12 @@ const fn build_table() -> [u8; TABLE_MAX / 8 + 1] {
     table
 }
 
-/// The smallest class whose block holds `size` bytes, computed without the table.
+/// The smallest class whose block holds `size` bytes, computed without the table (for
+/// compile-time tables elsewhere).
+pub const fn class_of_const(size: usize) -> usize {
+    class_of_computed(size)
+}
+
 const fn class_of_computed(size: usize) -> usize {
     if size <= 8 {
         return 0;

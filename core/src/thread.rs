@@ -15,6 +15,7 @@
 //!
 //! May touch: [`crate::heap`], [`crate::os`], `libc` (pthread keys, atfork).
 
+#[cfg(not(initial_exec_tls))]
 use core::cell::Cell;
 use core::ptr::null_mut;
 
@@ -22,19 +23,92 @@ use crate::heap::{empty_heap, Heap};
 use crate::os::{Os, SystemOs};
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
+#[cfg(not(initial_exec_tls))]
 thread_local! {
-    static HEAP: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+    static HEAP: Cell<*mut Heap> = const { Cell::new(empty_heap()) };
 }
 
 /// The calling thread's heap, or the empty heap.
+#[cfg(not(initial_exec_tls))]
 #[inline(always)]
 pub(crate) fn current() -> *mut Heap {
-    let h = HEAP.try_with(Cell::get).unwrap_or(null_mut());
-    if h.is_null() {
-        empty_heap()
-    } else {
-        h
+    HEAP.try_with(Cell::get).unwrap_or(empty_heap())
+}
+
+/// Sets the calling thread's heap. `false` when thread-locals are gone (thread teardown).
+#[cfg(not(initial_exec_tls))]
+fn set_current(heap: *mut Heap) -> bool {
+    HEAP.try_with(|h| h.set(heap)).is_ok()
+}
+
+/// The heap slot for the preload library on x86-64 Linux, in the initial-exec TLS model.
+///
+/// A shared library's `thread_local!` uses the general-dynamic model: every access calls
+/// `__tls_get_addr`, which made `malloc`+`free` under `LD_PRELOAD` about 1.4× slower than in
+/// a Rust executable (measured: benches/run_compare.sh, docs/design_document.md). A library
+/// loaded at start-up (`LD_PRELOAD`, or linked) may use initial-exec: one `fs:`-relative load
+/// through a GOT entry. Stable Rust cannot ask for that model, so the slot is declared in
+/// assembly. Built only with `cfg(initial_exec_tls)` (core's build script sets
+/// it from the `initial-exec-tls` feature); a library `dlopen`ed late could fail to load with
+/// it, which `LD_PRELOAD` never does.
+#[cfg(initial_exec_tls)]
+mod initial_exec {
+    use super::Heap;
+    use crate::heap::EMPTY_HEAP;
+
+    core::arch::global_asm!(
+        ".pushsection .tdata,\"awT\",@progbits",
+        ".p2align 3",
+        ".hidden allocscope_heap_slot",
+        ".type allocscope_heap_slot,@object",
+        ".size allocscope_heap_slot,8",
+        "allocscope_heap_slot:",
+        ".quad {empty}",
+        ".popsection",
+        empty = sym EMPTY_HEAP,
+    );
+
+    #[inline(always)]
+    pub(crate) fn get() -> *mut Heap {
+        let heap: *mut Heap;
+        // SAFETY: reads the calling thread's copy of the 8-byte TLS slot declared above; its
+        // initial value is the empty heap, every later value a heap (see `set`).
+        unsafe {
+            core::arch::asm!(
+                "mov {p}, qword ptr [rip + allocscope_heap_slot@GOTTPOFF]",
+                "mov {p}, qword ptr fs:[{p}]",
+                p = out(reg) heap,
+                options(nostack, readonly, preserves_flags, pure),
+            );
+        }
+        heap
     }
+
+    #[inline(always)]
+    pub(crate) fn set(heap: *mut Heap) {
+        // SAFETY: writes the calling thread's copy of the TLS slot declared above.
+        unsafe {
+            core::arch::asm!(
+                "mov {t}, qword ptr [rip + allocscope_heap_slot@GOTTPOFF]",
+                "mov qword ptr fs:[{t}], {h}",
+                t = out(reg) _,
+                h = in(reg) heap,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+#[cfg(initial_exec_tls)]
+#[inline(always)]
+pub(crate) fn current() -> *mut Heap {
+    initial_exec::get()
+}
+
+#[cfg(initial_exec_tls)]
+fn set_current(heap: *mut Heap) -> bool {
+    initial_exec::set(heap);
+    true
 }
 
 /// Spin lock over the idle pool and heap creation.
@@ -121,7 +195,7 @@ pub(crate) fn attach() -> Option<*mut Heap> {
     unlock();
     // Set before registering the exit hook: registering may allocate (glibc's
     // pthread_setspecific for high keys), which must then find this heap.
-    if HEAP.try_with(|h| h.set(heap)).is_err() {
+    if !set_current(heap) {
         // Thread-locals are gone (thread teardown): give the heap back.
         release_to_idle(heap);
         return None;
@@ -137,7 +211,7 @@ fn detach(heap: *mut Heap) {
     if heap.is_null() || heap == empty_heap() {
         return;
     }
-    let _ = HEAP.try_with(|h| h.set(null_mut()));
+    set_current(empty_heap());
     // SAFETY: the exiting thread's own heap; after this call nobody uses it until another
     // thread takes it from the pool.
     unsafe {

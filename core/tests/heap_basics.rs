@@ -206,7 +206,9 @@ fn stats_and_page_walk_see_live_blocks() {
         assert!(s.classes[allocscope_core::size_class::class_of(48)].live_blocks >= 10_000);
         assert!(s.committed_bytes >= s.live_bytes);
         assert!(s.reserved_bytes >= s.committed_bytes);
-        assert!(s.allocs >= 10_000);
+        if cfg!(feature = "stats") {
+            assert!(s.allocs >= 10_000);
+        }
         for p in blocks {
             // SAFETY: live, freed once.
             unsafe { heap::free(p) };
