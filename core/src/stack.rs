@@ -17,10 +17,12 @@
 //! assert_eq!(stack.stats().used_bytes, 0);
 //! ```
 //!
-//! Freeing the block on top pops it. Freeing any other block is *reported* (counted as misuse
-//! and recorded as [`AllocErrorKind::OutOfOrderFree`]) and its bytes become a hole that the
-//! top absorbs when it comes down to it; at most [`TRACKED_HOLES`] holes are remembered, the
-//! others stay used until a reset. A free above the top is refused as
+//! Freeing the block on top pops it, and the alignment padding in front of it (remembered as a
+//! gap when the block was allocated). Freeing any other block is *reported* (counted as misuse
+//! and recorded as [`AllocErrorKind::OutOfOrderFree`]) and its bytes become a gap that the top
+//! absorbs when it comes down to it. At most [`TRACKED_HOLES`] gaps are remembered; beyond
+//! that a gap stays used until a reset (and a padded block's LIFO free may be reported as out
+//! of order, which it then is for the padding). A free above the top is refused as
 //! [`AllocErrorKind::DoubleFree`], a pointer outside the region as
 //! [`AllocErrorKind::InvalidFree`]. These checks are a few comparisons and run in every build.
 //!
@@ -37,8 +39,9 @@ use crate::region::Region;
 use crate::strategy_stats::{ratio, Counters, StrategyStats};
 use crate::typed::{impl_allocator_api2, TypedAlloc};
 
-/// How many out-of-order frees a stack remembers until the top comes down to them.
-pub const TRACKED_HOLES: usize = 8;
+/// How many gaps below the top a stack remembers until the top comes down to them: holes of
+/// out-of-order frees and the alignment padding in front of live blocks.
+pub const TRACKED_HOLES: usize = 32;
 
 /// A position of the top, to return to with [`Stack::reset_to`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -108,6 +111,11 @@ impl<'a> Stack<'a> {
         self.region.len
     }
 
+    /// Bytes between the top and the end (the largest unaligned request that fits now).
+    pub fn remaining(&self) -> usize {
+        self.end - self.top.get() as usize
+    }
+
     fn top_offset(&self) -> usize {
         self.top.get() as usize - self.region.base.as_ptr() as usize
     }
@@ -152,8 +160,9 @@ impl<'a> Stack<'a> {
         }
     }
 
-    /// The stack's figures. `fragmentation` is the share of free bytes sitting in holes left by
-    /// out-of-order frees (usable again only once the top comes down to them).
+    /// The stack's figures. `fragmentation` is the share of free bytes sitting in gaps below the
+    /// top (out-of-order frees and padding), usable again only once the top comes down to them.
+    /// `peak_used_bytes` is the highest top, padding included.
     pub fn stats(&self) -> StrategyStats {
         let free = self.end - self.top.get() as usize;
         let holes = self.hole_bytes.get();
@@ -215,6 +224,21 @@ impl<'a> Stack<'a> {
             }
         }
         new_top
+    }
+
+    /// Keeps the padding in front of a new block as a gap, so that freeing the block brings
+    /// the top back below the padding too.
+    #[cold]
+    fn remember_padding(&self, start: usize, pad: usize) {
+        let count = self.hole_count.get();
+        if count < TRACKED_HOLES {
+            self.holes[count].set(Hole {
+                start,
+                end: start + pad,
+            });
+            self.hole_count.set(count + 1);
+            self.hole_bytes.set(self.hole_bytes.get() + pad);
+        }
     }
 
     /// A free that is not of the top block: classify, report, keep a hole.
@@ -281,6 +305,9 @@ unsafe impl TypedAlloc for Stack<'_> {
         // SAFETY: pad + size <= room: both pointers stay inside the region.
         let (block, new_top) = unsafe { (top.add(pad), top.add(pad + size)) };
         self.top.set(new_top);
+        if pad != 0 {
+            self.remember_padding(addr, pad);
+        }
         self.counters.on_alloc(pad + size);
         // SAFETY: derived from the region's non-null base by an in-bounds offset.
         Some(unsafe { NonNull::new_unchecked(block) })

@@ -1,0 +1,293 @@
+//! The buddy allocator: power-of-two blocks, split and coalesce, bitmaps, fragmentation.
+
+mod strategy_support;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
+
+use allocscope_core::buddy::Buddy;
+use allocscope_core::spin::SpinLock;
+use allocscope_core::typed::TypedAlloc;
+use proptest::prelude::*;
+use strategy_support::*;
+
+#[test]
+fn blocks_are_aligned_to_their_size_and_any_requested_alignment() {
+    let mut buf = buffer(256 * 1024);
+    let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
+    for shift in 0..14 {
+        let align = 1usize << shift;
+        let p = buddy.allocate_bytes(40, align).unwrap();
+        assert_eq!(
+            p.as_ptr() as usize % align.max(64),
+            0,
+            "a 40-byte block is a 64-byte block"
+        );
+    }
+    assert_eq!(buddy.allocate_bytes(8, 3), None);
+}
+
+#[test]
+fn freeing_everything_coalesces_back_to_the_initial_blocks() {
+    let mut buf = buffer(128 * 1024);
+    let buddy = Buddy::from_buffer(&mut buf, 16).unwrap();
+    let initial = buddy.stats();
+    assert_eq!(initial.free_bytes, buddy.heap_size());
+    let mut blocks = Vec::new();
+    let mut size = 1;
+    while let Some(p) = buddy.allocate_bytes(size, 1) {
+        fill(p, size, size as u64);
+        blocks.push((p, size));
+        size = size % 3000 + 7;
+    }
+    assert!(buddy.stats().failures == 1 && blocks.len() > 50);
+    for &(p, size) in &blocks {
+        assert!(holds(p, size, size as u64));
+    }
+    for &(p, size) in blocks
+        .iter()
+        .rev()
+        .step_by(2)
+        .chain(blocks.iter().rev().skip(1).step_by(2))
+    {
+        // SAFETY: live blocks, each freed once.
+        unsafe { buddy.deallocate_bytes(p, size, 1) };
+    }
+    let end = buddy.stats();
+    assert_eq!((end.used_bytes, end.free_bytes), (0, buddy.heap_size()));
+    assert_eq!(
+        end.fragmentation, initial.fragmentation,
+        "every buddy pair merged again"
+    );
+    let largest = buddy.heap_size().next_power_of_two() / 2;
+    if largest * 2 > buddy.heap_size() {
+        assert!(
+            buddy.allocate_bytes(largest / 2, 1).is_some(),
+            "large blocks are whole again"
+        );
+    }
+}
+
+#[test]
+fn buddies_merge_into_their_parent() {
+    let mut buf = buffer(16 * 1024);
+    let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
+    let mut blocks = std::collections::HashSet::new();
+    while let Some(p) = buddy.allocate_bytes(32, 32) {
+        blocks.insert(p.as_ptr() as usize);
+    }
+    let a = *blocks
+        .iter()
+        .find(|&&p| blocks.contains(&(p ^ 32)))
+        .expect("a split pair");
+    // SAFETY: live blocks (a and its buddy).
+    unsafe {
+        buddy.deallocate_bytes(NonNull::new(a as *mut u8).unwrap(), 32, 32);
+        assert_eq!(
+            buddy.allocate_bytes(64, 64),
+            None,
+            "half a pair is not enough"
+        );
+        buddy.deallocate_bytes(NonNull::new((a ^ 32) as *mut u8).unwrap(), 32, 32);
+    }
+    let c = buddy.allocate_bytes(64, 64).unwrap();
+    assert_eq!(
+        c.as_ptr() as usize,
+        a & !63,
+        "the two halves merged into their parent"
+    );
+}
+
+#[test]
+fn fragmentation_is_one_minus_largest_free_over_free() {
+    let mut buf = buffer(64 * 1024 + 4096);
+    let buddy = Buddy::from_buffer(&mut buf, 64).unwrap();
+    let mut blocks = Vec::new();
+    while let Some(p) = buddy.allocate_bytes(64, 64) {
+        blocks.push(p);
+    }
+    assert_eq!(
+        buddy.stats().fragmentation,
+        0.0,
+        "no free memory: nothing fragmented"
+    );
+    let mut freed = 0;
+    for p in blocks.iter().step_by(2) {
+        // SAFETY: live blocks, every other one.
+        unsafe { buddy.deallocate_bytes(*p, 64, 64) };
+        freed += 1;
+    }
+    let s = buddy.stats();
+    assert_eq!(s.free_bytes, freed * 64);
+    let expected = 1.0 - 64.0 / (freed as f64 * 64.0);
+    assert!(
+        (s.fragmentation - expected).abs() < 1e-9,
+        "{} vs {expected}",
+        s.fragmentation
+    );
+    assert_eq!(
+        buddy.allocate_bytes(128, 1),
+        None,
+        "free memory is all in 64-byte pieces"
+    );
+}
+
+#[test]
+fn double_wrong_size_and_foreign_frees_are_refused_in_every_build() {
+    let mut buf = buffer(64 * 1024);
+    let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
+    let a = buddy.allocate_bytes(100, 8).unwrap();
+    let b = buddy.allocate_bytes(100, 8).unwrap();
+    fill(b, 100, 5);
+    // SAFETY: deliberate misuse, refused without touching the lists.
+    unsafe {
+        buddy.deallocate_bytes(a, 100, 8);
+        buddy.deallocate_bytes(a, 100, 8); // double free (a merged with its free buddy)
+        buddy.deallocate_bytes(b, 20, 8); // wrong size
+        let mut outside = [0u64; 4];
+        buddy.deallocate_bytes(NonNull::from(&mut outside).cast(), 32, 8);
+        buddy.deallocate_bytes(NonNull::new(b.as_ptr().add(32)).unwrap(), 32, 8);
+    }
+    let s = buddy.stats();
+    assert_eq!((s.misuse, s.deallocations), (4, 1));
+    assert!(holds(b, 100, 5));
+    assert_eq!(s.used_bytes, 128, "b is still allocated");
+    // SAFETY: b is live.
+    unsafe { buddy.deallocate_bytes(b, 100, 8) };
+    assert_eq!(buddy.stats().free_bytes, buddy.heap_size());
+}
+
+#[test]
+fn resizing_within_the_same_block_stays_in_place() {
+    use allocator_api2::alloc::Allocator;
+    let mut buf = buffer(64 * 1024);
+    let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
+    let l = |size| Layout::from_size_align(size, 8).unwrap();
+    let a = Allocator::allocate(&&buddy, l(65)).unwrap().cast::<u8>();
+    // SAFETY: `a` is live with the old layout; each call passes the layout it now has.
+    unsafe {
+        a.as_ptr().write_bytes(9, 65);
+        let b = (&buddy).grow(a, l(65), l(128)).unwrap().cast::<u8>();
+        assert_eq!(b, a, "65 and 128 bytes both take a 128-byte block");
+        let c = (&buddy).grow(b, l(128), l(129)).unwrap().cast::<u8>();
+        assert_ne!(c, b, "129 bytes need a 256-byte block");
+        assert_eq!(*c.as_ptr().add(64), 9);
+        Allocator::deallocate(&&buddy, c, l(129));
+    }
+    let mut v = allocator_api2::vec::Vec::<u8, &Buddy>::new_in(&buddy);
+    v.extend(std::iter::repeat(2).take(1000));
+    assert_eq!(v.iter().map(|&x| x as usize).sum::<usize>(), 2000);
+    drop(v);
+    assert_eq!(buddy.stats().used_bytes, 0);
+}
+
+#[test]
+fn a_static_spin_locked_buddy_serves_as_global_allocator() {
+    static HEAP: SpinLock<Buddy<'static>> = SpinLock::new(Buddy::empty(32));
+    static mut ARENA: [MaybeUninit<u8>; 32 * 1024] = [MaybeUninit::uninit(); 32 * 1024];
+    // SAFETY: the only reference ever made to ARENA.
+    assert!(HEAP
+        .lock()
+        .init(unsafe { &mut *std::ptr::addr_of_mut!(ARENA) }));
+    // SAFETY: as above; a second init is refused and never touches the buffer.
+    assert!(!HEAP
+        .lock()
+        .init(unsafe { &mut *std::ptr::addr_of_mut!(ARENA) }));
+    let layout = Layout::from_size_align(100, 8).unwrap();
+    // SAFETY: GlobalAlloc's contract.
+    unsafe {
+        let p = HEAP.alloc(layout);
+        assert!(!p.is_null());
+        p.write_bytes(3, 100);
+        let q = HEAP.realloc(p, layout, 120);
+        assert_eq!(q, p, "still a 128-byte block");
+        let r = HEAP.realloc(q, Layout::from_size_align(120, 8).unwrap(), 5000);
+        assert!(!r.is_null());
+        assert_eq!(*r.add(99), 3);
+        HEAP.dealloc(r, Layout::from_size_align(5000, 8).unwrap());
+        assert!(HEAP
+            .alloc(Layout::from_size_align(1 << 20, 8).unwrap())
+            .is_null());
+    }
+    let s = HEAP.lock().stats();
+    assert_eq!((s.used_bytes, s.failures), (0, 1));
+}
+
+#[test]
+fn os_backed_buddy_releases_its_region() {
+    let os = HeapOs::default();
+    {
+        let buddy = Buddy::with_os(&os, 1 << 20, 64).unwrap();
+        assert!(buddy.heap_size() > (1 << 20) - 64 * 1024);
+        assert!(
+            buddy.allocate_bytes(1 << 19, 1 << 19).is_some(),
+            "size-aligned region"
+        );
+        assert_eq!(os.live_regions(), 1);
+    }
+    assert_eq!(os.live_regions(), 0);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc(usize, u32),
+    Free(usize),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => (1usize..3000, 0u32..10).prop_map(|(s, a)| Op::Alloc(s, a)),
+            2 => any::<usize>().prop_map(Op::Free),
+        ],
+        1..200,
+    )
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Random sequences against a model: blocks are aligned, disjoint and keep their contents;
+    /// used + free is the heap; used is the sum of the live blocks' power-of-two sizes; when
+    /// everything is freed the heap is whole again.
+    #[test]
+    fn buddy_matches_model(ops in ops()) {
+        let mut buf = buffer(64 * 1024);
+        let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
+        let initial = buddy.stats();
+        let mut live: Vec<(NonNull<u8>, usize, usize, u64)> = Vec::new();
+        for (seed, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Alloc(size, shift) => {
+                    let align = 1usize << shift;
+                    if let Some(p) = buddy.allocate_bytes(size, align) {
+                        prop_assert_eq!(p.as_ptr() as usize % align, 0);
+                        for &(q, len, _, _) in &live {
+                            prop_assert!(!overlap(p.as_ptr() as usize, size, q.as_ptr() as usize, len));
+                        }
+                        fill(p, size, seed as u64);
+                        live.push((p, size, align, seed as u64));
+                    }
+                }
+                Op::Free(i) if !live.is_empty() => {
+                    let (p, len, align, s) = live.swap_remove(i % live.len());
+                    prop_assert!(holds(p, len, s));
+                    // SAFETY: a live block.
+                    unsafe { buddy.deallocate_bytes(p, len, align) };
+                }
+                Op::Free(_) => {}
+            }
+            let s = buddy.stats();
+            let expect: usize = live.iter().map(|b| b.1.max(b.2).max(32).next_power_of_two()).sum();
+            prop_assert_eq!(s.used_bytes, expect);
+            prop_assert_eq!(s.used_bytes + s.free_bytes, buddy.heap_size());
+        }
+        for (p, len, align, _) in live.drain(..) {
+            // SAFETY: live blocks.
+            unsafe { buddy.deallocate_bytes(p, len, align) };
+        }
+        prop_assert_eq!(buddy.stats().free_bytes, initial.free_bytes);
+        prop_assert_eq!(buddy.stats().fragmentation, initial.fragmentation);
+    }
+}
