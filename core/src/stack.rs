@@ -253,16 +253,17 @@ impl<'a> Stack<'a> {
         if addr < base || end > self.end {
             return self.counters.on_misuse(AllocErrorKind::InvalidFree);
         }
-        if addr >= top && size != 0 {
+        if size == 0 {
+            // Owns no bytes (and may share its address with the padding the top took back).
+            self.counters.deallocations.set(self.counters.deallocations.get() + 1);
+            return;
+        }
+        if addr >= top {
             // Above the top: popped already (freed twice, or used after a reset).
             return self.counters.on_misuse(AllocErrorKind::DoubleFree);
         }
         if end > top {
             return self.counters.on_misuse(AllocErrorKind::InvalidFree);
-        }
-        if size == 0 {
-            self.counters.on_free(0);
-            return;
         }
         for i in 0..self.hole_count.get() {
             let hole = self.holes[i].get();
