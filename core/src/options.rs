@@ -9,7 +9,8 @@
 //!
 //! May touch: `libc` (getenv), [`crate::sync`].
 
-use crate::sync::{AtomicUsize, Ordering};
+// Plain atomics: process-wide caches, never part of a loom model (loom's cannot be static).
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 const UNREAD: usize = usize::MAX;
 

@@ -13,11 +13,13 @@
 //! was [`Os::decommit`]ted and then [`Os::commit`]ted again reads as zero. The heap relies on this
 //! to skip the `memset` of `calloc` on fresh memory.
 //!
-//! May touch: `libc` / `windows-sys`, [`crate::sync`]. Nothing here allocates.
+//! May touch: `libc` / `windows-sys`. Nothing here allocates.
 
 use core::ptr::NonNull;
 
-use crate::sync::{AtomicUsize, Ordering};
+// Process-wide caches and the fixed buffer's bump pointer are never part of a loom model
+// (loom's atomics cannot live in statics or const fns), so plain atomics are used here.
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Memory access for [`Os::protect`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
