@@ -1,4 +1,108 @@
-//! allocscope's instrumented mode (in progress, see issue 4): the core allocator wrapped with
-//! canaries, guard pages, quarantine, double/invalid-free detection and sampled stacks, streaming
-//! events to a trace file or a live socket. The trace format will be one module of this crate,
-//! shared by the writer here and the readers in the viewer.
+//! allocscope's instrumented mode: the core allocator (or any `GlobalAlloc`) wrapped with
+//! canaries, guard pages, quarantine, double/invalid-free and layout checks, sampled stacks,
+//! leak reports, and an event stream to a trace file or a live Unix socket.
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static ALLOC: allocscope_tracker::Tracker = allocscope_tracker::Tracker::new();
+//! ```
+//!
+//! Run-time options come from `ALLOCSCOPE_OPTIONS` (see [`options`]), e.g.
+//! `ALLOCSCOPE_OPTIONS=sample=1,canary=16,quarantine=64m,trace=/tmp/prog.%p.trace`.
+//! Reports use AddressSanitizer's words (`heap-buffer-overflow`, `use-after-free`, ...) and are
+//! printed on standard error, streamed, and kept for [`Tracker::take_reports`].
+//!
+//! Map of the crate (each module says what it may touch):
+//! - [`tracker`]: the `Tracker` type and its allocation paths;
+//! - `state`: one tracker's run-time state, reports, scans, the registry for exit and faults;
+//! - `block_table`: every live (and recently freed) block; `guard`, `fault`: guard-page pool
+//!   and its signal handler; `quarantine`; `canary`: red zones and poison;
+//! - `stacks` (capture, de-duplication), [`symbolize`]; `leaks` (reachability scan);
+//! - `stream` (per-thread buffers, writer thread), [`trace_format`] (the one definition of a
+//!   trace, shared with the viewer), `snapshot`, `modules`;
+//! - `thread_state` (re-entrancy flag, per-thread sampling state), `spin`, `os_memory`.
+//!
+//! The C-ABI functions [`alloc`], [`free`], [`realloc`], [`usable_size`] work on one
+//! process-wide tracker ([`global`]) for the preload library.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(not(all(unix, target_pointer_width = "64")))]
+compile_error!("allocscope-tracker supports 64-bit Unix targets");
+
+mod block_table;
+mod canary;
+mod fault;
+mod guard;
+mod leaks;
+mod modules;
+pub mod options;
+mod os_memory;
+mod quarantine;
+pub mod report;
+mod snapshot;
+mod spin;
+mod stacks;
+mod state;
+mod stream;
+pub mod symbolize;
+mod thread_state;
+pub mod trace_format;
+pub mod tracker;
+
+pub use options::{GuardRate, LeakCheck, Options, OptionsBuilder, OptionsError, Unwinder};
+pub use report::Report;
+pub use state::TrackerStats;
+pub use trace_format::ReportKind;
+pub use tracker::Tracker;
+
+/// The process-wide tracker behind the C-ABI functions (configured by `ALLOCSCOPE_OPTIONS`).
+static GLOBAL: Tracker = Tracker::new();
+
+/// The process-wide tracker used by [`alloc`], [`free`], [`realloc`] and [`usable_size`].
+pub fn global() -> &'static Tracker {
+    &GLOBAL
+}
+
+/// `malloc`/`aligned_alloc` for the preload library: `size` bytes aligned to `align` (a power
+/// of two); null when out of memory.
+#[inline]
+pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    GLOBAL.allocate(size, align, false)
+}
+
+/// `calloc` for the preload library (the caller checks `count * size` for overflow).
+#[inline]
+pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    GLOBAL.allocate(size, align, true)
+}
+
+/// `free` for the preload library. Null is ignored; a pointer this heap never gave, or one
+/// freed already, is reported and ignored.
+///
+/// # Safety
+/// A valid `ptr` is not used after this call.
+#[inline]
+pub unsafe fn free(ptr: *mut u8) {
+    // SAFETY: forwarded contract.
+    unsafe { GLOBAL.deallocate(ptr, None) }
+}
+
+/// `realloc` for the preload library: null `ptr` allocates; on failure returns null and the
+/// old block stays valid. (C's `realloc(p, 0)` policy is the wrapper's choice: this function
+/// returns a minimal block.)
+///
+/// # Safety
+/// On success the old `ptr` is not used again.
+#[inline]
+pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { GLOBAL.reallocate(ptr, None, new_size, align) }
+}
+
+/// `malloc_usable_size` for the preload library: the requested size of a live block (the
+/// tracker never lets a program use the slack), 0 for anything else.
+#[inline]
+pub fn usable_size(ptr: *const u8) -> usize {
+    GLOBAL.usable_size(ptr)
+}

@@ -1,0 +1,198 @@
+//! The tracker's own memory for its tables: whole mappings from the core's OS layer, never the
+//! heap (the tables must exist before the heap can be tracked, and must not be tracked). Every
+//! mapping is counted as overhead and listed, so the leak check can skip memory that holds the
+//! tracker's copies of program pointers.
+//!
+//! May touch: [`allocscope_core::os`], [`allocscope_core::sync`].
+
+use core::ptr::NonNull;
+
+use allocscope_core::os::{align_up, Os, SystemOs};
+use allocscope_core::sync::{AtomicUsize, Ordering};
+
+/// Most mappings listed at once (tables grow by replacing their mapping, so few are alive).
+const MAX_REGIONS: usize = 1024;
+
+/// Start and length of each live mapping; (0, 0) marks a free entry. A region is published by
+/// storing its length last (Release) and read length-first (Acquire).
+static REGION_START: [AtomicUsize; MAX_REGIONS] = [const { AtomicUsize::new(0) }; MAX_REGIONS];
+static REGION_LEN: [AtomicUsize; MAX_REGIONS] = [const { AtomicUsize::new(0) }; MAX_REGIONS];
+
+/// Bytes mapped by the tracker. Relaxed: a statistic.
+static MAPPED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The OS page size.
+pub(crate) fn page_size() -> usize {
+    SystemOs.page_size()
+}
+
+/// Maps `bytes` (rounded up to pages) of zeroed, readable and writable memory.
+pub(crate) fn map(bytes: usize) -> Option<NonNull<u8>> {
+    let len = align_up(bytes.max(1), page_size());
+    let ptr = SystemOs.reserve(len, page_size())?;
+    // Relaxed: a statistic.
+    MAPPED_BYTES.fetch_add(len, Ordering::Relaxed);
+    for i in 0..MAX_REGIONS {
+        // Relaxed CAS claims the entry; the Release store of the length below publishes it.
+        if REGION_START[i]
+            .compare_exchange(
+                0,
+                ptr.as_ptr() as usize,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            REGION_LEN[i].store(len, Ordering::Release);
+            break;
+        }
+    }
+    Some(ptr)
+}
+
+/// Returns a mapping made by [`map`].
+///
+/// # Safety
+/// `ptr` and `bytes` are exactly what was passed to and returned by one call of [`map`], and
+/// nothing uses the memory afterwards.
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, bytes: usize) {
+    let len = align_up(bytes.max(1), page_size());
+    for i in 0..MAX_REGIONS {
+        // Relaxed: the entry was published by this module; only its owner removes it.
+        if REGION_START[i].load(Ordering::Relaxed) == ptr.as_ptr() as usize {
+            REGION_LEN[i].store(0, Ordering::Release);
+            REGION_START[i].store(0, Ordering::Release);
+            break;
+        }
+    }
+    // Relaxed: a statistic.
+    MAPPED_BYTES.fetch_sub(len, Ordering::Relaxed);
+    // SAFETY: the caller passes one whole mapping of ours that nobody uses.
+    unsafe { SystemOs.release(ptr, len) };
+}
+
+/// Bytes the tracker has mapped for itself.
+pub(crate) fn mapped_bytes() -> usize {
+    // Relaxed: a statistic.
+    MAPPED_BYTES.load(Ordering::Relaxed)
+}
+
+/// Calls `f(start, len)` for every mapping the tracker holds.
+pub(crate) fn for_each_region(f: &mut dyn FnMut(usize, usize)) {
+    for i in 0..MAX_REGIONS {
+        // Acquire pairs with the Release in `map`: a non-zero length comes with its start.
+        let len = REGION_LEN[i].load(Ordering::Acquire);
+        if len != 0 {
+            f(REGION_START[i].load(Ordering::Relaxed), len);
+        }
+    }
+}
+
+/// A growable array of plain `Copy` values in tracker-owned memory (for data that outlives any
+/// heap: stack frames, quarantine entries).
+pub(crate) struct MappedArray<T: Copy> {
+    ptr: NonNull<T>,
+    cap: usize,
+}
+
+impl<T: Copy> MappedArray<T> {
+    /// An array of `cap` zeroed elements; `None` when the OS refuses.
+    ///
+    /// # Safety
+    /// All-zero bytes are a valid `T` (plain integers, `Option` of a non-null type, ...).
+    pub(crate) unsafe fn zeroed(cap: usize) -> Option<Self> {
+        let bytes = cap.checked_mul(core::mem::size_of::<T>())?;
+        let ptr = map(bytes)?.cast();
+        Some(MappedArray { ptr, cap })
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut T {
+        self.ptr.as_ptr()
+    }
+}
+
+impl<T: Copy> Drop for MappedArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: this value owns the mapping made in `zeroed` with the same byte count.
+        unsafe { unmap(self.ptr.cast(), self.cap * core::mem::size_of::<T>()) }
+    }
+}
+
+// SAFETY: the array is plain memory owned by this value; access is synchronised by its owner.
+unsafe impl<T: Copy + Send> Send for MappedArray<T> {}
+// SAFETY: as above.
+unsafe impl<T: Copy + Sync> Sync for MappedArray<T> {}
+
+/// A growable vector of plain `Copy` values in tracker-owned mappings: for working data that
+/// holds copies of the program's pointers (the leak scan's block list), which must never sit in
+/// heap memory the scan reads — not even after being freed.
+pub(crate) struct MappedVec<T: Copy> {
+    array: Option<MappedArray<T>>,
+    len: usize,
+}
+
+impl<T: Copy> MappedVec<T> {
+    pub(crate) fn new() -> Self {
+        MappedVec {
+            array: None,
+            len: 0,
+        }
+    }
+
+    /// Appends `value`; `false` when the OS refuses memory.
+    pub(crate) fn push(&mut self, value: T) -> bool {
+        let cap = self.array.as_ref().map_or(0, MappedArray::capacity);
+        if self.len == cap {
+            let new_cap = (cap * 2)
+                .max(4096 / core::mem::size_of::<T>().max(1))
+                .max(16);
+            // SAFETY: slots past `len` are never read before being written, so their zeroed
+            // contents need not be valid values of T.
+            let Some(new) = (unsafe { MappedArray::<T>::zeroed(new_cap) }) else {
+                return false;
+            };
+            if let Some(old) = &self.array {
+                // SAFETY: both arrays hold at least `len` elements and do not overlap.
+                unsafe { core::ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), self.len) };
+            }
+            self.array = Some(new);
+        }
+        let Some(array) = &self.array else {
+            return false;
+        };
+        // SAFETY: `len < capacity` after the growth above.
+        unsafe { array.as_ptr().add(self.len).write(value) };
+        self.len += 1;
+        true
+    }
+
+    pub(crate) fn as_slice(&self) -> &[T] {
+        match &self.array {
+            // SAFETY: the first `len` elements were written by `push`.
+            Some(a) => unsafe { core::slice::from_raw_parts(a.as_ptr(), self.len) },
+            None => &[],
+        }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
+        match &self.array {
+            // SAFETY: as in `as_slice`; `&mut self` gives exclusive access.
+            Some(a) => unsafe { core::slice::from_raw_parts_mut(a.as_ptr(), self.len) },
+            None => &mut [],
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        let a = self.array.as_ref()?;
+        // SAFETY: element `len` (the old last one) was written by `push`.
+        Some(unsafe { a.as_ptr().add(self.len).read() })
+    }
+}

@@ -1,0 +1,368 @@
+//! Call stacks: captured as raw return addresses in the allocation path (never symbolised
+//! there), de-duplicated into small ids in one process-wide table, and turned into function
+//! names and file:line only when a report is printed ([`crate::symbolize`]) or by the viewer.
+//!
+//! The table: an index of `AtomicU64` slots (`hash-high-bits | id`), probed without a lock, and
+//! an id -> record array; each record (`hash, len, frames...`) is written once into memory from
+//! [`crate::os_memory`] and never changes or moves, so a reader holding an id may read its
+//! frames with no lock. Inserting a new stack takes one spin lock; stacks seen before cost a
+//! hash and, usually, a hit in the thread's own cache ([`crate::thread_state::Local`]).
+//!
+//! May touch: `backtrace` (capture only), [`crate::os_memory`], [`crate::spin`],
+//! [`crate::thread_state`].
+
+use core::ptr::NonNull;
+
+use allocscope_core::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use crate::options::Unwinder;
+use crate::os_memory;
+use crate::spin::SpinLock;
+use crate::thread_state::{Local, STACK_CACHE};
+
+/// Most distinct stacks; later new stacks get id 0 ("unknown").
+pub(crate) const MAX_STACKS: usize = 1 << 20;
+const ID_BITS: u32 = 20;
+const ID_MASK: u64 = (1 << ID_BITS) - 1;
+/// Index slots: twice the stacks, so probes stay short.
+const INDEX_SLOTS: usize = MAX_STACKS * 2;
+/// Bytes per arena chunk for records.
+const CHUNK: usize = 1 << 20;
+/// Most frames a capture keeps (the option `stack_depth` is at most this).
+pub(crate) const MAX_FRAMES: usize = crate::options::MAX_STACK_DEPTH;
+
+static INDEX: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
+static RECORDS: AtomicPtr<AtomicPtr<u64>> = AtomicPtr::new(core::ptr::null_mut());
+/// Ids handed out so far. Relaxed: read only for statistics; ids are assigned under `ARENA`.
+static COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Bump arena for records: (next free byte, end of the current chunk).
+static ARENA: SpinLock<(usize, usize)> = SpinLock::new((0, 0));
+
+/// A captured stack: return addresses, innermost first.
+pub(crate) struct Captured {
+    frames: [usize; MAX_FRAMES],
+    len: usize,
+}
+
+impl Captured {
+    pub(crate) fn frames(&self) -> &[usize] {
+        &self.frames[..self.len]
+    }
+}
+
+/// Captures the current stack (at most `depth` frames).
+#[inline(never)]
+pub(crate) fn capture(depth: usize, unwinder: Unwinder, local: Option<&Local>) -> Captured {
+    let mut out = Captured {
+        frames: [0; MAX_FRAMES],
+        len: 0,
+    };
+    let depth = depth.min(MAX_FRAMES);
+    let done = match (unwinder, local) {
+        (Unwinder::FramePointers, Some(local)) => capture_frame_pointers(&mut out, depth, local),
+        _ => false,
+    };
+    if !done {
+        let mut n = 0;
+        // SAFETY: `trace_unsynchronized` is unsafe only where unwinding needs a process-wide
+        // lock (Windows' dbghelp); on Unix it calls `_Unwind_Backtrace`, which is thread-safe.
+        // The callback only stores into our array.
+        unsafe {
+            backtrace::trace_unsynchronized(|frame| {
+                let ip = frame.ip() as usize;
+                if ip == 0 {
+                    return false;
+                }
+                out.frames[n] = ip;
+                n += 1;
+                n < depth
+            })
+        };
+        out.len = n;
+    }
+    out
+}
+
+/// Walks the frame-pointer chain. Returns `false` when not supported here.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn capture_frame_pointers(out: &mut Captured, depth: usize, local: &Local) -> bool {
+    let (low, high) = stack_bounds(local);
+    if high == 0 {
+        return false;
+    }
+    let mut fp: usize;
+    // SAFETY: reads the frame-pointer register; no memory is touched.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
+        #[cfg(target_arch = "aarch64")]
+        core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
+    }
+    let mut n = 0;
+    // Each frame record is [saved fp, return address]. Every step is checked to stay inside
+    // this thread's stack and to move towards its base, so a frame without a frame pointer ends
+    // the walk instead of sending it into arbitrary memory.
+    while n < depth && fp >= low && fp + 16 <= high && fp % 8 == 0 {
+        // SAFETY: `fp..fp+16` lies inside this thread's mapped stack (checked above).
+        let (next, ret) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
+        if ret == 0 {
+            break;
+        }
+        out.frames[n] = ret;
+        n += 1;
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    out.len = n;
+    n > 0
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+fn capture_frame_pointers(_out: &mut Captured, _depth: usize, _local: &Local) -> bool {
+    false
+}
+
+/// The current thread's stack range, read once per thread.
+#[cfg(target_os = "linux")]
+fn stack_bounds(local: &Local) -> (usize, usize) {
+    let cached = local.stack_bounds.get();
+    if cached.1 != 0 {
+        return cached;
+    }
+    // SAFETY: pthread_getattr_np fills an attribute object for the calling thread, which we
+    // query and destroy; all pointers are to locals.
+    let bounds = unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return (0, 0);
+        }
+        let mut addr: *mut libc::c_void = core::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        if ok {
+            (addr as usize, addr as usize + size)
+        } else {
+            (0, 0)
+        }
+    };
+    local.stack_bounds.set(bounds);
+    bounds
+}
+
+fn hash_frames(frames: &[usize]) -> u64 {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for &f in frames {
+        h = (h ^ f as u64)
+            .wrapping_mul(0x0000_0100_0000_01B3)
+            .rotate_left(29);
+    }
+    h.wrapping_mul(0x9E37_79B9_7F4A_7C15) | (1 << 63)
+}
+
+/// The id of `frames`, adding it to the table the first time; 0 when the table is full or the
+/// OS refuses memory. `local` (the thread's cache) may be absent during thread teardown.
+pub(crate) fn intern(frames: &[usize], local: Option<&Local>) -> u32 {
+    if frames.is_empty() {
+        return 0;
+    }
+    let h = hash_frames(frames);
+    let cache_slot = (h as usize >> 7) % STACK_CACHE;
+    if let Some(local) = local {
+        if let Ok(cache) = local.stack_cache.try_borrow() {
+            let (ch, id) = cache[cache_slot];
+            // Equal 64-bit hashes are taken as equal stacks (a collision would mislabel one
+            // sample; its odds are 2^-63 per pair).
+            if ch == h {
+                return id;
+            }
+        }
+    }
+    let id = lookup(h, frames).unwrap_or_else(|| insert(h, frames));
+    if id != 0 {
+        if let Some(local) = local {
+            if let Ok(mut cache) = local.stack_cache.try_borrow_mut() {
+                cache[cache_slot] = (h, id);
+            }
+        }
+    }
+    id
+}
+
+fn index_slot(h: u64, probe: usize) -> usize {
+    ((h as usize) >> ID_BITS).wrapping_add(probe) % INDEX_SLOTS
+}
+
+fn tag(h: u64) -> u64 {
+    h & !ID_MASK
+}
+
+/// Lock-free lookup.
+fn lookup(h: u64, frames: &[usize]) -> Option<u32> {
+    // Acquire pairs with the Release in `insert`: a non-null index comes with its contents.
+    let index = INDEX.load(Ordering::Acquire);
+    if index.is_null() {
+        return None;
+    }
+    for probe in 0..INDEX_SLOTS {
+        // SAFETY: `index` points to INDEX_SLOTS slots that are never unmapped.
+        let slot = unsafe { &*index.add(index_slot(h, probe)) };
+        // Acquire pairs with the Release store in `insert`: the record is complete.
+        let v = slot.load(Ordering::Acquire);
+        if v == 0 {
+            return None;
+        }
+        if tag(v) == tag(h) {
+            let id = (v & ID_MASK) as u32;
+            if frames_of(id) == Some(frames) {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
+#[cold]
+fn insert(h: u64, frames: &[usize]) -> u32 {
+    let mut arena = ARENA.lock();
+    if INDEX.load(Ordering::Relaxed).is_null() {
+        // First stack ever: map the index and the id array. Relaxed loads under the lock: the
+        // lock orders us after any earlier initialiser.
+        let index = os_memory::map(INDEX_SLOTS * 8);
+        let records = os_memory::map((MAX_STACKS + 1) * 8);
+        let (Some(index), Some(records)) = (index, records) else {
+            return 0;
+        };
+        // Release: readers that see the pointer see the zeroed mapping behind it.
+        RECORDS.store(records.as_ptr().cast(), Ordering::Release);
+        INDEX.store(index.as_ptr().cast(), Ordering::Release);
+    }
+    // Another thread may have inserted it while we waited for the lock.
+    if let Some(id) = lookup(h, frames) {
+        return id;
+    }
+    // Relaxed: ids are assigned only under this lock.
+    let id = COUNT.load(Ordering::Relaxed) + 1;
+    if id as usize > MAX_STACKS {
+        return 0;
+    }
+    let bytes = (2 + frames.len()) * 8;
+    if arena.0 + bytes > arena.1 {
+        let Some(chunk) = os_memory::map(CHUNK) else {
+            return 0;
+        };
+        *arena = (chunk.as_ptr() as usize, chunk.as_ptr() as usize + CHUNK);
+    }
+    let record = arena.0 as *mut u64;
+    arena.0 += bytes;
+    // SAFETY: `record..record+bytes` lies in the current chunk (checked above), is 8-aligned
+    // (chunks are page-aligned and every record is a whole number of u64), and belongs to no
+    // one else.
+    unsafe {
+        record.write(h);
+        record.add(1).write(frames.len() as u64);
+        for (i, &f) in frames.iter().enumerate() {
+            record.add(2 + i).write(f as u64);
+        }
+    }
+    let records = RECORDS.load(Ordering::Relaxed);
+    // SAFETY: `records` has MAX_STACKS + 1 slots and id <= MAX_STACKS.
+    unsafe { &*records.add(id as usize) }.store(record, Ordering::Release);
+    COUNT.store(id, Ordering::Relaxed);
+    let index = INDEX.load(Ordering::Relaxed);
+    for probe in 0..INDEX_SLOTS {
+        // SAFETY: as in `lookup`.
+        let slot = unsafe { &*index.add(index_slot(h, probe)) };
+        // Relaxed: slots change only under this lock.
+        if slot.load(Ordering::Relaxed) == 0 {
+            // Release: the record written above is visible to whoever sees this slot.
+            slot.store(tag(h) | u64::from(id), Ordering::Release);
+            break;
+        }
+    }
+    id
+}
+
+/// The frames of stack `id`, if it exists.
+pub(crate) fn frames_of(id: u32) -> Option<&'static [usize]> {
+    if id == 0 || id as usize > MAX_STACKS {
+        return None;
+    }
+    // Acquire: pairs with the Release stores in `insert`.
+    let records = RECORDS.load(Ordering::Acquire);
+    if records.is_null() {
+        return None;
+    }
+    // SAFETY: `records` has MAX_STACKS + 1 slots.
+    let record = unsafe { &*records.add(id as usize) }.load(Ordering::Acquire);
+    let record = NonNull::new(record)?;
+    // SAFETY: a published record is [hash, len, len frames] and is never changed or unmapped;
+    // usize and u64 have the same size on the 64-bit targets this crate supports (checked at
+    // compile time below).
+    unsafe {
+        let len = *record.as_ptr().add(1) as usize;
+        Some(core::slice::from_raw_parts(
+            record.as_ptr().add(2).cast::<usize>(),
+            len,
+        ))
+    }
+}
+
+const _: () = assert!(
+    core::mem::size_of::<usize>() == 8,
+    "the tracker needs a 64-bit target"
+);
+
+/// Distinct stacks recorded so far.
+pub(crate) fn count() -> u32 {
+    // Relaxed: a statistic.
+    COUNT.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_frames_same_id_and_frames_come_back() {
+        let a = [0x1000usize, 0x2000, 0x3000];
+        let b = [0x1000usize, 0x2000, 0x3004];
+        let ia = intern(&a, None);
+        let ib = intern(&b, None);
+        assert_ne!(ia, 0);
+        assert_ne!(ia, ib);
+        assert_eq!(intern(&a, None), ia);
+        assert_eq!(frames_of(ia), Some(&a[..]));
+        assert_eq!(frames_of(ib), Some(&b[..]));
+        assert_eq!(frames_of(0), None);
+    }
+
+    #[inline(never)]
+    fn capture_here() -> Captured {
+        capture(32, Unwinder::Backtrace, None)
+    }
+
+    #[test]
+    fn capture_sees_the_caller() {
+        let c = capture_here();
+        assert!(c.frames().len() > 3);
+        let mut names = String::new();
+        for &ip in c.frames() {
+            backtrace::resolve((ip - 1) as *mut _, |s| {
+                if let Some(n) = s.name() {
+                    names.push_str(&format!("{n:#}\n"));
+                }
+            });
+        }
+        assert!(names.contains("capture_here"), "{names}");
+    }
+}

@@ -1,0 +1,577 @@
+//! The event stream: per-thread buffers, a bounded queue of full batches, and the one writer
+//! thread that owns all I/O (trace file and live Unix socket).
+//!
+//! ```text
+//! thread: event -> its EventBuffer -> full? -> data queue (bounded, wait <= stream_wait) --+
+//! reports, thread names -> control queue (unbounded: never dropped) ---------------------+-> writer
+//! writer: stack defs first, then the batch -> frames (trace_format) -> file | socket clients
+//!         every snapshot interval: heap snapshot, module map if changed, drop counts
+//! ```
+//!
+//! Memory is bounded by the data queue's capacity (`stream_buffer` bytes of batches): when the
+//! writer cannot keep up for longer than `stream_wait`, the batch is dropped and counted, and
+//! the count goes into the trace — the program is never blocked for good. Reports travel on
+//! the control queue, which is never dropped (reports are rare). Everything here runs with the
+//! re-entrancy flag set, so its own allocations are internal.
+//!
+//! May touch: crossbeam-channel, `std::fs`, `std::os::unix::net`, [`crate::trace_format`],
+//! [`crate::stacks`] (to write stack definitions), [`crate::modules`].
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use allocscope_core::sync::{AtomicBool, AtomicU64, Ordering};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::options::{expand_pid, Options};
+use crate::thread_state::{enter_always, monotonic_ns, thread_id, Local};
+use crate::trace_format::{
+    DroppedCounts, Event, EventBatch, HeapSnapshot, Record, ReportRecord, StackDef, ThreadInfo,
+    TraceEnd, TraceStart, TraceWriter,
+};
+use crate::{modules, stacks};
+
+/// Most events in one frame when a large batch is written (keeps frames far below the limit).
+const EVENTS_PER_FRAME: usize = 32 * 1024;
+
+/// A batch of one thread's events on its way to the writer.
+struct Batch {
+    thread: u32,
+    events: Vec<Event>,
+}
+
+/// Rare messages that must not be dropped.
+enum Control {
+    Thread(ThreadInfo),
+    Report(ReportRecord),
+    /// Write everything queued so far, flush, and answer.
+    Flush(Sender<()>),
+    /// As `Flush`, then write the end marker and stop.
+    Finish(Sender<()>),
+}
+
+/// Produces a heap snapshot at the given trace time (supplied by the tracker's state).
+pub(crate) type SnapshotFn = Box<dyn FnMut(u64) -> HeapSnapshot + Send>;
+
+/// One tracker's connection to its writer thread.
+pub(crate) struct Stream {
+    data_tx: Sender<Batch>,
+    ctl_tx: Sender<Control>,
+    /// Monotonic time of the trace's time zero.
+    start_ns: u64,
+    batch_events: usize,
+    wait: Duration,
+    /// Relaxed counters: statistics, read by the writer for `Dropped` records.
+    dropped_events: AtomicU64,
+    dropped_batches: AtomicU64,
+    /// Set once `finish` ran; later events are dropped silently (the process is exiting).
+    finished: AtomicBool,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A thread's buffer of events for one stream.
+pub(crate) struct EventBuffer {
+    stream: &'static Stream,
+    thread: u32,
+    events: Vec<Event>,
+}
+
+impl EventBuffer {
+    /// Hands the buffered events to the writer (thread exit).
+    pub(crate) fn flush_and_close(mut self) {
+        self.send();
+    }
+
+    fn send(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let events = std::mem::replace(
+            &mut self.events,
+            Vec::with_capacity(self.stream.batch_events),
+        );
+        self.stream.send_batch(Batch {
+            thread: self.thread,
+            events,
+        });
+    }
+}
+
+impl Stream {
+    /// Opens the outputs and starts the writer thread. Must be called with the re-entrancy flag
+    /// set. The error is a one-line message for the user.
+    pub(crate) fn start(
+        options: &Options,
+        snapshot: SnapshotFn,
+    ) -> Result<&'static Stream, String> {
+        let mut sinks = Vec::new();
+        if let Some(path) = &options.trace_path {
+            let path = expand_pid(path);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot create trace file {}: {e}", path.display()))?;
+            let writer = TraceWriter::new(BufWriter::with_capacity(256 * 1024, file))
+                .map_err(|e| format!("cannot write trace file {}: {e}", path.display()))?;
+            sinks.push(Sink::File(writer));
+        }
+        let listener = match &options.socket_path {
+            Some(path) => Some(listen(&expand_pid(path))?),
+            None => None,
+        };
+        let per_batch = options.batch_events.max(1) * core::mem::size_of::<Event>();
+        let capacity = (options.stream_buffer_bytes / per_batch).max(2);
+        let (data_tx, data_rx) = bounded(capacity);
+        let (ctl_tx, ctl_rx) = unbounded();
+        let stream: &'static Stream = Box::leak(Box::new(Stream {
+            data_tx,
+            ctl_tx,
+            start_ns: monotonic_ns(),
+            batch_events: options.batch_events,
+            wait: options.stream_wait,
+            dropped_events: AtomicU64::new(0),
+            dropped_batches: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+            writer: Mutex::new(None),
+        }));
+        let start = TraceStart {
+            pid: std::process::id(),
+            program: std::fs::read_link("/proc/self/exe")
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            unix_time_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            page_size: crate::os_memory::page_size() as u64,
+            options: options.to_string(),
+            tracker_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let writer = Writer {
+            stream,
+            data_rx,
+            ctl_rx,
+            sinks,
+            listener,
+            start,
+            threads: Vec::new(),
+            modules: Vec::new(),
+            modules_fingerprint: 0,
+            written_stacks: HashSet::new(),
+            snapshot,
+            snapshot_interval: options.snapshot_interval,
+            last_dropped: DroppedCounts::default(),
+            events_written: 0,
+        };
+        let handle = std::thread::Builder::new()
+            .name("allocscope-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| format!("cannot start the trace writer thread: {e}"))?;
+        *stream.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(stream)
+    }
+
+    /// Nanoseconds since the trace's time zero.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        monotonic_ns().saturating_sub(self.start_ns)
+    }
+
+    /// Adds an event to the calling thread's buffer (or, during thread teardown, sends it
+    /// alone). Call with the re-entrancy flag set.
+    pub(crate) fn record(&'static self, local: Option<&Local>, event: Event) {
+        let Some(local) = local else {
+            self.send_batch(Batch {
+                thread: thread_id(),
+                events: vec![event],
+            });
+            return;
+        };
+        let Ok(mut slot) = local.events.try_borrow_mut() else {
+            self.send_batch(Batch {
+                thread: thread_id(),
+                events: vec![event],
+            });
+            return;
+        };
+        let mine = matches!(&*slot, Some(b) if core::ptr::eq(b.stream, self));
+        if !mine {
+            if let Some(mut other) = slot.take() {
+                other.send();
+            }
+            self.announce_thread();
+            *slot = Some(EventBuffer {
+                stream: self,
+                thread: thread_id(),
+                events: Vec::with_capacity(self.batch_events),
+            });
+        }
+        if let Some(buffer) = slot.as_mut() {
+            buffer.events.push(event);
+            if buffer.events.len() >= self.batch_events {
+                buffer.send();
+            }
+        }
+    }
+
+    /// Sends the calling thread's partial buffer now.
+    pub(crate) fn flush_current_thread(&'static self, local: Option<&Local>) {
+        if let Some(local) = local {
+            if let Ok(mut slot) = local.events.try_borrow_mut() {
+                if let Some(buffer) = slot.as_mut() {
+                    if core::ptr::eq(buffer.stream, self) {
+                        buffer.send();
+                    }
+                }
+            }
+        }
+    }
+
+    fn announce_thread(&self) {
+        let mut name = [0u8; 64];
+        // SAFETY: pthread_getname_np writes a NUL-terminated name of at most 64 bytes into our
+        // buffer (16 on Linux).
+        let ok = unsafe {
+            libc::pthread_getname_np(libc::pthread_self(), name.as_mut_ptr().cast(), name.len())
+        } == 0;
+        let name = ok
+            .then(|| {
+                let len = name.iter().position(|&b| b == 0).unwrap_or(0);
+                String::from_utf8_lossy(&name[..len]).into_owned()
+            })
+            .filter(|n| !n.is_empty());
+        // SAFETY: gettid has no preconditions.
+        let os_tid = unsafe { libc::gettid() } as u64;
+        let _ = self.ctl_tx.send(Control::Thread(ThreadInfo {
+            id: thread_id(),
+            os_tid,
+            name,
+        }));
+    }
+
+    fn send_batch(&self, batch: Batch) {
+        // Relaxed: a flag checked for speed; a batch racing with `finish` is simply dropped.
+        if self.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = batch.events.len() as u64;
+        let sent = match self.data_tx.try_send(batch) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(batch)) => {
+                self.data_tx.send_timeout(batch, self.wait).is_ok()
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        };
+        if !sent {
+            // Relaxed: statistics.
+            self.dropped_events.fetch_add(n, Ordering::Relaxed);
+            self.dropped_batches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a report (never dropped).
+    pub(crate) fn send_report(&self, report: ReportRecord) {
+        let _ = self.ctl_tx.send(Control::Report(report));
+    }
+
+    /// Events dropped so far.
+    pub(crate) fn dropped(&self) -> DroppedCounts {
+        DroppedCounts {
+            // Relaxed: statistics.
+            events: self.dropped_events.load(Ordering::Relaxed),
+            batches: self.dropped_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits (at most `timeout`) until everything queued so far is written and flushed.
+    pub(crate) fn flush(&'static self, local: Option<&Local>, timeout: Duration) -> bool {
+        self.flush_current_thread(local);
+        let (tx, rx) = bounded(1);
+        self.ctl_tx.send(Control::Flush(tx)).is_ok() && rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// Writes everything queued, the end marker, and stops the writer (process exit).
+    pub(crate) fn finish(&'static self, local: Option<&Local>, timeout: Duration) {
+        self.flush_current_thread(local);
+        let (tx, rx) = bounded(1);
+        if self.ctl_tx.send(Control::Finish(tx)).is_ok() {
+            let _ = rx.recv_timeout(timeout);
+        }
+        // Relaxed: see `send_batch`.
+        self.finished.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Creates the listening socket, readable and writable by the owner only.
+fn listen(path: &std::path::Path) -> Result<UnixListener, String> {
+    // A stale socket from an earlier run would make bind fail.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_socket()
+    }) {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        format!(
+            "cannot restrict socket {} to its owner: {e}",
+            path.display()
+        )
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot configure socket {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+enum Sink {
+    File(TraceWriter<BufWriter<File>>),
+    Client(TraceWriter<BufWriter<UnixStream>>),
+}
+
+impl Sink {
+    fn writer(&mut self) -> &mut dyn RecordSink {
+        match self {
+            Sink::File(w) => w,
+            Sink::Client(w) => w,
+        }
+    }
+}
+
+trait RecordSink {
+    fn put(&mut self, record: &Record) -> std::io::Result<()>;
+    fn flush_out(&mut self) -> std::io::Result<()>;
+}
+
+impl<W: Write> RecordSink for TraceWriter<W> {
+    fn put(&mut self, record: &Record) -> std::io::Result<()> {
+        self.write(record)
+    }
+    fn flush_out(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    stream: &'static Stream,
+    data_rx: Receiver<Batch>,
+    ctl_rx: Receiver<Control>,
+    sinks: Vec<Sink>,
+    listener: Option<UnixListener>,
+    /// Replayed to each new socket client so it can make sense of what follows.
+    start: TraceStart,
+    threads: Vec<ThreadInfo>,
+    modules: Vec<crate::trace_format::Module>,
+    modules_fingerprint: u64,
+    written_stacks: HashSet<u32>,
+    snapshot: SnapshotFn,
+    snapshot_interval: Option<Duration>,
+    last_dropped: DroppedCounts,
+    events_written: u64,
+}
+
+impl Writer {
+    fn run(mut self) {
+        // Everything this thread allocates is the tracker's own.
+        core::mem::forget(enter_always());
+        self.put(&Record::Start(self.start.clone()));
+        self.refresh_modules();
+        let tick = self
+            .snapshot_interval
+            .unwrap_or(Duration::from_millis(500))
+            .min(Duration::from_millis(500));
+        let mut next_snapshot = self.snapshot_interval.map(|i| Instant::now() + i);
+        let mut dirty = false;
+        loop {
+            while let Ok(control) = self.ctl_rx.try_recv() {
+                if self.control(control) {
+                    return;
+                }
+            }
+            // Wait for data, or for the tick; control messages are checked between batches.
+            match self.data_rx.recv_timeout(if dirty {
+                Duration::ZERO
+            } else {
+                tick.min(Duration::from_millis(20))
+            }) {
+                Ok(batch) => {
+                    self.batch(batch);
+                    dirty = true;
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if dirty {
+                self.flush_all();
+                dirty = false;
+            }
+            self.accept_clients();
+            if let Some(at) = next_snapshot {
+                if Instant::now() >= at {
+                    self.periodic();
+                    next_snapshot = self.snapshot_interval.map(|i| Instant::now() + i);
+                }
+            }
+        }
+    }
+
+    /// Handles one control message; `true` when the writer must stop.
+    fn control(&mut self, control: Control) -> bool {
+        match control {
+            Control::Thread(info) => {
+                self.put(&Record::Thread(info.clone()));
+                self.threads.push(info);
+            }
+            Control::Report(report) => {
+                for id in [report.access_stack, report.alloc_stack, report.free_stack] {
+                    self.define_stack(id);
+                }
+                self.put(&Record::Report(report));
+                self.flush_all();
+            }
+            Control::Flush(ack) => {
+                self.drain();
+                self.flush_all();
+                let _ = ack.send(());
+            }
+            Control::Finish(ack) => {
+                self.drain();
+                self.periodic();
+                let end = TraceEnd {
+                    time_ns: self.stream.now(),
+                    events_written: self.events_written,
+                    dropped: self.stream.dropped(),
+                };
+                self.put(&Record::End(end));
+                self.flush_all();
+                let _ = ack.send(());
+                return true;
+            }
+        }
+        false
+    }
+
+    fn drain(&mut self) {
+        while let Ok(batch) = self.data_rx.try_recv() {
+            self.batch(batch);
+        }
+    }
+
+    fn batch(&mut self, batch: Batch) {
+        for e in &batch.events {
+            let stack = match *e {
+                Event::Alloc { stack, .. }
+                | Event::Free { stack, .. }
+                | Event::Realloc { stack, .. } => stack,
+            };
+            self.define_stack(stack);
+        }
+        self.events_written += batch.events.len() as u64;
+        for chunk in batch.events.chunks(EVENTS_PER_FRAME) {
+            let record = Record::Batch(EventBatch {
+                thread: batch.thread,
+                events: chunk.to_vec(),
+            });
+            self.put(&record);
+        }
+    }
+
+    fn define_stack(&mut self, id: u32) {
+        if id == 0 || self.written_stacks.contains(&id) {
+            return;
+        }
+        if let Some(frames) = stacks::frames_of(id) {
+            self.written_stacks.insert(id);
+            let frames = frames.iter().map(|&f| f as u64).collect();
+            self.put(&Record::Stack(StackDef { id, frames }));
+        }
+    }
+
+    fn periodic(&mut self) {
+        self.refresh_modules();
+        let snapshot = (self.snapshot)(self.stream.now());
+        self.put(&Record::Snapshot(snapshot));
+        let dropped = self.stream.dropped();
+        if dropped != self.last_dropped {
+            self.put(&Record::Dropped(dropped));
+            self.last_dropped = dropped;
+        }
+        self.flush_all();
+    }
+
+    fn refresh_modules(&mut self) {
+        let modules = modules::current();
+        let fingerprint = modules::fingerprint(&modules);
+        if fingerprint != self.modules_fingerprint || self.modules.is_empty() {
+            self.modules_fingerprint = fingerprint;
+            self.modules = modules;
+            self.put(&Record::Modules(self.modules.clone()));
+        }
+    }
+
+    /// Writes to every sink; a socket client that fails is dropped, a file that fails is
+    /// dropped with a message (the program goes on).
+    fn put(&mut self, record: &Record) {
+        self.sinks
+            .retain_mut(|sink| match sink.writer().put(record) {
+                Ok(()) => true,
+                Err(e) => {
+                    if let Sink::File(_) = sink {
+                        crate::report::print_line(&format!(
+                            "allocscope: trace file write failed, tracing stops: {e}"
+                        ));
+                    }
+                    false
+                }
+            });
+    }
+
+    fn flush_all(&mut self) {
+        self.sinks
+            .retain_mut(|sink| sink.writer().flush_out().is_ok());
+    }
+
+    fn accept_clients(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        while let Ok((socket, _)) = listener.accept() {
+            let _ = socket.set_nonblocking(false);
+            let _ = socket.set_write_timeout(Some(Duration::from_secs(5)));
+            let Ok(mut writer) = TraceWriter::new(BufWriter::with_capacity(256 * 1024, socket))
+            else {
+                continue;
+            };
+            // Replay what a late viewer needs to make sense of the rest.
+            let mut ok = writer.write(&Record::Start(self.start.clone())).is_ok()
+                && writer.write(&Record::Modules(self.modules.clone())).is_ok();
+            for t in &self.threads {
+                ok = ok && writer.write(&Record::Thread(t.clone())).is_ok();
+            }
+            let mut ids: Vec<u32> = self.written_stacks.iter().copied().collect();
+            ids.sort_unstable();
+            for id in ids {
+                if let Some(frames) = stacks::frames_of(id) {
+                    let def = StackDef {
+                        id,
+                        frames: frames.iter().map(|&f| f as u64).collect(),
+                    };
+                    ok = ok && writer.write(&Record::Stack(def)).is_ok();
+                }
+            }
+            if ok && writer.flush().is_ok() {
+                self.sinks.push(Sink::Client(writer));
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Turning return addresses into function names and file:line, for reports. Only ever called
+//! on a report's path or at exit, never for an ordinary allocation: resolving reads debug info
+//! and allocates (internally, under the re-entrancy flag).
+//!
+//! May touch: `backtrace` (its resolver), [`crate::stacks`].
+
+use std::fmt::Write as _;
+
+/// One resolved frame (an inlined call gives several for one address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymbolizedFrame {
+    /// The return address.
+    pub address: usize,
+    /// Demangled function name, without the hash suffix.
+    pub function: Option<String>,
+    /// Source file.
+    pub file: Option<String>,
+    /// Source line.
+    pub line: Option<u32>,
+}
+
+/// Resolves one return address.
+pub fn symbolize_address(address: usize) -> Vec<SymbolizedFrame> {
+    let mut out = Vec::new();
+    // A return address points after the call; one byte back is inside the call instruction,
+    // which is the line the user wants to see.
+    let probe = address.saturating_sub(1);
+    backtrace::resolve(probe as *mut core::ffi::c_void, |symbol| {
+        out.push(SymbolizedFrame {
+            address,
+            function: symbol.name().map(|n| format!("{n:#}")),
+            file: symbol.filename().map(|f| f.display().to_string()),
+            line: symbol.lineno(),
+        });
+    });
+    if out.is_empty() {
+        out.push(SymbolizedFrame {
+            address,
+            function: None,
+            file: None,
+            line: None,
+        });
+    }
+    out
+}
+
+/// Whether a function belongs to the allocation machinery rather than to the program
+/// (skipped at the top of printed stacks so that frame #0 is the program's call).
+pub fn is_allocator_frame(function: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "allocscope_tracker::",
+        "<allocscope_tracker::",
+        "allocscope_core::",
+        "<allocscope_core::",
+        "backtrace::",
+        "__rust_alloc",
+        "__rust_dealloc",
+        "__rust_realloc",
+        "__rust_alloc_zeroed",
+        "__rdl_",
+        "__rg_",
+        "alloc::alloc::",
+        "<alloc::alloc::Global",
+        "std::alloc::",
+        "<std::alloc::System",
+        "_Unwind_",
+        "allocscope_", // the C-ABI wrappers of the preload library (allocscope_malloc, ...)
+    ];
+    PREFIXES.iter().any(|p| function.starts_with(p))
+}
+
+/// Resolves a stack and drops the allocator's own frames from its top.
+pub fn symbolize_stack(frames: &[usize]) -> Vec<SymbolizedFrame> {
+    let mut out: Vec<SymbolizedFrame> = frames.iter().flat_map(|&a| symbolize_address(a)).collect();
+    let skip = out
+        .iter()
+        .position(|f| !f.function.as_deref().is_some_and(is_allocator_frame))
+        .unwrap_or(0);
+    // Keep everything if the whole stack looks like allocator code (better than nothing).
+    if skip < out.len() {
+        out.drain(..skip);
+    }
+    out
+}
+
+/// Appends a stack in AddressSanitizer's layout (`    #0 0x... in function file:line`).
+pub fn format_stack(out: &mut String, frames: &[SymbolizedFrame]) {
+    for (i, f) in frames.iter().enumerate() {
+        let _ = write!(
+            out,
+            "    #{i} {:#x} in {}",
+            f.address,
+            f.function.as_deref().unwrap_or("??")
+        );
+        match (&f.file, f.line) {
+            (Some(file), Some(line)) => {
+                let _ = write!(out, " {file}:{line}");
+            }
+            (Some(file), None) => {
+                let _ = write!(out, " {file}");
+            }
+            _ => {}
+        }
+        out.push('\n');
+    }
+}
+
+/// The first frame that is the program's, as `function file:line`, for a report's summary.
+pub fn first_program_frame(frames: &[SymbolizedFrame]) -> Option<String> {
+    let f = frames.first()?;
+    let mut s = String::new();
+    if let (Some(file), Some(line)) = (&f.file, f.line) {
+        let _ = write!(s, "{file}:{line} in ");
+    }
+    s.push_str(f.function.as_deref().unwrap_or("??"));
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_frames_are_recognised() {
+        assert!(is_allocator_frame(
+            "<allocscope_tracker::Tracker<A> as core::alloc::global::GlobalAlloc>::alloc"
+        ));
+        assert!(is_allocator_frame("__rust_alloc"));
+        assert!(is_allocator_frame("alloc::alloc::exchange_malloc"));
+        assert!(!is_allocator_frame("alloc::raw_vec::RawVec<T,A>::grow_one"));
+        assert!(!is_allocator_frame("my_program::main"));
+    }
+
+    #[test]
+    fn stacks_print_in_asan_layout() {
+        let frames = [
+            SymbolizedFrame {
+                address: 0x1234,
+                function: Some("prog::leaky".into()),
+                file: Some("src/main.rs".into()),
+                line: Some(7),
+            },
+            SymbolizedFrame {
+                address: 0x5678,
+                function: None,
+                file: None,
+                line: None,
+            },
+        ];
+        let mut text = String::new();
+        format_stack(&mut text, &frames);
+        assert_eq!(
+            text,
+            "    #0 0x1234 in prog::leaky src/main.rs:7\n    #1 0x5678 in ??\n"
+        );
+        assert_eq!(
+            first_program_frame(&frames).unwrap(),
+            "src/main.rs:7 in prog::leaky"
+        );
+    }
+}

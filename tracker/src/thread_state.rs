@@ -1,0 +1,180 @@
+//! Per-thread state: the re-entrancy flag, the thread's trace id, its sampling countdowns and
+//! random generator, its stack-id cache and its event buffer.
+//!
+//! The flag is what keeps the tracker from tracking itself: while it is set, allocations made on
+//! this thread (by the tracker's own code, or by std/crossbeam/backtrace on its behalf) go to
+//! the inner allocator as *internal* blocks. It is a `const`-initialised `Cell<bool>` with no
+//! destructor, so it is readable at every moment of a thread's life, including while its other
+//! thread-locals are being destroyed.
+//!
+//! May touch: `std::thread_local`, [`crate::stream`] (to flush the buffer at thread exit).
+
+use core::cell::{Cell, RefCell};
+
+use allocscope_core::sync::{AtomicU32, Ordering};
+
+use crate::stream::EventBuffer;
+
+thread_local! {
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+    static TID: Cell<u32> = const { Cell::new(0) };
+    static LOCAL: Local = const { Local::new() };
+}
+
+/// Next thread id to hand out (0 = not assigned yet). Relaxed: ids only need to be unique.
+static NEXT_TID: AtomicU32 = AtomicU32::new(1);
+
+/// Marks the current thread as inside the tracker until dropped.
+pub(crate) struct Busy {
+    previous: bool,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let previous = self.previous;
+        let _ = BUSY.try_with(|b| b.set(previous));
+    }
+}
+
+/// Sets the flag; `None` when it was set already (a nested call from inside the tracker).
+#[inline]
+pub(crate) fn enter() -> Option<Busy> {
+    BUSY.try_with(|b| {
+        if b.get() {
+            None
+        } else {
+            b.set(true);
+            Some(Busy { previous: false })
+        }
+    })
+    .ok()
+    .flatten()
+}
+
+/// Sets the flag whatever its state (exit hooks, signal handlers, the writer thread).
+pub(crate) fn enter_always() -> Busy {
+    let previous = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
+    Busy { previous }
+}
+
+/// The current thread's trace id (small, assigned at first use, stable for the thread's life).
+#[inline]
+pub(crate) fn thread_id() -> u32 {
+    TID.try_with(|t| {
+        let id = t.get();
+        if id != 0 {
+            return id;
+        }
+        // Relaxed: uniqueness is all that is needed.
+        let id = NEXT_TID.fetch_add(1, Ordering::Relaxed);
+        t.set(id);
+        id
+    })
+    .unwrap_or(0)
+}
+
+/// Entries in the per-thread stack cache (direct mapped by stack hash).
+pub(crate) const STACK_CACHE: usize = 256;
+
+/// The rest of a thread's state. `const`-constructible: nothing here allocates until used.
+pub(crate) struct Local {
+    /// Bytes left before the next sampled stack.
+    pub(crate) sample_countdown: Cell<i64>,
+    /// Allocations left before the next guarded one (0 = draw a new interval).
+    pub(crate) guard_countdown: Cell<u32>,
+    /// xorshift64* state (0 = not seeded).
+    rng: Cell<u64>,
+    /// Stack hash -> stack id, to skip the global table for stacks seen before.
+    pub(crate) stack_cache: RefCell<[(u64, u32); STACK_CACHE]>,
+    /// This thread's bounds for the frame-pointer walk ((0, 0) = not read yet).
+    pub(crate) stack_bounds: Cell<(usize, usize)>,
+    /// Events waiting to be handed to the writer.
+    pub(crate) events: RefCell<Option<EventBuffer>>,
+}
+
+impl Local {
+    const fn new() -> Self {
+        Local {
+            sample_countdown: Cell::new(0),
+            guard_countdown: Cell::new(0),
+            rng: Cell::new(0),
+            stack_cache: RefCell::new([(0, 0); STACK_CACHE]),
+            stack_bounds: Cell::new((0, 0)),
+            events: RefCell::new(None),
+        }
+    }
+
+    /// A uniform random 64-bit value (xorshift64*: fast, good enough for sampling intervals).
+    pub(crate) fn next_random(&self) -> u64 {
+        let mut x = self.rng.get();
+        if x == 0 {
+            x = seed();
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A uniform value in (0, 1].
+    pub(crate) fn next_unit(&self) -> f64 {
+        ((self.next_random() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        // Thread exit: the buffer's memory is internal, so free it (and send what it holds)
+        // with the flag set.
+        let _busy = enter_always();
+        if let Some(buffer) = self.events.get_mut().take() {
+            buffer.flush_and_close();
+        }
+    }
+}
+
+/// Runs `f` with the current thread's state; `None` once the thread's locals are destroyed.
+#[inline]
+pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
+    LOCAL.try_with(f).ok()
+}
+
+/// A seed that differs between threads and runs.
+fn seed() -> u64 {
+    let here = &seed as *const _ as u64;
+    let mut x = monotonic_ns() ^ (u64::from(thread_id()) << 32) ^ here.rotate_left(17);
+    x ^= u64::from(std::process::id()).rotate_left(40);
+    if x == 0 {
+        x = 0x9E37_79B9_7F4A_7C15;
+    }
+    x
+}
+
+/// Nanoseconds of a clock that never goes back (CLOCK_MONOTONIC; no allocation, no lock).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// A random 64-bit value for per-process secrets (canary pattern).
+pub(crate) fn process_random() -> u64 {
+    let mut bytes = [0u8; 8];
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: getrandom writes at most 8 bytes into our buffer.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 8, libc::GRND_NONBLOCK) };
+        if n == 8 {
+            return u64::from_le_bytes(bytes) | 1;
+        }
+    }
+    bytes = seed().to_le_bytes();
+    u64::from_le_bytes(bytes) | 1
+}

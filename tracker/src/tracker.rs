@@ -1,0 +1,955 @@
+//! The type users install: `Tracker<A>`, an instrumented wrapper around any `GlobalAlloc`
+//! (the core allocator by default), and the allocation paths through it.
+//!
+//! Every call first checks the thread's re-entrancy flag. Set: the call comes from the tracker
+//! itself (or std/crossbeam/backtrace working for it) and takes the *internal* path — the inner
+//! allocator, plus a table entry so the block can later be freed from anywhere. Clear: the
+//! program's call takes the *tracked* path:
+//!
+//! ```text
+//! alloc:   flag -> sample? (byte countdown) -> guard? (1 in N) -> guard slot | inner + red zones
+//!          -> table insert -> event
+//! free:    flag -> table release (unknown: invalid-free; freed: double-free) -> layout check
+//!          -> guard slot free | red-zone check -> quarantine (poison, evict oldest) | inner free
+//!          -> event
+//! ```
+//!
+//! Problems found here are reported ([`crate::state::State::raise`]) and the bad call is
+//! ignored, so the heap stays sound.
+//!
+//! May touch: the inner allocator, [`crate::state`], [`crate::thread_state`], the detection
+//! modules.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::null_mut;
+use std::time::Duration;
+
+use allocscope_core::sync::{AtomicPtr, AtomicU32, Ordering};
+use allocscope_core::Allocscope;
+
+use crate::block_table::{flag, state as block_state, BlockInfo, Release};
+use crate::canary;
+use crate::options::{LeakCheck, Options};
+use crate::quarantine::Held;
+use crate::report::{print_line, Detection, Facts, Report};
+use crate::state::{self, State, TrackerStats};
+use crate::thread_state::{enter, enter_always, thread_id, with_local, Local};
+use crate::trace_format::{Event, ReportKind};
+
+const UNINIT: u32 = 0;
+const INITIALISING: u32 = 1;
+const READY: u32 = 2;
+const FAILED: u32 = 3;
+
+/// The instrumented allocator. `Tracker::new()` reads `ALLOCSCOPE_OPTIONS` at the first
+/// allocation; [`Tracker::with_options`] takes options built in code.
+///
+/// ```
+/// use allocscope_tracker::{Options, Tracker};
+/// use std::alloc::{GlobalAlloc, Layout, System};
+///
+/// let options = Options::builder().canary_bytes(16).print_reports(false).build().unwrap();
+/// let tracker = Tracker::with_options(System, options);
+/// let layout = Layout::from_size_align(16, 8).unwrap();
+/// unsafe {
+///     let p = tracker.alloc(layout);
+///     p.add(16).write(0); // one byte too far
+///     tracker.dealloc(p, layout);
+/// }
+/// let reports = tracker.take_reports();
+/// assert_eq!(reports[0].kind.as_str(), "heap-buffer-overflow");
+/// ```
+pub struct Tracker<A: GlobalAlloc = Allocscope> {
+    inner: A,
+    given: Option<Options>,
+    state: AtomicPtr<State>,
+    init: AtomicU32,
+}
+
+impl Tracker<Allocscope> {
+    /// The tracker over the core allocator, configured by `ALLOCSCOPE_OPTIONS`; `const`, for
+    /// `#[global_allocator] static A: Tracker = Tracker::new();`.
+    pub const fn new() -> Self {
+        Self::with_inner(Allocscope::new())
+    }
+}
+
+impl Default for Tracker<Allocscope> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A: GlobalAlloc> Tracker<A> {
+    /// The tracker over `inner`, configured by `ALLOCSCOPE_OPTIONS`.
+    pub const fn with_inner(inner: A) -> Self {
+        Tracker {
+            inner,
+            given: None,
+            state: AtomicPtr::new(null_mut()),
+            init: AtomicU32::new(UNINIT),
+        }
+    }
+
+    /// The tracker over `inner` with options built in code (`ALLOCSCOPE_OPTIONS` is ignored).
+    pub fn with_options(inner: A, options: Options) -> Self {
+        Tracker {
+            inner,
+            given: Some(options),
+            state: AtomicPtr::new(null_mut()),
+            init: AtomicU32::new(UNINIT),
+        }
+    }
+
+    /// The state if initialised; never initialises (for nested calls).
+    #[inline]
+    fn ready(&self) -> Option<&'static State> {
+        // Acquire: pairs with the Release store in `init_slow`: the state is fully built.
+        let p = self.state.load(Ordering::Acquire);
+        // SAFETY: a published state is leaked, so valid for 'static.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    /// The state, initialising it at the first call.
+    #[inline]
+    fn state(&self) -> Option<&'static State> {
+        match self.ready() {
+            Some(s) => Some(s),
+            None => self.init_slow(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn init_slow(&self) -> Option<&'static State> {
+        // Acquire on success and failure: see the state published by the winner.
+        match self
+            .init
+            .compare_exchange(UNINIT, INITIALISING, Ordering::Acquire, Ordering::Acquire)
+        {
+            Ok(_) => {}
+            Err(INITIALISING) => {
+                // Another thread is building the state: it does not wait for us, so waiting
+                // here cannot deadlock.
+                while self.init.load(Ordering::Acquire) == INITIALISING {
+                    std::thread::yield_now();
+                }
+                return self.ready();
+            }
+            Err(_) => return self.ready(),
+        }
+        let _busy = enter_always();
+        let options = match &self.given {
+            Some(o) => Ok(o.clone()),
+            None => env_options(),
+        };
+        let built = options.and_then(State::create);
+        match built {
+            Ok(state) => {
+                state::register(state);
+                // Release: publishes the built state (pairs with the Acquire in `ready`).
+                self.state
+                    .store(state as *const State as *mut State, Ordering::Release);
+                self.init.store(READY, Ordering::Release);
+                Some(state)
+            }
+            Err(message) => {
+                print_line(&format!("allocscope: {message}"));
+                if self.given.is_none() {
+                    // A mistyped ALLOCSCOPE_OPTIONS must not go unnoticed (as ASan does).
+                    std::process::abort();
+                }
+                self.init.store(FAILED, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Allocation
+    // -----------------------------------------------------------------------------------------
+
+    /// Allocates `size` bytes aligned to `align` (a power of two); null when out of memory.
+    #[inline]
+    pub fn allocate(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        if !align.is_power_of_two() {
+            return null_mut();
+        }
+        let Some(busy) = enter() else {
+            return self.alloc_internal(size, align, zeroed);
+        };
+        let Some(state) = self.state() else {
+            drop(busy);
+            return self.inner_alloc(size.max(1), align, zeroed);
+        };
+        let p = match with_local(|local| {
+            self.alloc_tracked(state, Some(local), size, align, zeroed, true)
+        }) {
+            Some(p) => p,
+            None => self.alloc_tracked(state, None, size, align, zeroed, true),
+        };
+        drop(busy);
+        p
+    }
+
+    fn inner_alloc(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        let Ok(layout) = Layout::from_size_align(size, align) else {
+            return null_mut();
+        };
+        // SAFETY: size >= 1 (callers pass a non-zero size), and the layout is valid.
+        unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        }
+    }
+
+    /// A block for the tracker's own use (re-entrant call).
+    fn alloc_internal(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        let size = size.max(1);
+        let p = self.inner_alloc(size, align, zeroed);
+        if !p.is_null() {
+            if let Some(state) = self.ready() {
+                let info = BlockInfo {
+                    size,
+                    align_log2: align.trailing_zeros() as u8,
+                    state: block_state::LIVE,
+                    flags: flag::INTERNAL,
+                    ..Default::default()
+                };
+                state.table.insert(p as usize, info);
+            }
+        }
+        p
+    }
+
+    fn alloc_tracked(
+        &self,
+        state: &'static State,
+        local: Option<&Local>,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        emit: bool,
+    ) -> *mut u8 {
+        let tid = thread_id();
+        let sampled = state.should_sample(local, size);
+        let guarded = state.should_guard(local, size, align);
+        let stack = if sampled || guarded {
+            state.stack_here(local)
+        } else {
+            0
+        };
+        let align_log2 = align.trailing_zeros() as u8;
+        let mut info = BlockInfo {
+            size,
+            align_log2,
+            state: block_state::LIVE,
+            flags: 0,
+            alloc_stack: stack,
+            alloc_thread: tid,
+            ..Default::default()
+        };
+        let mut ptr = 0;
+        if guarded {
+            if let Some(pool) = &state.guard {
+                let random = local.map_or(1.0, Local::next_unit);
+                if let Some(p) = pool.allocate(size, align, random, stack, tid) {
+                    if zeroed {
+                        // SAFETY: the slot's block is `size` writable bytes.
+                        unsafe { core::ptr::write_bytes(p as *mut u8, 0, size) };
+                    }
+                    info.flags = flag::GUARDED;
+                    ptr = p;
+                }
+            }
+        }
+        if ptr == 0 {
+            let canary = state.options.canary_bytes;
+            let left = canary::left_zone(canary, align);
+            let Some(total) = left.checked_add(size).and_then(|t| t.checked_add(canary)) else {
+                return null_mut();
+            };
+            let base = self.inner_alloc(total.max(1), align, zeroed);
+            if base.is_null() {
+                return null_mut();
+            }
+            ptr = base as usize + left;
+            if canary > 0 {
+                info.flags = flag::CANARY;
+                // SAFETY: both red zones lie inside the `total` bytes just allocated.
+                unsafe {
+                    canary::fill(base as usize, left);
+                    canary::fill(ptr + size, canary);
+                }
+            }
+        }
+        if !state.table.insert(ptr, info) {
+            // No room to record it: better out of memory than an untracked block.
+            self.release_memory(state, ptr, &info);
+            return null_mut();
+        }
+        if emit {
+            if let Some(stream) = state.stream() {
+                let event = Event::Alloc {
+                    time_ns: stream.now(),
+                    addr: ptr as u64,
+                    size: size as u64,
+                    align: align as u64,
+                    stack,
+                };
+                stream.record(local, event);
+            }
+        }
+        ptr as *mut u8
+    }
+
+    /// Gives a block's memory back to where it came from (guard slot or inner allocator).
+    fn release_memory(&self, state: &State, ptr: usize, info: &BlockInfo) {
+        if info.flags & flag::GUARDED != 0 {
+            if let Some(pool) = &state.guard {
+                pool.free(ptr, info.free_stack, info.free_thread);
+            }
+            return;
+        }
+        let (base, total) = if info.flags & flag::CANARY != 0 {
+            let canary = state.options.canary_bytes;
+            let left = canary::left_zone(canary, info.align());
+            (ptr - left, left + info.size + canary)
+        } else {
+            (ptr, info.size)
+        };
+        // SAFETY: `base` was returned by the inner allocator with exactly this size (at least
+        // 1) and alignment (see `alloc_tracked` / `alloc_internal`), and is freed once: the table
+        // entry moved out of LIVE before we got here.
+        unsafe {
+            let layout = Layout::from_size_align_unchecked(total.max(1), info.align());
+            self.inner.dealloc(base as *mut u8, layout);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Free
+    // -----------------------------------------------------------------------------------------
+
+    /// Frees `ptr`. `layout` is the size and alignment the caller believes the block has
+    /// (Rust's `dealloc`), checked against the allocation's; `None` for C's `free`. A bad
+    /// pointer is reported and ignored.
+    ///
+    /// # Safety
+    /// Nothing may use the block after this call (if it is a valid block of this tracker).
+    /// Invalid and double frees are detected, but an arbitrary pointer that happens to equal
+    /// another live block's address frees that block.
+    pub unsafe fn deallocate(&self, ptr: *mut u8, layout: Option<(usize, usize)>) {
+        if ptr.is_null() {
+            return;
+        }
+        let Some(busy) = enter() else {
+            self.free_nested(ptr as usize, layout);
+            return;
+        };
+        let Some(state) = self.state() else {
+            drop(busy);
+            self.free_untracked(ptr as usize, layout);
+            return;
+        };
+        if with_local(|local| {
+            self.free_tracked(
+                state,
+                Some(local),
+                ptr as usize,
+                layout,
+                Detection::Free,
+                true,
+            )
+        })
+        .is_none()
+        {
+            self.free_tracked(state, None, ptr as usize, layout, Detection::Free, true);
+        }
+        drop(busy);
+    }
+
+    fn free_untracked(&self, ptr: usize, layout: Option<(usize, usize)>) {
+        let (size, align) = layout.unwrap_or((1, 1));
+        // SAFETY: with no state there is no tracking: the block came straight from the inner
+        // allocator; C callers give no layout, which the core allocator does not need.
+        unsafe {
+            self.inner.dealloc(
+                ptr as *mut u8,
+                Layout::from_size_align_unchecked(size.max(1), align),
+            )
+        }
+    }
+
+    /// A free from inside the tracker (re-entrant call).
+    fn free_nested(&self, ptr: usize, layout: Option<(usize, usize)>) {
+        let Some(state) = self.ready() else {
+            self.free_untracked(ptr, layout);
+            return;
+        };
+        match state.table.get(ptr) {
+            Some(info) if info.is_internal() => {
+                if let Release::Was(info) = state.table.release(ptr, block_state::FREED, 0, 0) {
+                    self.release_memory(state, ptr, &info);
+                }
+            }
+            // A program block freed by code running for the tracker (std's thread-local
+            // bookkeeping can do this): free it properly, without events.
+            Some(_) => {
+                self.free_tracked(state, None, ptr, None, Detection::Free, false);
+            }
+            // Allocated before the table existed (during initialisation).
+            None => self.free_untracked(ptr, layout),
+        }
+    }
+
+    fn free_tracked(
+        &self,
+        state: &'static State,
+        local: Option<&Local>,
+        ptr: usize,
+        layout: Option<(usize, usize)>,
+        detection: Detection,
+        emit: bool,
+    ) {
+        let tid = thread_id();
+        let quarantine = state.quarantine.as_ref();
+        let released = state.table.release_with(ptr, tid, |info| {
+            if info.flags & flag::GUARDED == 0 && quarantine.is_some_and(|q| q.admits(info.size)) {
+                block_state::QUARANTINED
+            } else {
+                block_state::FREED
+            }
+        });
+        let mut info = match released {
+            Release::Was(info) => info,
+            Release::AlreadyFreed(info) => {
+                let facts = state.facts_for(ReportKind::DoubleFree, detection, ptr, ptr, &info);
+                state.raise(facts, local);
+                return;
+            }
+            Release::Unknown => {
+                self.report_invalid_free(state, local, ptr, detection);
+                return;
+            }
+        };
+        if info.is_internal() {
+            self.release_memory(state, ptr, &info);
+            return;
+        }
+        if let Some((size, align)) = layout {
+            if size != info.size || align != info.align() {
+                let mut facts =
+                    state.facts_for(ReportKind::AllocDeallocMismatch, detection, ptr, ptr, &info);
+                facts.mismatch = Some(((info.size, info.align()), (size, align)));
+                state.raise(facts, local);
+            }
+        }
+        let guarded = info.flags & flag::GUARDED != 0;
+        if state.options.free_stacks && (info.alloc_stack != 0 || guarded) {
+            info.free_stack = state.stack_here(local);
+            info.free_thread = tid;
+            state.table.set_free_stack(ptr, info.free_stack);
+        }
+        if emit {
+            if let Some(stream) = state.stream() {
+                let event = Event::Free {
+                    time_ns: stream.now(),
+                    addr: ptr as u64,
+                    size: info.size as u64,
+                    stack: info.free_stack,
+                };
+                stream.record(local, event);
+            }
+        }
+        if guarded {
+            if let Some(pool) = &state.guard {
+                if let Some(damage) = pool.free(ptr, info.free_stack, tid) {
+                    let facts = state.facts_for(damage.kind, detection, damage.address, ptr, &info);
+                    state.raise(facts, local);
+                }
+            }
+            return;
+        }
+        // SAFETY: the block was live until the release above, which only this thread won; its
+        // memory is still ours.
+        if let Some((kind, addr)) = unsafe { state.canary_damage(ptr, &info) } {
+            let facts = state.facts_for(kind, detection, addr, ptr, &info);
+            state.raise(facts, local);
+        }
+        match quarantine {
+            Some(q) if q.admits(info.size) => {
+                // SAFETY: the block is ours until it leaves the quarantine.
+                unsafe { canary::poison(ptr, info.size) };
+                let held = Held {
+                    ptr,
+                    size: info.size,
+                    align_log2: info.align_log2,
+                    flags: info.flags,
+                };
+                if !q.push(held) {
+                    state
+                        .table
+                        .transition(ptr, block_state::QUARANTINED, block_state::FREED);
+                    self.release_memory(state, ptr, &info);
+                }
+                while let Some(old) = q.pop_excess() {
+                    self.evict(state, local, old);
+                }
+            }
+            _ => self.release_memory(state, ptr, &info),
+        }
+    }
+
+    /// A block leaves the quarantine: check the poison, then really free it.
+    fn evict(&self, state: &'static State, local: Option<&Local>, held: Held) {
+        // SAFETY: a held block stays ours until this function frees it.
+        let damaged = unsafe { canary::first_unpoisoned(held.ptr, held.size) };
+        let info = state.table.get(held.ptr).unwrap_or(BlockInfo {
+            size: held.size,
+            align_log2: held.align_log2,
+            flags: held.flags,
+            ..Default::default()
+        });
+        if let Some(addr) = damaged {
+            let facts = state.facts_for(
+                ReportKind::UseAfterFree,
+                Detection::QuarantineExit,
+                addr,
+                held.ptr,
+                &info,
+            );
+            state.raise(facts, local);
+        }
+        state
+            .table
+            .transition(held.ptr, block_state::QUARANTINED, block_state::FREED);
+        let info = BlockInfo {
+            size: held.size,
+            align_log2: held.align_log2,
+            flags: held.flags,
+            ..info
+        };
+        self.release_memory(state, held.ptr, &info);
+    }
+
+    #[cold]
+    fn report_invalid_free(
+        &self,
+        state: &'static State,
+        local: Option<&Local>,
+        ptr: usize,
+        detection: Detection,
+    ) {
+        let mut facts = Facts::new(ReportKind::InvalidFree, detection, ptr, thread_id());
+        if let Some((start, info)) = state.table.find_containing(ptr) {
+            facts.block = Some((start, info.size));
+            facts.alloc_stack = info.alloc_stack;
+            facts.alloc_thread = info.alloc_thread;
+        }
+        state.raise(facts, local);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Realloc
+    // -----------------------------------------------------------------------------------------
+
+    /// Resizes `ptr` to `new_size` bytes (alignment `align`), moving it if needed; null when out
+    /// of memory (the old block stays valid) or when `ptr` is not a live block (reported). A
+    /// null `ptr` allocates. `old_layout` as for [`Tracker::deallocate`].
+    ///
+    /// # Safety
+    /// As for [`Tracker::deallocate`]; on success the old pointer must not be used again.
+    pub unsafe fn reallocate(
+        &self,
+        ptr: *mut u8,
+        old_layout: Option<(usize, usize)>,
+        new_size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        if ptr.is_null() {
+            return self.allocate(new_size, align, false);
+        }
+        if !align.is_power_of_two() {
+            return null_mut();
+        }
+        let Some(busy) = enter() else {
+            return self.realloc_nested(ptr as usize, old_layout, new_size, align);
+        };
+        let Some(state) = self.state() else {
+            drop(busy);
+            let (size, a) = old_layout.unwrap_or((1, align));
+            // SAFETY: no tracking: the block came straight from the inner allocator.
+            return unsafe {
+                self.inner.realloc(
+                    ptr,
+                    Layout::from_size_align_unchecked(size.max(1), a),
+                    new_size.max(1),
+                )
+            };
+        };
+        let p = match with_local(|local| {
+            self.realloc_tracked(
+                state,
+                Some(local),
+                ptr as usize,
+                old_layout,
+                new_size,
+                align,
+                true,
+            )
+        }) {
+            Some(p) => p,
+            None => {
+                self.realloc_tracked(state, None, ptr as usize, old_layout, new_size, align, true)
+            }
+        };
+        drop(busy);
+        p
+    }
+
+    fn realloc_nested(
+        &self,
+        ptr: usize,
+        old_layout: Option<(usize, usize)>,
+        new_size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        let new_size = new_size.max(1);
+        let Some(state) = self.ready() else {
+            let (size, a) = old_layout.unwrap_or((1, align));
+            // SAFETY: no tracking: the block came straight from the inner allocator.
+            return unsafe {
+                self.inner.realloc(
+                    ptr as *mut u8,
+                    Layout::from_size_align_unchecked(size.max(1), a),
+                    new_size,
+                )
+            };
+        };
+        match state.table.get(ptr) {
+            Some(info) if info.is_internal() => {
+                // SAFETY: internal blocks come from the inner allocator with exactly this layout.
+                let new = unsafe {
+                    self.inner.realloc(
+                        ptr as *mut u8,
+                        Layout::from_size_align_unchecked(info.size, info.align()),
+                        new_size,
+                    )
+                };
+                if !new.is_null() {
+                    state.table.release(ptr, block_state::FREED, 0, 0);
+                    state.table.insert(
+                        new as usize,
+                        BlockInfo {
+                            size: new_size,
+                            ..info
+                        },
+                    );
+                }
+                new
+            }
+            Some(_) => self.realloc_tracked(state, None, ptr, None, new_size, align, false),
+            None => {
+                let (size, a) = old_layout.unwrap_or((1, align));
+                // SAFETY: not in the table: allocated before the table existed, by the inner
+                // allocator.
+                unsafe {
+                    self.inner.realloc(
+                        ptr as *mut u8,
+                        Layout::from_size_align_unchecked(size.max(1), a),
+                        new_size,
+                    )
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn realloc_tracked(
+        &self,
+        state: &'static State,
+        local: Option<&Local>,
+        ptr: usize,
+        old_layout: Option<(usize, usize)>,
+        new_size: usize,
+        align: usize,
+        emit: bool,
+    ) -> *mut u8 {
+        let info = match state.table.get(ptr) {
+            Some(info) if info.state == block_state::LIVE => info,
+            Some(info) => {
+                let facts = state.facts_for(
+                    ReportKind::UseAfterFree,
+                    Detection::Realloc,
+                    ptr,
+                    ptr,
+                    &info,
+                );
+                state.raise(facts, local);
+                return null_mut();
+            }
+            None => {
+                self.report_invalid_free(state, local, ptr, Detection::Realloc);
+                return null_mut();
+            }
+        };
+        if let Some((size, a)) = old_layout {
+            if size != info.size || a != info.align() {
+                let mut facts = state.facts_for(
+                    ReportKind::AllocDeallocMismatch,
+                    Detection::Realloc,
+                    ptr,
+                    ptr,
+                    &info,
+                );
+                facts.mismatch = Some(((info.size, info.align()), (size, a)));
+                state.raise(facts, local);
+            }
+        }
+        // Fast path: a plain block and no quarantine: let the inner allocator resize in place.
+        if info.flags == 0
+            && state.quarantine.is_none()
+            && align == info.align()
+            && !info.is_internal()
+        {
+            let sampled = state.should_sample(local, new_size);
+            let stack = if sampled {
+                state.stack_here(local)
+            } else {
+                info.alloc_stack
+            };
+            // SAFETY: a plain block was allocated by the inner allocator with exactly
+            // (size.max(1), align); it is live (checked above).
+            let new = unsafe {
+                self.inner.realloc(
+                    ptr as *mut u8,
+                    Layout::from_size_align_unchecked(info.size.max(1), info.align()),
+                    new_size.max(1),
+                )
+            };
+            if new.is_null() {
+                return null_mut();
+            }
+            let moved = BlockInfo {
+                size: new_size,
+                alloc_stack: stack,
+                alloc_thread: thread_id(),
+                ..info
+            };
+            if new as usize != ptr {
+                state.table.release(ptr, block_state::FREED, 0, thread_id());
+            }
+            state.table.insert(new as usize, moved);
+            if emit {
+                self.emit_realloc(
+                    state,
+                    local,
+                    ptr,
+                    new as usize,
+                    info.size,
+                    new_size,
+                    align,
+                    stack,
+                );
+            }
+            return new;
+        }
+        let new = self.alloc_tracked(state, local, new_size, align, false, false);
+        if new.is_null() {
+            return null_mut();
+        }
+        // SAFETY: both blocks are live and distinct; we copy the smaller size.
+        unsafe { core::ptr::copy_nonoverlapping(ptr as *const u8, new, info.size.min(new_size)) };
+        self.free_tracked(state, local, ptr, None, Detection::Realloc, false);
+        if emit {
+            let stack = state.table.get(new as usize).map_or(0, |i| i.alloc_stack);
+            self.emit_realloc(
+                state,
+                local,
+                ptr,
+                new as usize,
+                info.size,
+                new_size,
+                align,
+                stack,
+            );
+        }
+        new
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_realloc(
+        &self,
+        state: &State,
+        local: Option<&Local>,
+        old: usize,
+        new: usize,
+        old_size: usize,
+        new_size: usize,
+        align: usize,
+        stack: u32,
+    ) {
+        if let Some(stream) = state.stream() {
+            let event = Event::Realloc {
+                time_ns: stream.now(),
+                old_addr: old as u64,
+                new_addr: new as u64,
+                old_size: old_size as u64,
+                new_size: new_size as u64,
+                align: align as u64,
+                stack,
+            };
+            stream.record(local, event);
+        }
+    }
+
+    /// The requested size of live block `ptr` (0 if `ptr` is not a live block of this tracker).
+    pub fn usable_size(&self, ptr: *const u8) -> usize {
+        let Some(state) = self.ready() else { return 0 };
+        let _busy = enter_always();
+        match state.table.get(ptr as usize) {
+            Some(info) if info.state == block_state::LIVE => info.size,
+            _ => 0,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // On demand
+    // -----------------------------------------------------------------------------------------
+
+    fn with_state<R>(&self, f: impl FnOnce(&'static State, Option<&Local>) -> R) -> Option<R> {
+        let state = self.state()?;
+        let _busy = enter_always();
+        let mut f = Some(f);
+        let mut run = |local: Option<&Local>| f.take().map(|f| f(state, local));
+        with_local(|l| run(Some(l))).flatten().or_else(|| run(None))
+    }
+
+    /// Checks every live block's red zones and the quarantine now; returns the reports raised.
+    pub fn scan(&self) -> Vec<Report> {
+        self.with_state(|s, l| s.scan(l)).unwrap_or_default()
+    }
+
+    /// Runs a leak check now (LeakSanitizer style); returns one report per leak group. Uses the
+    /// configured mode, or `Unreachable` when leak checking at exit is off.
+    pub fn check_leaks(&self) -> Vec<Report> {
+        self.with_state(|s, l| {
+            let mode = match s.options.leak_check {
+                LeakCheck::Off => LeakCheck::Unreachable,
+                m => m,
+            };
+            s.check_leaks(mode, l)
+        })
+        .unwrap_or_default()
+    }
+
+    /// Runs a leak check in the given mode.
+    pub fn check_leaks_with(&self, mode: LeakCheck) -> Vec<Report> {
+        self.with_state(|s, l| s.check_leaks(mode, l))
+            .unwrap_or_default()
+    }
+
+    /// Takes the reports raised so far (each is also printed and streamed when it is raised).
+    pub fn take_reports(&self) -> Vec<Report> {
+        self.with_state(|s, _| s.take_reports()).unwrap_or_default()
+    }
+
+    /// How many reports of `kind` were raised.
+    pub fn report_count(&self, kind: ReportKind) -> u64 {
+        self.ready().map_or(0, |s| s.count(kind))
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> TrackerStats {
+        self.with_state(|s, _| s.stats()).unwrap_or_default()
+    }
+
+    /// The options in force (after the first allocation).
+    pub fn options(&self) -> Option<&Options> {
+        self.ready().map(|s| &s.options)
+    }
+
+    /// Writes every event recorded so far to the trace and flushes it; `false` on timeout or
+    /// when not tracing.
+    pub fn flush_trace(&self, timeout: Duration) -> bool {
+        self.with_state(|s, l| s.stream().is_some_and(|st| st.flush(l, timeout)))
+            .unwrap_or(false)
+    }
+
+    /// Ends the trace now (what exit does): writes everything, the end marker, and stops the
+    /// writer. Later events are not recorded.
+    pub fn finish_trace(&self) {
+        self.with_state(|s, l| {
+            if let Some(st) = s.stream() {
+                st.finish(l, Duration::from_secs(10));
+            }
+        });
+    }
+}
+
+impl<A: GlobalAlloc> Drop for Tracker<A> {
+    fn drop(&mut self) {
+        // A tracker that is not a static (tests, scoped use): end its trace and take it out of
+        // the exit hook. Its state stays allocated: blocks it handed out may outlive it.
+        if let Some(state) = self.ready() {
+            let _busy = enter_always();
+            if let Some(stream) = state.stream() {
+                let _ = with_local(|l| stream.finish(Some(l), Duration::from_secs(10)))
+                    .map_or_else(|| stream.finish(None, Duration::from_secs(10)), |_| ());
+            }
+            state::unregister(state);
+        }
+    }
+}
+
+fn env_options() -> Result<Options, String> {
+    // getenv, not std::env: no lock (std's environment lock may be held by this very thread
+    // while it allocates) and no allocation.
+    // SAFETY: the name is NUL-terminated; the returned pointer is read at once.
+    let raw = unsafe { libc::getenv(c"ALLOCSCOPE_OPTIONS".as_ptr()) };
+    if raw.is_null() {
+        return Ok(Options::default());
+    }
+    // SAFETY: getenv returns a NUL-terminated string.
+    let text = unsafe { std::ffi::CStr::from_ptr(raw) }
+        .to_string_lossy()
+        .into_owned();
+    Options::parse(&text).map_err(|e| format!("ALLOCSCOPE_OPTIONS: {e}"))
+}
+
+// SAFETY: `alloc` returns blocks of at least `layout.size()` bytes aligned to `layout.align()`
+// (or null); `dealloc`/`realloc` accept the pointers it returned; see the module docs.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.allocate(layout.size(), layout.align(), false)
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.allocate(layout.size(), layout.align(), true)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: GlobalAlloc's contract: `ptr` is not used after this.
+        unsafe { self.deallocate(ptr, Some((layout.size(), layout.align()))) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: GlobalAlloc's contract: on success `ptr` is not used again.
+        unsafe {
+            self.reallocate(
+                ptr,
+                Some((layout.size(), layout.align())),
+                new_size,
+                layout.align(),
+            )
+        }
+    }
+}
