@@ -267,12 +267,14 @@ impl<'a, T> SlabCache<'a, T> {
     }
 
     /// The cache's figures. `fragmentation` is the share of free object slots that sit in
-    /// partial slabs (memory that cannot be given back until those slabs empty).
+    /// partial slabs (memory that cannot be given back until those slabs empty). Objects in
+    /// magazines count as free and operations count once published: both as of each
+    /// magazine's last batch move.
     pub fn stats(&self) -> StrategyStats {
         let lists = self.lists.lock();
         let slabs: usize = lists.counts.iter().sum();
         let slots = slabs * self.per_slab;
-        let used = lists.out - lists.in_magazines;
+        let used = lists.out.saturating_sub(lists.in_magazines);
         let free = slots - used;
         let mut stranded = 0;
         let mut slab = lists.heads[ListId::Partial as usize];
@@ -525,7 +527,7 @@ impl<'a, T> SlabCache<'a, T> {
             }
             None => lists.allocations += taken as u64,
         }
-        let used = lists.out - lists.in_magazines;
+        let used = lists.out.saturating_sub(lists.in_magazines);
         lists.peak_used = lists.peak_used.max(used);
         taken
     }
