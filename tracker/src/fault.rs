@@ -4,9 +4,8 @@
 //! handler runs) exactly as it would have without the tracker. Faults elsewhere go straight to
 //! the previous handler (Rust's stack-overflow handler, for one).
 //!
-//! The report is rendered on a helper thread with a large stack: the handler may run on a
-//! small alternate signal stack (std installs an 8 KiB one per thread), too small for
-//! symbolisation. Not async-signal-safe in the strict sense — neither is any sanitizer's report
+//! The report is rendered on a helper thread with a large stack, so that symbolisation never
+//! depends on how much of the faulting thread's stack is left. Not async-signal-safe in the strict sense — neither is any sanitizer's report
 //! — but the faulting thread holds no tracker lock when it faults (the access is in program
 //! code), so the allocations and locks used here are free.
 //!
@@ -45,7 +44,11 @@ pub(crate) fn install() {
         let mut action: libc::sigaction = unsafe { core::mem::zeroed() };
         action.sa_sigaction =
             handler as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // No SA_ONSTACK: std gives each thread an 8 KiB alternate stack, too small to capture
+        // and symbolise a stack. A pool fault happens in ordinary code, with the thread's own
+        // stack to spare. The cost: a stack overflow (no room to deliver the signal at all)
+        // now ends in a plain SIGSEGV instead of std's "has overflowed its stack" message.
+        action.sa_flags = libc::SA_SIGINFO;
         // SAFETY: sigemptyset initialises the mask; sigaction stores the previous action into
         // our static slot, which nothing reads before this call returns (INSTALLED guards it).
         unsafe {

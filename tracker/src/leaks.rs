@@ -48,7 +48,11 @@ struct Candidate {
 ///
 /// Working data that holds block addresses lives in tracker mappings ([`MappedVec`]), never in
 /// the heap, so that the scan cannot find its own copies.
-pub(crate) fn find(state: &State, mode: LeakCheck) -> Vec<LeakGroup> {
+///
+/// `caller_sp` is a stack address in the frame that asked for the check: the current thread's
+/// stack counts as a root only from there up, since the frames below it (the check's own, and
+/// the stale leftovers of earlier calls into the allocator) hold copies of block addresses.
+pub(crate) fn find(state: &State, mode: LeakCheck, caller_sp: usize) -> Vec<LeakGroup> {
     if mode == LeakCheck::Off {
         return Vec::new();
     }
@@ -71,9 +75,19 @@ pub(crate) fn find(state: &State, mode: LeakCheck) -> Vec<LeakGroup> {
     }
     candidates.as_mut_slice().sort_unstable_by_key(|c| c.start);
     if mode == LeakCheck::Unreachable && !candidates.as_slice().is_empty() {
+        let mut heap_marks: MappedVec<usize> = MappedVec::new();
+        for &(start, _) in entries.as_slice() {
+            heap_marks.push(start);
+        }
+        // The core heap's pages: a mapping holding them is heap memory, whatever is live now.
+        allocscope_core::stats::walk_pages(&mut |page| {
+            heap_marks.push(page.address);
+        });
+        heap_marks.as_mut_slice().sort_unstable();
+        // Computed last, so that every working mapping above is excluded too.
         let excluded = excluded_ranges(state, entries.as_slice());
-        drop(entries);
-        mark_reachable(candidates.as_mut_slice(), excluded.as_slice());
+        let roots = roots(caller_sp, heap_marks.as_slice());
+        mark_reachable(candidates.as_mut_slice(), excluded.as_slice(), &roots);
         mark_indirect(candidates.as_mut_slice());
     }
     group(state, candidates.as_slice())
@@ -84,6 +98,9 @@ pub(crate) fn find(state: &State, mode: LeakCheck) -> Vec<LeakGroup> {
 /// too: they are followed only once reached.)
 fn excluded_ranges(state: &State, entries: &[(usize, BlockInfo)]) -> MappedVec<(usize, usize)> {
     let mut ranges: MappedVec<(usize, usize)> = MappedVec::new();
+    // Mapped before the tracker's mappings are listed below, so that it is excluded itself
+    // (it holds block addresses).
+    let mut merged: MappedVec<(usize, usize)> = MappedVec::with_capacity(entries.len() + 1100);
     let canary = state.options.canary_bytes;
     for &(key, info) in entries {
         let (start, end) = if info.flags & flag::CANARY != 0 {
@@ -104,7 +121,6 @@ fn excluded_ranges(state: &State, entries: &[(usize, BlockInfo)]) -> MappedVec<(
         ranges.push((start, start + len));
     }
     ranges.as_mut_slice().sort_unstable();
-    let mut merged: MappedVec<(usize, usize)> = MappedVec::new();
     for &(s, e) in ranges.as_slice() {
         let last = merged.as_mut_slice().last_mut();
         match last {
@@ -125,7 +141,11 @@ fn find_block(candidates: &[Candidate], value: usize) -> Option<usize> {
     (value < c.start + c.size.max(1)).then_some(i - 1)
 }
 
-fn mark_reachable(candidates: &mut [Candidate], excluded: &[(usize, usize)]) {
+fn mark_reachable(
+    candidates: &mut [Candidate],
+    excluded: &[(usize, usize)],
+    roots: &[(usize, usize)],
+) {
     let low = candidates.first().map_or(0, |c| c.start);
     let high = candidates.last().map_or(0, |c| c.start + c.size.max(1));
     let mut work: MappedVec<usize> = MappedVec::new();
@@ -139,7 +159,7 @@ fn mark_reachable(candidates: &mut [Candidate], excluded: &[(usize, usize)]) {
             }
         }
     };
-    for (start, end) in roots() {
+    for &(start, end) in roots {
         // Subtract the excluded ranges from the root.
         let mut cursor = start;
         let first = excluded.partition_point(|&(_, e)| e <= start);
@@ -242,13 +262,13 @@ fn suppressed(id: u32, patterns: &[String]) -> bool {
 // Roots and memory access
 // ---------------------------------------------------------------------------------------------
 
-/// Readable and writable memory that may hold the program's pointers: every `rw` mapping
-/// (globals, heaps, other threads' stacks and thread-local storage), except that the current
-/// thread's stack counts only from the stack pointer up (the dead part below holds stale
-/// copies), plus this thread's TLS blocks.
-fn roots() -> Vec<(usize, usize)> {
-    let here = 0usize;
-    let sp = &here as *const usize as usize;
+/// Readable and writable memory that may hold the program's pointers: every `rw` mapping that
+/// is not heap memory (globals, other threads' stacks and thread-local storage, memory the
+/// program maps itself), the current thread's stack from `caller_sp` up, and this thread's TLS
+/// blocks. A mapping is heap memory when it holds a tracked block or a core heap page
+/// (`heap_marks`, sorted): its blocks are followed only once reached, and the rest of it is
+/// allocator metadata or freed memory, whose stale pointers would hide leaks.
+fn roots(caller_sp: usize, heap_marks: &[usize]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return out;
@@ -272,8 +292,13 @@ fn roots() -> Vec<(usize, usize)> {
         else {
             continue;
         };
-        if sp >= start && sp < end {
-            start = sp & !7;
+        if caller_sp >= start && caller_sp < end {
+            start = caller_sp & !7;
+        } else {
+            let i = heap_marks.partition_point(|&m| m < start);
+            if heap_marks.get(i).is_some_and(|&m| m < end) {
+                continue;
+            }
         }
         out.push((start, end));
     }

@@ -143,6 +143,16 @@ impl<T: Copy> MappedVec<T> {
         }
     }
 
+    /// An empty vector with room for `cap` values mapped now (so that the mapping exists, and
+    /// is listed, before anything is pushed).
+    pub(crate) fn with_capacity(cap: usize) -> Self {
+        // SAFETY: slots past `len` are never read before being written.
+        MappedVec {
+            array: unsafe { MappedArray::zeroed(cap.max(1)) },
+            len: 0,
+        }
+    }
+
     /// Appends `value`; `false` when the OS refuses memory.
     pub(crate) fn push(&mut self, value: T) -> bool {
         let cap = self.array.as_ref().map_or(0, MappedArray::capacity);

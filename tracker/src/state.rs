@@ -292,9 +292,14 @@ impl State {
     }
 
     /// Runs the leak check and raises one report per leak group.
-    pub(crate) fn check_leaks(&self, mode: LeakCheck, local: Option<&Local>) -> Vec<Report> {
+    pub(crate) fn check_leaks(
+        &self,
+        mode: LeakCheck,
+        local: Option<&Local>,
+        caller_sp: usize,
+    ) -> Vec<Report> {
         let before = self.log_len();
-        for group in leaks::find(self, mode) {
+        for group in leaks::find(self, mode, caller_sp) {
             let mut f = Facts::new(
                 ReportKind::MemoryLeak,
                 Detection::LeakCheck {
@@ -356,7 +361,7 @@ impl State {
     }
 
     /// The exit hook's work for this state: final scan, leak check, end of the trace. Runs once.
-    pub(crate) fn at_exit(&self, local: Option<&Local>) {
+    pub(crate) fn at_exit(&self, local: Option<&Local>, caller_sp: usize) {
         // Relaxed: the registry walk that calls this runs on one thread (the exiting one).
         if self.exited.swap(true, Ordering::Relaxed) {
             return;
@@ -365,7 +370,7 @@ impl State {
             self.scan(local);
         }
         if self.options.leak_check != LeakCheck::Off {
-            self.check_leaks(self.options.leak_check, local);
+            self.check_leaks(self.options.leak_check, local, caller_sp);
         }
         if let Some(stream) = self.stream() {
             stream.finish(local, Duration::from_secs(5));
@@ -438,7 +443,9 @@ pub(crate) fn for_each_state(mut f: impl FnMut(&'static State)) {
 }
 
 extern "C" fn exit_hook() {
+    let marker = 0u8;
+    let sp = &marker as *const u8 as usize;
     let _busy = crate::thread_state::enter_always();
-    let _ = crate::thread_state::with_local(|local| for_each_state(|s| s.at_exit(Some(local))))
-        .map_or_else(|| for_each_state(|s| s.at_exit(None)), |_| ());
+    let _ = crate::thread_state::with_local(|local| for_each_state(|s| s.at_exit(Some(local), sp)))
+        .map_or_else(|| for_each_state(|s| s.at_exit(None, sp)), |_| ());
 }

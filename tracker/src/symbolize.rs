@@ -72,10 +72,13 @@ pub fn is_allocator_frame(function: &str) -> bool {
 /// Resolves a stack and drops the allocator's own frames from its top.
 pub fn symbolize_stack(frames: &[usize]) -> Vec<SymbolizedFrame> {
     let mut out: Vec<SymbolizedFrame> = frames.iter().flat_map(|&a| symbolize_address(a)).collect();
-    let skip = out
+    // Drop everything down to the last allocator frame near the top: helpers the allocator
+    // calls (std's thread-local access, say) sit between its frames and are not the program's.
+    let top = out.len().min(16);
+    let skip = out[..top]
         .iter()
-        .position(|f| !f.function.as_deref().is_some_and(is_allocator_frame))
-        .unwrap_or(0);
+        .rposition(|f| f.function.as_deref().is_some_and(is_allocator_frame))
+        .map_or(0, |i| i + 1);
     // Keep everything if the whole stack looks like allocator code (better than nothing).
     if skip < out.len() {
         out.drain(..skip);

@@ -836,20 +836,26 @@ impl<A: GlobalAlloc> Tracker<A> {
 
     /// Runs a leak check now (LeakSanitizer style); returns one report per leak group. Uses the
     /// configured mode, or `Unreachable` when leak checking at exit is off.
+    #[inline(never)]
     pub fn check_leaks(&self) -> Vec<Report> {
+        let marker = 0u8;
+        let sp = &marker as *const u8 as usize;
         self.with_state(|s, l| {
             let mode = match s.options.leak_check {
                 LeakCheck::Off => LeakCheck::Unreachable,
                 m => m,
             };
-            s.check_leaks(mode, l)
+            s.check_leaks(mode, l, sp)
         })
         .unwrap_or_default()
     }
 
     /// Runs a leak check in the given mode.
+    #[inline(never)]
     pub fn check_leaks_with(&self, mode: LeakCheck) -> Vec<Report> {
-        self.with_state(|s, l| s.check_leaks(mode, l))
+        let marker = 0u8;
+        let sp = &marker as *const u8 as usize;
+        self.with_state(|s, l| s.check_leaks(mode, l, sp))
             .unwrap_or_default()
     }
 

@@ -1,0 +1,534 @@
+//! The corruption suite: each test commits one heap bug through a tracker and asserts the
+//! report's kind, where it points, and that the function that did it is named in the report.
+//! Bugs that fault (guard pages) run in a child process: the test re-runs itself with
+//! `ALLOCSCOPE_CHILD` set, the child faults, and the parent reads its standard error.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::process::Command;
+
+use allocscope_core::Allocscope;
+use allocscope_tracker::{GuardRate, LeakCheck, Options, OptionsBuilder, ReportKind, Tracker};
+
+/// Options shared by the suite: every stack recorded, no printing, no exit-time checks (each
+/// test asks for what it wants).
+fn quiet() -> OptionsBuilder {
+    Options::builder()
+        .sample_bytes(1)
+        .guard(GuardRate::Off)
+        .print_reports(false)
+        .leak_check(LeakCheck::Off)
+        .check_at_exit(false)
+}
+
+fn tracker(options: OptionsBuilder) -> Tracker<Allocscope> {
+    Tracker::with_options(Allocscope::new(), options.build().unwrap())
+}
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+#[inline(never)]
+fn one_byte_overflow(t: &Tracker<Allocscope>) -> usize {
+    // SAFETY (of the test): the write past the end is the bug under test; it lands in the red
+    // zone, which belongs to the tracker's block.
+    unsafe {
+        let p = t.alloc(layout(16));
+        p.add(16).write(0x41);
+        t.dealloc(p, layout(16));
+        p as usize
+    }
+}
+
+#[test]
+fn one_byte_overflow_is_reported_at_free() {
+    let t = tracker(quiet().canary_bytes(16));
+    let p = one_byte_overflow(&t);
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!(r.kind, ReportKind::HeapBufferOverflow);
+    assert_eq!(r.block, Some((p, 16)));
+    assert_eq!(r.offset, Some(16));
+    assert!(r.text.contains("heap-buffer-overflow"), "{}", r.text);
+    assert!(
+        r.text.contains("0 bytes after 16-byte region"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("one_byte_overflow"), "{}", r.text);
+}
+
+#[inline(never)]
+fn underflow(t: &Tracker<Allocscope>) {
+    // SAFETY (of the test): the write before the start lands in the left red zone.
+    unsafe {
+        let p = t.alloc(layout(32));
+        p.sub(1).write(0x42);
+        t.dealloc(p, layout(32));
+    }
+}
+
+#[test]
+fn underflow_is_reported_at_free() {
+    let t = tracker(quiet().canary_bytes(16));
+    underflow(&t);
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::HeapBufferUnderflow);
+    assert_eq!(reports[0].offset, Some(-1));
+    assert!(
+        reports[0].text.contains("1 bytes before 32-byte region"),
+        "{}",
+        reports[0].text
+    );
+    assert!(reports[0].text.contains("underflow"), "{}", reports[0].text);
+}
+
+#[inline(never)]
+fn scribble_while_alive(t: &Tracker<Allocscope>) -> *mut u8 {
+    // SAFETY (of the test): the write lands in the right red zone of a live block.
+    unsafe {
+        let p = t.alloc(layout(24));
+        p.add(30).write(0);
+        p
+    }
+}
+
+#[test]
+fn scan_finds_a_damaged_live_block() {
+    let t = tracker(quiet().canary_bytes(16));
+    let p = scribble_while_alive(&t);
+    let reports = t.scan();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::HeapBufferOverflow);
+    assert_eq!(reports[0].offset, Some(30));
+    assert!(
+        reports[0].text.contains("scribble_while_alive"),
+        "{}",
+        reports[0].text
+    );
+    // SAFETY: `p` is live.
+    unsafe { t.dealloc(p, layout(24)) };
+}
+
+#[inline(never)]
+fn use_after_free_write(t: &Tracker<Allocscope>) -> usize {
+    // SAFETY (of the test): the write goes to a quarantined block, still the tracker's memory.
+    unsafe {
+        let p = t.alloc(layout(64));
+        t.dealloc(p, layout(64));
+        p.add(3).write(7);
+        p as usize
+    }
+}
+
+#[test]
+fn use_after_free_write_is_found_in_quarantine() {
+    let t = tracker(quiet().quarantine_bytes(1 << 20));
+    let p = use_after_free_write(&t);
+    let reports = t.scan();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!(r.kind, ReportKind::UseAfterFree);
+    assert_eq!((r.address, r.offset), (p + 3, Some(3)));
+    assert!(r.text.contains("freed by thread"), "{}", r.text);
+    assert!(r.text.contains("use_after_free_write"), "{}", r.text);
+}
+
+#[test]
+fn use_after_free_write_is_reported_when_the_block_leaves_quarantine() {
+    let t = tracker(quiet().quarantine_bytes(4096));
+    use_after_free_write(&t);
+    // Push enough other frees through to evict the damaged block.
+    for _ in 0..64 {
+        // SAFETY: plain alloc/free pairs.
+        unsafe { t.dealloc(t.alloc(layout(256)), layout(256)) };
+    }
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::UseAfterFree);
+    assert!(
+        reports[0].text.contains("left quarantine"),
+        "{}",
+        reports[0].text
+    );
+}
+
+#[inline(never)]
+fn double_free(t: &Tracker<Allocscope>) {
+    // SAFETY (of the test): the second free is the bug; the tracker ignores it.
+    unsafe {
+        let p = t.alloc(layout(40));
+        t.dealloc(p, layout(40));
+        t.dealloc(p, layout(40));
+    }
+}
+
+#[test]
+fn double_free_is_reported_and_ignored() {
+    // Default options apart from quietness: the table catches it without a quarantine.
+    let t = tracker(
+        Options::builder()
+            .print_reports(false)
+            .leak_check(LeakCheck::Off)
+            .sample_bytes(1),
+    );
+    double_free(&t);
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::DoubleFree);
+    assert!(
+        reports[0].text.contains("freed by thread"),
+        "{}",
+        reports[0].text
+    );
+    assert!(
+        reports[0].text.contains("double_free"),
+        "{}",
+        reports[0].text
+    );
+    // The heap is still sound: allocation goes on.
+    // SAFETY: plain alloc/free.
+    unsafe { t.dealloc(t.alloc(layout(40)), layout(40)) };
+    assert!(t.take_reports().is_empty());
+}
+
+#[inline(never)]
+fn invalid_free_inside_a_block(t: &Tracker<Allocscope>) -> *mut u8 {
+    // SAFETY (of the test): freeing an interior pointer is the bug; it is ignored.
+    unsafe {
+        let p = t.alloc(layout(100));
+        t.dealloc(p.add(8), layout(92));
+        p
+    }
+}
+
+#[test]
+fn invalid_free_is_reported_with_the_enclosing_block() {
+    let t = tracker(quiet());
+    let p = invalid_free_inside_a_block(&t);
+    let mut on_stack = 0u64;
+    // SAFETY (of the test): a pointer this heap never gave; ignored.
+    unsafe { t.deallocate((&mut on_stack as *mut u64).cast(), None) };
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::InvalidFree);
+    assert_eq!(reports[0].block, Some((p as usize, 100)));
+    assert!(
+        reports[0]
+            .text
+            .contains("8 bytes inside of 100-byte region"),
+        "{}",
+        reports[0].text
+    );
+    assert!(
+        reports[0].text.contains("invalid_free_inside_a_block"),
+        "{}",
+        reports[0].text
+    );
+    assert_eq!(reports[1].kind, ReportKind::InvalidFree);
+    assert_eq!(reports[1].block, None);
+    // The block itself is still live and frees normally.
+    // SAFETY: `p` is live.
+    unsafe { t.dealloc(p, layout(100)) };
+    assert!(t.take_reports().is_empty());
+}
+
+#[inline(never)]
+fn layout_mismatch(t: &Tracker<Allocscope>) {
+    // SAFETY (of the test): the wrong layout is the bug; the block is still freed correctly.
+    unsafe {
+        let p = t.alloc(Layout::from_size_align(48, 16).unwrap());
+        t.dealloc(p, Layout::from_size_align(40, 8).unwrap());
+    }
+}
+
+#[test]
+fn layout_mismatch_at_dealloc_is_reported() {
+    let t = tracker(quiet());
+    layout_mismatch(&t);
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::AllocDeallocMismatch);
+    let text = &reports[0].text;
+    assert!(
+        text.contains("allocated with size 48, align 16; freed with size 40, align 8"),
+        "{text}"
+    );
+    assert!(text.contains("layout_mismatch"), "{text}");
+    assert_eq!(t.stats().live_blocks, 0, "the block was freed all the same");
+}
+
+#[inline(never)]
+fn leak_some(t: &Tracker<Allocscope>) {
+    for _ in 0..3 {
+        // SAFETY (of the test): leaked on purpose.
+        unsafe { t.alloc(layout(64)) };
+    }
+}
+
+#[test]
+fn leaks_are_grouped_by_stack() {
+    let t = tracker(quiet().leak_check(LeakCheck::All));
+    leak_some(&t);
+    let reports = t.check_leaks();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!(r.kind, ReportKind::MemoryLeak);
+    assert_eq!(r.leaked, Some((3, 192)));
+    assert!(
+        r.text.contains("leak of 192 byte(s) in 3 object(s)"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("leak_some"), "{}", r.text);
+}
+
+#[test]
+fn suppressed_leaks_are_not_reported() {
+    let t = tracker(quiet().leak_check(LeakCheck::All).suppress("leak_some"));
+    leak_some(&t);
+    assert!(t.check_leaks().is_empty());
+}
+
+/// Returns the block's address hidden (xor) so that no copy of the real pointer stays in this
+/// frame or in the caller's.
+#[inline(never)]
+fn allocate_hidden(t: &Tracker<std::alloc::System>, size: usize) -> usize {
+    // SAFETY: a plain allocation.
+    let p = unsafe { t.alloc(layout(size)) };
+    // SAFETY: `p` is live and `size` long.
+    unsafe { p.write_bytes(0, size) };
+    p as usize ^ usize::MAX
+}
+
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+fn reachability_tells_held_blocks_from_lost_ones() {
+    // Over `System`: the core heap's per-thread metadata (outside its arenas, not yet listed by
+    // the core) keeps the start of its current pages, which makes the first block of a page
+    // look reachable — a missed leak, never a false one, but it would hide this test's block.
+    let options = quiet().leak_check(LeakCheck::Unreachable).build().unwrap();
+    let t = Tracker::with_options(std::alloc::System, options);
+    // Only the hidden form of the lost block's address is kept anywhere.
+    let lost_hidden = allocate_hidden(&t, 4000);
+    let held = allocate_hidden(&t, 3000) ^ usize::MAX;
+    HELD.store(held, std::sync::atomic::Ordering::SeqCst);
+    let reports = t.check_leaks();
+    let leaked: Vec<usize> = reports
+        .iter()
+        .filter_map(|r| r.block.map(|b| b.0))
+        .collect();
+    assert!(leaked.contains(&(lost_hidden ^ usize::MAX)), "{reports:#?}");
+    assert!(
+        !leaked.contains(&held),
+        "a block held by a static is not a leak: {reports:#?}"
+    );
+}
+
+#[test]
+fn guard_slack_overflow_is_reported_at_free() {
+    // 13 bytes at alignment 8: the block cannot end exactly at the guard page, so the 3 bytes
+    // of slack carry the red-zone pattern.
+    let t = tracker(quiet().guard(GuardRate::All).guard_underflow_share(0.0));
+    // SAFETY (of the test): the write lands in the slot's slack, the tracker's memory.
+    unsafe {
+        let l = Layout::from_size_align(13, 8).unwrap();
+        let p = t.alloc(l);
+        p.add(13).write(1);
+        t.dealloc(p, l);
+    }
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::HeapBufferOverflow);
+    assert_eq!(reports[0].offset, Some(13));
+}
+
+#[test]
+fn realloc_keeps_contents_and_checks_the_old_block() {
+    let t = tracker(quiet().canary_bytes(16).quarantine_bytes(1 << 16));
+    // SAFETY: plain use of the allocator API; the one bad write is in a red zone.
+    unsafe {
+        let p = t.alloc(layout(10));
+        for i in 0..10 {
+            p.add(i).write(i as u8);
+        }
+        let q = t.realloc(p, layout(10), 1000);
+        assert!(!q.is_null());
+        assert_eq!(t.usable_size(q), 1000);
+        for i in 0..10 {
+            assert_eq!(q.add(i).read(), i as u8);
+        }
+        q.add(1000).write(9);
+        let r = t.realloc(q, layout(1000), 20);
+        assert_eq!(r.read(), 0);
+        t.dealloc(r, layout(20));
+    }
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::HeapBufferOverflow);
+    assert!(
+        reports[0].text.contains("reallocated"),
+        "{}",
+        reports[0].text
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faulting bugs, in a child process
+// ---------------------------------------------------------------------------------------------
+
+/// In the child: whether this process is the child for `name`. In the parent: runs the child
+/// and returns its exit status and standard error.
+fn child(name: &str) -> Option<(std::process::ExitStatus, String)> {
+    if std::env::var("ALLOCSCOPE_CHILD").as_deref() == Ok(name) {
+        return None;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("ALLOCSCOPE_CHILD", name)
+        .output()
+        .unwrap();
+    Some((
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn assert_killed_by_segv(status: &std::process::ExitStatus, stderr: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc_sigsegv()),
+        "child status {status:?}\n{stderr}"
+    );
+}
+
+fn libc_sigsegv() -> i32 {
+    11
+}
+
+#[inline(never)]
+fn read_after_free(t: &Tracker<Allocscope>) -> u8 {
+    // SAFETY (of the test): none: this read faults, which is the point.
+    unsafe {
+        let p = t.alloc(layout(48));
+        p.write(5);
+        t.dealloc(p, layout(48));
+        std::ptr::read_volatile(p.add(10))
+    }
+}
+
+#[test]
+fn use_after_free_read_faults_under_guard_pages() {
+    let Some((status, stderr)) = child("use_after_free_read_faults_under_guard_pages") else {
+        let t = tracker(
+            Options::builder()
+                .sample_bytes(1)
+                .guard(GuardRate::All)
+                .leak_check(LeakCheck::Off),
+        );
+        let value = read_after_free(&t);
+        unreachable!("the read returned {value}");
+    };
+    assert_killed_by_segv(&status, &stderr);
+    assert!(
+        stderr.contains("ERROR: allocscope: use-after-free"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("READ access to a guard page"), "{stderr}");
+    assert!(
+        stderr.contains("10 bytes inside of 48-byte region"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("read_after_free"), "{stderr}");
+    assert!(stderr.contains("freed by thread"), "{stderr}");
+}
+
+#[inline(never)]
+fn far_overflow(t: &Tracker<Allocscope>) {
+    // SAFETY (of the test): none: this write faults in the guard page after the block.
+    unsafe {
+        let p = t.alloc(layout(64));
+        std::ptr::write_volatile(p.add(64 + 200), 1u8);
+    }
+}
+
+#[test]
+fn far_overflow_faults_in_the_guard_page() {
+    let Some((status, stderr)) = child("far_overflow_faults_in_the_guard_page") else {
+        let t = tracker(
+            Options::builder()
+                .sample_bytes(1)
+                .guard(GuardRate::All)
+                .guard_underflow_share(0.0)
+                .leak_check(LeakCheck::Off),
+        );
+        far_overflow(&t);
+        unreachable!("the write did not fault");
+    };
+    assert_killed_by_segv(&status, &stderr);
+    assert!(
+        stderr.contains("ERROR: allocscope: heap-buffer-overflow"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("WRITE access to a guard page"), "{stderr}");
+    assert!(
+        stderr.contains("200 bytes after 64-byte region"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("far_overflow"), "{stderr}");
+}
+
+#[inline(never)]
+fn underflow_into_guard(t: &Tracker<Allocscope>) {
+    // SAFETY (of the test): none: this write faults in the guard page before the block.
+    unsafe {
+        let p = t.alloc(layout(64));
+        std::ptr::write_volatile(p.sub(8), 1u8);
+    }
+}
+
+#[test]
+fn underflow_faults_when_left_aligned() {
+    let Some((status, stderr)) = child("underflow_faults_when_left_aligned") else {
+        let t = tracker(
+            Options::builder()
+                .sample_bytes(1)
+                .guard(GuardRate::All)
+                .guard_underflow_share(1.0)
+                .leak_check(LeakCheck::Off),
+        );
+        underflow_into_guard(&t);
+        unreachable!("the write did not fault");
+    };
+    assert_killed_by_segv(&status, &stderr);
+    assert!(
+        stderr.contains("ERROR: allocscope: heap-buffer-underflow"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("8 bytes before 64-byte region"), "{stderr}");
+    assert!(stderr.contains("underflow_into_guard"), "{stderr}");
+}
+
+#[test]
+fn halt_on_error_aborts_after_the_report() {
+    let Some((status, stderr)) = child("halt_on_error_aborts_after_the_report") else {
+        let t = tracker(quiet().halt_on_error(true).print_reports(true));
+        double_free(&t);
+        unreachable!("halt_on_error did not stop the process");
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "SIGABRT expected: {status:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("ERROR: allocscope: double-free"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("halt_on_error"), "{stderr}");
+}
