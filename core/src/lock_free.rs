@@ -250,6 +250,7 @@ impl<'a> LockFreePool<'a> {
             ticks: Cell::new(0),
             allocations: Cell::new(0),
             deallocations: Cell::new(0),
+            published_len: Cell::new(0),
         }
     }
 
@@ -264,8 +265,9 @@ impl<'a> LockFreePool<'a> {
     }
 
     /// The pool's figures. `fragmentation` is the share of free blocks stranded in per-thread
-    /// caches (free, but not available to other threads). `used_bytes` and the operation
-    /// counts include what caches published at their last batch move; `peak_used_bytes` is
+    /// caches (free, but not available to other threads). `used_bytes`, the operation counts
+    /// and the cached blocks are as each cache published them at its last batch move;
+    /// `peak_used_bytes` is
     /// the high-water mark of blocks off the shared list (used or cached).
     pub fn stats(&self) -> StrategyStats {
         let s = &self.stats.0;
@@ -497,9 +499,10 @@ pub struct LocalCache<'p, 'a> {
     /// The lowest `len` since the last rebalance: that many blocks sat unused all along.
     low_water: Cell<usize>,
     ticks: Cell<u32>,
-    /// Operations not yet published to the pool's statistics.
+    /// Operations not yet published to the pool's statistics, and the fill level published.
     allocations: Cell<usize>,
     deallocations: Cell<usize>,
+    published_len: Cell<usize>,
 }
 
 impl LocalCache<'_, '_> {
@@ -535,9 +538,8 @@ impl LocalCache<'_, '_> {
         }
         self.len.set(len - count);
         self.low_water.set(self.low_water.get().min(len - count));
-        // Relaxed (all): statistics.
+        // Relaxed: a statistic.
         pool.stats.0.shared_free.fetch_add(count, Ordering::Relaxed);
-        pool.stats.0.cached.fetch_sub(count, Ordering::Relaxed);
         self.publish();
     }
 
@@ -568,8 +570,6 @@ impl LocalCache<'_, '_> {
         let taken = len - self.len.get();
         self.len.set(len);
         pool.note_taken(taken);
-        // Relaxed: a statistic.
-        pool.stats.0.cached.fetch_add(taken, Ordering::Relaxed);
         self.publish();
         len
     }
@@ -595,16 +595,22 @@ impl LocalCache<'_, '_> {
         self.low_water.set(self.len.get());
     }
 
-    /// Adds this cache's operation counts to the pool's statistics.
+    /// Adds this cache's operation counts and fill level to the pool's statistics.
     fn publish(&self) {
         let stats = &self.pool.stats.0;
-        // Relaxed (both): statistics.
+        // Relaxed (all): statistics.
         stats
             .allocations
             .fetch_add(self.allocations.replace(0), Ordering::Relaxed);
         stats
             .deallocations
             .fetch_add(self.deallocations.replace(0), Ordering::Relaxed);
+        let (now, before) = (self.len.get(), self.published_len.replace(self.len.get()));
+        if now >= before {
+            stats.cached.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            stats.cached.fetch_sub(before - now, Ordering::Relaxed);
+        }
     }
 }
 
