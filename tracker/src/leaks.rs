@@ -85,7 +85,7 @@ pub(crate) fn find(state: &State, mode: LeakCheck, caller_sp: usize) -> Vec<Leak
         });
         heap_marks.as_mut_slice().sort_unstable();
         // Computed last, so that every working mapping above is excluded too.
-        let excluded = excluded_ranges(state, entries.as_slice());
+        let excluded = excluded_ranges(state, entries.as_slice(), caller_sp);
         let roots = roots(caller_sp, heap_marks.as_slice());
         mark_reachable(candidates.as_mut_slice(), excluded.as_slice(), &roots);
         mark_indirect(candidates.as_mut_slice());
@@ -94,9 +94,13 @@ pub(crate) fn find(state: &State, mode: LeakCheck, caller_sp: usize) -> Vec<Leak
 }
 
 /// Sorted, merged address ranges that are not roots: the tracker's mappings, its internal
-/// blocks, every block's red zones and quarantined blocks. (Live program blocks are excluded
+/// blocks, every block's red zones, quarantined blocks, and the stacks of exited threads. (Live program blocks are excluded
 /// too: they are followed only once reached.)
-fn excluded_ranges(state: &State, entries: &[(usize, BlockInfo)]) -> MappedVec<(usize, usize)> {
+fn excluded_ranges(
+    state: &State,
+    entries: &[(usize, BlockInfo)],
+    caller_sp: usize,
+) -> MappedVec<(usize, usize)> {
     let mut ranges: MappedVec<(usize, usize)> = MappedVec::new();
     // Mapped before the tracker's mappings are listed below, so that it is excluded itself
     // (it holds block addresses).
@@ -120,6 +124,13 @@ fn excluded_ranges(state: &State, entries: &[(usize, BlockInfo)]) -> MappedVec<(
         let (start, len) = pool.range();
         ranges.push((start, start + len));
     }
+    // The exiting thread's own stack is listed dead once its thread-locals are destroyed (exit
+    // runs those before the exit hook), but it is alive: keep it.
+    crate::thread_state::for_each_dead_stack(&mut |start, end| {
+        if !(start..end).contains(&caller_sp) {
+            ranges.push((start, end));
+        }
+    });
     ranges.as_mut_slice().sort_unstable();
     for &(s, e) in ranges.as_slice() {
         let last = merged.as_mut_slice().last_mut();

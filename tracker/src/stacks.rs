@@ -133,7 +133,7 @@ fn capture_frame_pointers(_out: &mut Captured, _depth: usize, _local: &Local) ->
 
 /// The current thread's stack range, read once per thread.
 #[cfg(target_os = "linux")]
-fn stack_bounds(local: &Local) -> (usize, usize) {
+pub(crate) fn stack_bounds(local: &Local) -> (usize, usize) {
     let cached = local.stack_bounds.get();
     if cached.1 != 0 {
         return cached;
@@ -157,6 +157,11 @@ fn stack_bounds(local: &Local) -> (usize, usize) {
     };
     local.stack_bounds.set(bounds);
     bounds
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn stack_bounds(_local: &Local) -> (usize, usize) {
+    (0, 0)
 }
 
 fn hash_frames(frames: &[usize]) -> u64 {

@@ -11,7 +11,7 @@
 
 use core::cell::{Cell, RefCell};
 
-use allocscope_core::sync::{AtomicU32, Ordering};
+use allocscope_core::sync::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::stream::EventBuffer;
 
@@ -90,6 +90,8 @@ pub(crate) struct Local {
     pub(crate) stack_bounds: Cell<(usize, usize)>,
     /// Events waiting to be handed to the writer.
     pub(crate) events: RefCell<Option<EventBuffer>>,
+    /// Whether this thread's stack was taken off the dead-stack list.
+    registered: Cell<bool>,
 }
 
 impl Local {
@@ -101,6 +103,7 @@ impl Local {
             stack_cache: RefCell::new([(0, 0); STACK_CACHE]),
             stack_bounds: Cell::new((0, 0)),
             events: RefCell::new(None),
+            registered: Cell::new(false),
         }
     }
 
@@ -131,13 +134,71 @@ impl Drop for Local {
         if let Some(buffer) = self.events.get_mut().take() {
             buffer.flush_and_close();
         }
+        let (low, high) = crate::stacks::stack_bounds(self);
+        if high != 0 {
+            mark_stack(low, high, true);
+        }
+    }
+}
+
+/// Stacks of threads that exited (start, end; (0, 0) = free entry). glibc keeps such stacks
+/// mapped for reuse, full of stale copies of pointers: the leak check must not take them for
+/// roots. A thread that starts on a reused stack takes it off the list at its first allocation.
+static DEAD_STACKS: [(AtomicUsize, AtomicUsize); 256] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 256];
+
+/// Adds (`dead`) or removes a stack from [`DEAD_STACKS`].
+fn mark_stack(low: usize, high: usize, dead: bool) {
+    for (start, end) in &DEAD_STACKS {
+        // Relaxed throughout: the list is a hint for the leak check, which tolerates a stale
+        // entry (a missed or an extra root), and each entry is claimed by one CAS.
+        if dead {
+            if start
+                .compare_exchange(0, low, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                end.store(high, Ordering::Relaxed);
+                return;
+            }
+        } else if start.load(Ordering::Relaxed) == low {
+            end.store(0, Ordering::Relaxed);
+            start.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Calls `f(start, end)` for each stack of an exited thread.
+pub(crate) fn for_each_dead_stack(f: &mut dyn FnMut(usize, usize)) {
+    for (start, end) in &DEAD_STACKS {
+        // Relaxed: see `mark_stack`.
+        let (s, e) = (start.load(Ordering::Relaxed), end.load(Ordering::Relaxed));
+        if s != 0 && e > s {
+            f(s, e);
+        }
     }
 }
 
 /// Runs `f` with the current thread's state; `None` once the thread's locals are destroyed.
 #[inline]
 pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
-    LOCAL.try_with(f).ok()
+    LOCAL
+        .try_with(|local| {
+            if !local.registered.get() {
+                register_thread(local);
+            }
+            f(local)
+        })
+        .ok()
+}
+
+/// First use on this thread: its stack is alive (it may be a dead thread's, reused).
+#[cold]
+fn register_thread(local: &Local) {
+    local.registered.set(true);
+    let (low, high) = crate::stacks::stack_bounds(local);
+    if high != 0 {
+        mark_stack(low, high, false);
+    }
 }
 
 /// A seed that differs between threads and runs.
