@@ -47,7 +47,7 @@ use crate::error::{record, AllocErrorKind};
 use crate::os::{align_up, Os};
 use crate::region::Region;
 use crate::strategy_stats::{ratio, StrategyStats};
-use crate::sync::{AtomicU32, AtomicUsize, Ordering};
+use crate::sync::{spin_hint, AtomicU32, AtomicUsize, Ordering};
 use crate::typed::{impl_allocator_api2, TypedAlloc};
 
 #[cfg(target_has_atomic = "64")]
@@ -129,11 +129,13 @@ unsafe impl Sync for LockFreePool<'_> {}
 unsafe impl Send for LockFreePool<'_> {}
 
 impl<'a> LockFreePool<'a> {
+    /// Lays the side table and at most `max_blocks` blocks over `region`.
     fn over(
         region: Region,
         os: Option<&'a dyn Os>,
         block_size: usize,
         align: usize,
+        max_blocks: usize,
     ) -> Option<Self> {
         if !align.is_power_of_two() || block_size > isize::MAX as usize / 2 {
             record(AllocErrorKind::InvalidRequest);
@@ -144,7 +146,9 @@ impl<'a> LockFreePool<'a> {
         let links_off = align_up(start, align_of::<Link>()) - start;
         let room = region.len.checked_sub(links_off + align)?;
         let max_index = (INDEX_MASK - 1).min(u32::MAX as Word - 1) as usize;
-        let mut capacity = (room / (size_of::<Link>() + stride)).min(max_index);
+        let mut capacity = (room / (size_of::<Link>() + stride))
+            .min(max_index)
+            .min(max_blocks);
         let blocks_off = align_up(start + links_off + capacity * size_of::<Link>(), align) - start;
         capacity = capacity.min((region.len.checked_sub(blocks_off)?) / stride);
         if capacity == 0 {
@@ -211,10 +215,16 @@ impl<'a> LockFreePool<'a> {
         block_size: usize,
         align: usize,
     ) -> Option<Self> {
-        Self::over(Region::of_buffer(buffer), None, block_size, align)
+        Self::over(
+            Region::of_buffer(buffer),
+            None,
+            block_size,
+            align,
+            usize::MAX,
+        )
     }
 
-    /// A pool of `capacity` blocks reserved from `os` (released on drop).
+    /// A pool of exactly `capacity` blocks reserved from `os` (released on drop).
     pub fn with_os(
         os: &'a dyn Os,
         block_size: usize,
@@ -226,7 +236,7 @@ impl<'a> LockFreePool<'a> {
             .checked_mul(stride + size_of::<Link>())?
             .checked_add(2 * align + 64)?;
         let region = Region::reserve(os, bytes, os.page_size())?;
-        let pool = Self::over(region, Some(os), block_size, align);
+        let pool = Self::over(region, Some(os), block_size, align, capacity);
         if pool.is_none() {
             // SAFETY: the region just reserved; nothing uses it.
             unsafe { region.release(os) };
@@ -347,6 +357,24 @@ impl<'a> LockFreePool<'a> {
         }
     }
 
+    /// Like [`Self::pop_batch`], but when the list is empty while the counter says blocks
+    /// are free, another thread is between its pop and its bookkeeping (splitting a batch, or
+    /// refilling a cache): wait for it rather than report a false exhaustion. Only a nearly
+    /// exhausted pool waits, and only on a thread already past its CAS.
+    #[inline]
+    fn take_batch(&self) -> Option<u32> {
+        loop {
+            if let Some(first) = self.pop_batch() {
+                return Some(first);
+            }
+            // Relaxed: any value will do; a stale positive one only costs another pop.
+            if self.stats.0.shared_free.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            spin_hint();
+        }
+    }
+
     /// Puts the batch starting at `first` (its `next` links already written, the last one 0)
     /// on the shared list.
     #[inline]
@@ -433,7 +461,7 @@ unsafe impl TypedAlloc for LockFreePool<'_> {
             self.report_failure(AllocErrorKind::InvalidRequest);
             return None;
         }
-        let Some(first) = self.pop_batch() else {
+        let Some(first) = self.take_batch() else {
             self.report_failure(AllocErrorKind::Exhausted);
             return None;
         };
@@ -548,7 +576,7 @@ impl LocalCache<'_, '_> {
     #[inline(never)]
     fn refill(&self) -> usize {
         let pool = self.pool;
-        let Some(mut index) = pool.pop_batch() else {
+        let Some(mut index) = pool.take_batch() else {
             return 0;
         };
         let mut len = self.len.get();
