@@ -1,4 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(feature = "std"), no_std)]
 
-pub use allocscope_core as core_alloc;
+//! The facade re-exports everything of [`allocscope_core`] (the heap, the strategy allocators,
+//! statistics, the OS layer).
+
+pub use allocscope_core::*;

@@ -4,8 +4,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
+target=${CARGO_TARGET_DIR:-$PWD/target}
+
+step "build liballocscope.so (the preload tests run programs on it)"
+cargo build --release -p allocscope-preload
 
 step "unit and integration tests (debug)"
 cargo test --workspace
+
+step "loom: the heap's remote-free list and delayed-free hand-off"
+LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$target/loom" \
+  cargo test -p allocscope-core --lib --release page::loom_models
+
+if rustup toolchain list 2>/dev/null | grep -q nightly && cargo +nightly miri --version >/dev/null 2>&1; then
+  step "miri (strict provenance): the heap's free lists, queues, size classes, OS layer"
+  MIRIFLAGS="-Zmiri-strict-provenance -Zmiri-disable-isolation" CARGO_TARGET_DIR="$target/miri" \
+    cargo +nightly miri test -p allocscope-core --lib
+else
+  echo "miri is not installed (rustup +nightly component add miri rust-src): skipped" >&2
+  exit 1
+fi
 
 step "done in $(( $(date +%s) - start ))s"

@@ -554,7 +554,7 @@ impl Heap {
                         page.delayed.store(my_list, Ordering::Release);
                         // Wait out freers mid-way on the old list, and re-publish the state
                         // so later freers synchronise with the store above.
-                        let state = page.thread_free.load(Ordering::Relaxed) & 3;
+                        let state = crate::page::state_of(page.thread_free.load(Ordering::Relaxed));
                         let state = if state == USE_DELAYED { USE_DELAYED } else { NO_DELAYED };
                         page.set_delayed_state(state, false);
                     }

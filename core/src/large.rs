@@ -130,7 +130,8 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     let os = SystemOs;
     let offset = align_up(HEADER_SIZE, align);
     let Some(total) = offset.checked_add(size).filter(|&t| t <= isize::MAX as usize / 2) else {
-        record(AllocErrorKind::InvalidRequest);
+        // More than the address space can hold: out of memory, as C reports it (ENOMEM).
+        record(AllocErrorKind::OutOfMemory);
         return null_mut();
     };
     let total = align_up(total, os.page_size());

@@ -64,8 +64,9 @@ pub(crate) struct Page {
     pub committed: AtomicU8,
     /// Blocks owner-freed since the last collect. Owner only.
     pub local_free: *mut Block,
-    /// Remote frees and the delayed-free state (low two bits).
-    pub thread_free: AtomicUsize,
+    /// Remote frees, with the delayed-free state in the low two bits of the pointer (tagged
+    /// with `map_addr`, so provenance is kept: miri's strict-provenance mode checks it).
+    pub thread_free: AtomicPtr<Block>,
     /// The delayed-free list of the heap that owns the page (remote freers push there while
     /// the page is parked full). Heaps are never freed, so the pointer stays valid.
     pub delayed: AtomicPtr<DelayedList>,
@@ -102,7 +103,7 @@ impl Page {
         in_use: AtomicU8::new(0),
         committed: AtomicU8::new(0),
         local_free: null_mut(),
-        thread_free: AtomicUsize::new(0),
+        thread_free: AtomicPtr::new(null_mut()),
         delayed: AtomicPtr::new(null_mut()),
         block_size: AtomicUsize::new(0),
         reserved: AtomicU32::new(0),
@@ -162,7 +163,7 @@ impl Page {
         self.class.store(class as u8, Ordering::Relaxed);
         self.block_size.store(block_size, Ordering::Relaxed);
         self.reserved.store((area_size / block_size) as u32, Ordering::Relaxed);
-        self.thread_free.store(NO_DELAYED, Ordering::Relaxed);
+        self.thread_free.store(tagged(null_mut(), NO_DELAYED), Ordering::Relaxed);
         self.delayed.store(delayed, Ordering::Relaxed);
         self.in_use.store(1, Ordering::Relaxed);
     }
@@ -216,22 +217,33 @@ impl Page {
         !self.free.is_null()
     }
 
-    /// Takes the whole remote list with one atomic RMW (the state bits stay) and prepends it to
-    /// `free`. Returns the number of blocks taken.
+    /// Takes the whole remote list with one CAS (repeated only if a push raced in; the state
+    /// bits stay) and prepends it to `free`. Returns the number of blocks taken.
     ///
     /// # Safety
     /// Owner only.
     pub unsafe fn collect_remote(&mut self) -> u32 {
-        // Cheap check first: most pages have no remote frees. Relaxed: a stale zero only means
-        // the blocks are taken at the next collect.
-        if self.thread_free.load(Ordering::Relaxed) & !STATE_MASK == 0 {
+        // Cheap check first: most pages have no remote frees. Relaxed: a stale empty list only
+        // means the blocks are taken at the next collect.
+        let mut old = self.thread_free.load(Ordering::Relaxed);
+        if untagged(old).is_null() {
             return 0;
         }
         // Acquire: pairs with the Release of the pushes, so the link words written by remote
         // freers are visible before we walk them. No ABA: blocks are only ever pushed by
         // others and taken all at once by us; nobody pops a single block.
-        let taken = self.thread_free.fetch_and(STATE_MASK, Ordering::Acquire) & !STATE_MASK;
-        let head = taken as *mut Block;
+        let head = loop {
+            let keep = tagged(null_mut(), state_of(old));
+            match self.thread_free.compare_exchange_weak(
+                old,
+                keep,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break untagged(old),
+                Err(seen) => old = seen,
+            }
+        };
         if head.is_null() {
             return 0;
         }
@@ -260,20 +272,22 @@ impl Page {
         // Relaxed: the CAS below validates it.
         let mut old = self.thread_free.load(Ordering::Relaxed);
         loop {
-            let state = old & STATE_MASK;
+            let state = state_of(old);
             let new = if state == USE_DELAYED {
-                (old & !STATE_MASK) | DELAYED_FREEING
+                tagged(untagged(old), DELAYED_FREEING)
             } else {
                 // SAFETY: the block is ours to write until the CAS publishes it.
-                unsafe { (*block).next = (old & !STATE_MASK) as *mut Block };
-                block as usize | state
+                unsafe { (*block).next = untagged(old) };
+                tagged(block, state)
             };
             // Release: publishes the link word (and the program's last writes to the block)
-            // to the owner, which takes the list with Acquire.
+            // to the owner, which takes the list with Acquire. Acquire: when we take
+            // DELAYED_FREEING, we must see the `delayed` pointer the owner stored before it
+            // published USE_DELAYED (adoption by another heap).
             match self.thread_free.compare_exchange_weak(
                 old,
                 new,
-                Ordering::Release,
+                Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
@@ -284,7 +298,7 @@ impl Page {
                 }
                 Err(seen) => {
                     old = seen;
-                    if old & STATE_MASK == DELAYED_FREEING {
+                    if state_of(old) == DELAYED_FREEING {
                         // Another freer is publishing to the delayed list: wait for it to
                         // flip the state back, then push normally.
                         crate::sync::spin_hint();
@@ -305,7 +319,7 @@ impl Page {
         // the owner's observation of NO_DELAYED.
         let mut old = self.thread_free.load(Ordering::Relaxed);
         loop {
-            let new = (old & !STATE_MASK) | NO_DELAYED;
+            let new = tagged(untagged(old), NO_DELAYED);
             match self.thread_free.compare_exchange_weak(
                 old,
                 new,
@@ -328,16 +342,16 @@ impl Page {
         // Relaxed: the CAS validates.
         let mut old = self.thread_free.load(Ordering::Relaxed);
         loop {
-            if old & STATE_MASK == DELAYED_FREEING {
+            if state_of(old) == DELAYED_FREEING {
                 crate::sync::spin_hint();
                 // Acquire: see the freer's reset (and its delayed push) before retrying.
                 old = self.thread_free.load(Ordering::Acquire);
                 continue;
             }
-            if require_empty && old & !STATE_MASK != 0 {
+            if require_empty && !untagged(old).is_null() {
                 return false;
             }
-            let new = (old & !STATE_MASK) | state;
+            let new = tagged(untagged(old), state);
             // AcqRel: acquire what freers published; release our state to the next freer.
             match self.thread_free.compare_exchange_weak(
                 old,
@@ -359,6 +373,24 @@ impl Page {
         let offset = (p as usize).wrapping_sub(self.start as usize);
         p.wrapping_sub(offset % size)
     }
+}
+
+/// `block` with the delayed-free `state` in its low bits (blocks are at least 8-aligned).
+#[inline(always)]
+pub(crate) fn tagged(block: *mut Block, state: usize) -> *mut Block {
+    block.map_addr(|a| a | state)
+}
+
+/// The block pointer without its state bits.
+#[inline(always)]
+pub(crate) fn untagged(word: *mut Block) -> *mut Block {
+    word.map_addr(|a| a & !STATE_MASK)
+}
+
+/// The delayed-free state of a `thread_free` word.
+#[inline(always)]
+pub(crate) fn state_of(word: *mut Block) -> usize {
+    word.addr() & STATE_MASK
 }
 
 /// A multi-producer list of blocks taken whole by one consumer: a heap's delayed frees.
@@ -499,7 +531,7 @@ mod loom_models {
             in_use: AtomicU8::new(1),
             committed: AtomicU8::new(1),
             local_free: null_mut(),
-            thread_free: AtomicUsize::new(NO_DELAYED),
+            thread_free: AtomicPtr::new(null_mut()),
             delayed: AtomicPtr::new(list),
             block_size: AtomicUsize::new(16),
             reserved: AtomicU32::new(4),
@@ -564,9 +596,14 @@ mod loom_models {
                     (*s2.page.get()).free_remote(b2 as *mut Block);
                 }
             });
-            // The owner collects while the frees happen, and once more after.
-            // SAFETY: the owner thread.
-            let mut got = unsafe { (*s.page.get()).collect_remote() } as usize;
+            // The owner collects while the frees happen (yielding so they interleave with
+            // its loads and CASes), and once more after.
+            let mut got = 0;
+            for _ in 0..3 {
+                // SAFETY: the owner thread.
+                got += unsafe { (*s.page.get()).collect_remote() } as usize;
+                loom::thread::yield_now();
+            }
             t1.join().unwrap();
             t2.join().unwrap();
             // SAFETY: the owner thread; the freers are done.
@@ -576,7 +613,7 @@ mod loom_models {
                 assert_eq!(got, 3);
                 assert_eq!(count(p.free), 3);
                 assert_eq!(p.used.load(Ordering::Relaxed), 0);
-                assert_eq!(p.thread_free.load(Ordering::Relaxed), NO_DELAYED);
+                assert_eq!(p.thread_free.load(Ordering::Relaxed), null_mut());
             }
         });
     }
@@ -604,8 +641,12 @@ mod loom_models {
                 // SAFETY: remote freer.
                 unsafe { (*s2.page.get()).free_remote(b1 as *mut Block) };
             });
-            // Meanwhile the owner looks at its delayed list once (as a slow path would).
-            let early = count(s.list.take_all());
+            // Meanwhile the owner looks at its delayed list (as slow paths would).
+            let mut early = 0;
+            for _ in 0..2 {
+                early += count(s.list.take_all());
+                loom::thread::yield_now();
+            }
             t1.join().unwrap();
             t2.join().unwrap();
             let late = count(s.list.take_all());
@@ -616,8 +657,148 @@ mod loom_models {
             assert_eq!(early + late, 1);
             assert_eq!(on_page, 1);
             // SAFETY: the owner.
-            let state = unsafe { (*s.page.get()).thread_free.load(Ordering::Relaxed) } & STATE_MASK;
+            let word = unsafe { (*s.page.get()).thread_free.load(Ordering::Relaxed) };
+            let state = state_of(word);
             assert_eq!(state, NO_DELAYED);
         });
+    }
+}
+
+/// The free lists and queues over a plain buffer (no OS): runs under miri with strict
+/// provenance (`cargo +nightly miri test -p allocscope-core --lib page::`).
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[repr(align(4096))]
+    struct Area([u8; 4096]);
+
+    fn page_over(area: &mut Area, list: &mut DelayedList, block: usize) -> Page {
+        let mut page = Page::EMPTY;
+        // SAFETY: the page is new; the area is 4096 writable bytes that outlive the test.
+        unsafe { page.init(list, 3, block, area.0.as_mut_ptr(), 4096, true) };
+        page
+    }
+
+    fn pop(page: &mut Page) -> Option<*mut Block> {
+        let b = page.free;
+        if b.is_null() {
+            return None;
+        }
+        // SAFETY: `b` is the head of the page's free list.
+        page.free = unsafe { (*b).next };
+        page.used_add(1);
+        Some(b)
+    }
+
+    #[test]
+    fn extension_links_distinct_blocks_lazily() {
+        let mut area = Box::new(Area([0; 4096]));
+        let mut list = DelayedList::new();
+        let mut page = page_over(&mut area, &mut list, 48);
+        assert_eq!(page.reserved.load(Ordering::Relaxed), 4096 / 48);
+        // SAFETY: owner; `free` is empty.
+        unsafe { page.extend(1024) };
+        assert_eq!(page.capacity, 1024 / 48);
+        assert!(page.free_is_zero);
+        let mut seen = Vec::new();
+        while let Some(b) = pop(&mut page) {
+            assert_eq!((b as usize - page.start as usize) % 48, 0);
+            seen.push(b as usize);
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 1024 / 48);
+        // SAFETY: as above.
+        unsafe { page.extend(1 << 20) };
+        let mut rest = 0;
+        while pop(&mut page).is_some() {
+            rest += 1;
+        }
+        assert_eq!(seen.len() + rest, 4096 / 48);
+        assert_eq!(page.used.load(Ordering::Relaxed) as usize, 4096 / 48);
+    }
+
+    #[test]
+    fn local_and_remote_frees_come_back_through_collect() {
+        let mut area = Box::new(Area([0; 4096]));
+        let mut list = DelayedList::new();
+        let mut page = page_over(&mut area, &mut list, 64);
+        // SAFETY: owner; `free` is empty.
+        unsafe { page.extend(4096) };
+        let blocks: Vec<*mut Block> = core::iter::from_fn(|| pop(&mut page)).collect();
+        assert_eq!(blocks.len(), 64);
+        // The owner frees the even blocks, "another thread" the odd ones.
+        for (i, &b) in blocks.iter().enumerate() {
+            if i % 2 == 0 {
+                // SAFETY: live block of the page, freed once.
+                unsafe { (*b).next = page.local_free };
+                page.local_free = b;
+                page.used_sub(1);
+            }
+        }
+        // Raw pointers are not `Send`: wrap them to hand them over, as the heap's users do.
+        struct Handover(*const Page, Vec<*mut Block>);
+        // SAFETY: the page outlives the scope; the blocks are given away.
+        unsafe impl Send for Handover {}
+        let odd = Handover(&page, blocks.iter().skip(1).step_by(2).copied().collect());
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let odd = odd;
+                for &b in &odd.1 {
+                    // SAFETY: the page outlives the scope; each block is live and freed once
+                    // by a non-owner.
+                    unsafe { (*odd.0).free_remote(b) };
+                }
+            });
+        });
+        // SAFETY: owner; `free` is empty.
+        assert!(unsafe { page.collect() });
+        assert!(!page.free_is_zero);
+        assert_eq!(page.used.load(Ordering::Relaxed), 0);
+        let again: Vec<*mut Block> = core::iter::from_fn(|| pop(&mut page)).collect();
+        assert_eq!(again.len(), 64);
+    }
+
+    #[test]
+    fn a_parked_page_announces_its_first_remote_free() {
+        let mut area = Box::new(Area([0; 4096]));
+        let mut list = DelayedList::new();
+        let mut page = page_over(&mut area, &mut list, 2048);
+        // SAFETY: owner; `free` is empty.
+        unsafe { page.extend(4096) };
+        let a = pop(&mut page).unwrap();
+        let b = pop(&mut page).unwrap();
+        // SAFETY: owner parks the full page.
+        assert!(unsafe { page.set_delayed_state(USE_DELAYED, true) });
+        // SAFETY: live blocks, freed once by a non-owner.
+        unsafe {
+            page.free_remote(a);
+            page.free_remote(b);
+        }
+        let announced = list.take_all();
+        assert_eq!(announced, a, "the first free goes to the heap's delayed list");
+        // SAFETY: owner.
+        assert_eq!(unsafe { page.collect_remote() }, 1, "the second stays on the page");
+    }
+
+    #[test]
+    fn queues_link_and_unlink() {
+        let mut pages = [Page::EMPTY, Page::EMPTY, Page::EMPTY];
+        let [a, b, c] = pages.each_mut().map(|p| p as *mut Page);
+        let mut q = PageQueue::EMPTY;
+        // SAFETY: the pages are valid and in no queue / in this queue as each call requires.
+        unsafe {
+            q.push_back(a);
+            q.push_back(b);
+            q.push_front(c);
+            assert_eq!((q.first, q.last), (c, b));
+            q.remove(a);
+            assert_eq!((*c).next, b);
+            assert_eq!((*b).prev, c);
+            q.remove(c);
+            q.remove(b);
+        }
+        assert!(q.first.is_null() && q.last.is_null());
     }
 }

@@ -1,0 +1,147 @@
+//! Real programs on liballocscope.so through LD_PRELOAD, their output compared with a run on
+//! the system allocator: a C program that exercises the whole C ABI (threads, fork, every entry
+//! point), a python3 workload, and common command-line tools on generated input.
+//!
+//! The library must be built first (`cargo build --release -p allocscope-preload`, which
+//! `tests/run.sh` does); `ALLOCSCOPE_PRELOAD` may point at another build.
+
+#![cfg(target_os = "linux")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ALLOCSCOPE_PRELOAD") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let lib = target.join("release").join("liballocscope.so");
+    assert!(
+        lib.exists(),
+        "{} is missing: run `cargo build --release -p allocscope-preload` first (tests/run.sh does)",
+        lib.display()
+    );
+    lib
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("allocscope-preload-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `cmd` with and without the library; returns both outputs after checking that the
+/// preloaded run loaded the library and succeeded.
+fn both(mut make: impl FnMut() -> Command) -> (Output, Output) {
+    let lib = library();
+    let with = make().env("LD_PRELOAD", &lib).stdin(Stdio::null()).output().unwrap();
+    let without = make().env_remove("LD_PRELOAD").stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&with.stderr);
+    assert!(!stderr.contains("cannot be preloaded"), "the library did not load: {stderr}");
+    assert!(with.status.success(), "failed under allocscope: {stderr}");
+    assert!(without.status.success(), "failed without allocscope");
+    (with, without)
+}
+
+#[test]
+fn the_c_abi_works_across_threads_and_fork() {
+    let dir = scratch("abi");
+    let exe = dir.join("abi");
+    let src = workspace().join("tests/preload/abi.c");
+    let status = Command::new("gcc")
+        .args(["-O1", "-pthread", "-Wno-alloc-size-larger-than", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("gcc runs");
+    assert!(status.success());
+    let out = Command::new(&exe).env("LD_PRELOAD", library()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "abi test failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+const PYTHON_WORKLOAD: &str = r#"
+import json, random, re, threading, collections
+random.seed(7)
+d = {str(i): [random.random() for _ in range(i % 9)] for i in range(60000)}
+text = json.dumps(d, sort_keys=True)
+back = json.loads(text)
+words = collections.Counter(re.findall(r"\d+", text[:400000]))
+big = [bytes(random.getrandbits(8) for _ in range(n)) for n in range(0, 30000, 97)]
+results = []
+def work(k):
+    s = sorted(random.Random(k).random() for _ in range(20000))
+    results.append((k, round(sum(s), 6)))
+ts = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(len(text), sum(len(v) for v in back.values()), words.most_common(3))
+print(sum(len(b) for b in big), sorted(results))
+"#;
+
+#[test]
+fn a_python_workload_gives_the_same_output() {
+    let (with, without) = both(|| {
+        let mut c = Command::new("python3");
+        c.args(["-c", PYTHON_WORKLOAD]);
+        c
+    });
+    assert!(!with.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&with.stdout), String::from_utf8_lossy(&without.stdout));
+}
+
+/// A file of `lines` lines "word number word" from a fixed-seed generator.
+fn generate(path: &Path, lines: usize) {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let words = ["alpha", "beta", "gamma", "delta", "allocscope", "heap", "page", "block"];
+    let mut out = String::with_capacity(lines * 32);
+    for _ in 0..lines {
+        let w = words[(next() % 8) as usize];
+        out.push_str(&format!("{w}{} {} {}\n", next() % 1000, next() % 100_000, w));
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn command_line_tools_give_the_same_output() {
+    let dir = scratch("tools");
+    let input = dir.join("input.txt");
+    generate(&input, 200_000);
+    let input = input.to_str().unwrap().to_owned();
+    let pipelines = [
+        format!("sort {input}"),
+        format!("sort -n -k2 {input} | head -1000"),
+        format!("sort {input} | uniq -c | sort -rn | head -50"),
+        format!("awk '{{s[$3]+=$2}} END {{for (k in s) print k, s[k]}}' {input} | sort"),
+        format!("gzip -c {input} | gunzip -c | md5sum"),
+        format!("grep -c heap {input}"),
+        format!("sed 's/a/A/g' {input} | tr 'a-z' 'A-Z' | md5sum"),
+        format!("cut -d' ' -f1 {input} | sort -u | wc -l"),
+    ];
+    for p in &pipelines {
+        let (with, without) = both(|| {
+            let mut c = Command::new("bash");
+            c.args(["-c", p]);
+            c
+        });
+        assert!(!with.stdout.is_empty(), "{p}: no output");
+        assert_eq!(with.stdout, without.stdout, "{p}: outputs differ");
+    }
+}
