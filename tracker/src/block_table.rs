@@ -426,7 +426,7 @@ impl ShardData {
         let Some(new) = (unsafe { MappedArray::<Slot>::zeroed(new_cap) }) else {
             return false;
         };
-        let old = core::mem::replace(&mut self.slots, Some(new));
+        let old = self.slots.replace(new);
         self.used = 0;
         self.freed = 0;
         if let Some(old) = old {

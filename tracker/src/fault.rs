@@ -183,6 +183,7 @@ fn room_on_stack() -> usize {
     let sp = &marker as *const u8 as usize;
     // SAFETY: sigaltstack with a null new stack only reports the current one into `ss`.
     let mut ss: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
     let on_alt = unsafe { libc::sigaltstack(core::ptr::null(), &mut ss) } == 0
         && ss.ss_flags & libc::SS_ONSTACK != 0;
     if on_alt {

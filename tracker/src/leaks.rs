@@ -199,8 +199,8 @@ fn mark_reachable(
 /// Among unreached blocks, those pointed to by another unreached block are indirect leaks.
 fn mark_indirect(candidates: &mut [Candidate]) {
     let mut leaked: MappedVec<usize> = MappedVec::new();
-    for i in 0..candidates.len() {
-        if candidates[i].mark == 0 {
+    for (i, c) in candidates.iter().enumerate() {
+        if c.mark == 0 {
             leaked.push(i);
         }
     }

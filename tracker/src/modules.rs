@@ -81,7 +81,7 @@ mod tests {
         assert_eq!(main.path, exe.display().to_string());
         assert!(main.segments.iter().any(|s| s.executable));
         // The address of a function of ours falls in an executable segment of some module.
-        let f = super::current as usize as u64;
+        let f = super::current as fn() -> Vec<crate::trace_format::Module> as usize as u64;
         assert!(modules
             .iter()
             .flat_map(|m| &m.segments)

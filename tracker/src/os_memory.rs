@@ -146,8 +146,8 @@ impl<T: Copy> MappedVec<T> {
     /// An empty vector with room for `cap` values mapped now (so that the mapping exists, and
     /// is listed, before anything is pushed).
     pub(crate) fn with_capacity(cap: usize) -> Self {
-        // SAFETY: slots past `len` are never read before being written.
         MappedVec {
+            // SAFETY: slots past `len` are never read before being written.
             array: unsafe { MappedArray::zeroed(cap.max(1)) },
             len: 0,
         }

@@ -446,6 +446,9 @@ extern "C" fn exit_hook() {
     let marker = 0u8;
     let sp = &marker as *const u8 as usize;
     let _busy = crate::thread_state::enter_always();
-    let _ = crate::thread_state::with_local(|local| for_each_state(|s| s.at_exit(Some(local), sp)))
-        .map_or_else(|| for_each_state(|s| s.at_exit(None, sp)), |_| ());
+    if crate::thread_state::with_local(|local| for_each_state(|s| s.at_exit(Some(local), sp)))
+        .is_none()
+    {
+        for_each_state(|s| s.at_exit(None, sp));
+    }
 }

@@ -904,8 +904,9 @@ impl<A: GlobalAlloc> Drop for Tracker<A> {
         if let Some(state) = self.ready() {
             let _busy = enter_always();
             if let Some(stream) = state.stream() {
-                let _ = with_local(|l| stream.finish(Some(l), Duration::from_secs(10)))
-                    .map_or_else(|| stream.finish(None, Duration::from_secs(10)), |_| ());
+                if with_local(|l| stream.finish(Some(l), Duration::from_secs(10))).is_none() {
+                    stream.finish(None, Duration::from_secs(10));
+                }
             }
             state::unregister(state);
         }

@@ -40,7 +40,7 @@ fn layout(size: usize) -> Layout {
 
 #[inline(never)]
 fn one_byte_overflow(t: &Tracker<Allocscope>) -> usize {
-    // SAFETY (of the test): the write past the end is the bug under test; it lands in the red
+    // SAFETY: (test) the write past the end is the bug under test; it lands in the red
     // zone, which belongs to the tracker's block.
     unsafe {
         let p = t.alloc(layout(16));
@@ -71,7 +71,7 @@ fn one_byte_overflow_is_reported_at_free() {
 
 #[inline(never)]
 fn underflow(t: &Tracker<Allocscope>) {
-    // SAFETY (of the test): the write before the start lands in the left red zone.
+    // SAFETY: (test) the write before the start lands in the left red zone.
     unsafe {
         let p = t.alloc(layout(32));
         flip(p.sub(1));
@@ -97,7 +97,7 @@ fn underflow_is_reported_at_free() {
 
 #[inline(never)]
 fn scribble_while_alive(t: &Tracker<Allocscope>) -> *mut u8 {
-    // SAFETY (of the test): the write lands in the right red zone of a live block.
+    // SAFETY: (test) the write lands in the right red zone of a live block.
     unsafe {
         let p = t.alloc(layout(24));
         flip(p.add(30));
@@ -124,7 +124,7 @@ fn scan_finds_a_damaged_live_block() {
 
 #[inline(never)]
 fn use_after_free_write(t: &Tracker<Allocscope>) -> usize {
-    // SAFETY (of the test): the write goes to a quarantined block, still the tracker's memory.
+    // SAFETY: (test) the write goes to a quarantined block, still the tracker's memory.
     unsafe {
         let p = t.alloc(layout(64));
         t.dealloc(p, layout(64));
@@ -167,7 +167,7 @@ fn use_after_free_write_is_reported_when_the_block_leaves_quarantine() {
 
 #[inline(never)]
 fn double_free(t: &Tracker<Allocscope>) {
-    // SAFETY (of the test): the second free is the bug; the tracker ignores it.
+    // SAFETY: (test) the second free is the bug; the tracker ignores it.
     unsafe {
         let p = t.alloc(layout(40));
         t.dealloc(p, layout(40));
@@ -206,7 +206,7 @@ fn double_free_is_reported_and_ignored() {
 
 #[inline(never)]
 fn invalid_free_inside_a_block(t: &Tracker<Allocscope>) -> *mut u8 {
-    // SAFETY (of the test): freeing an interior pointer is the bug; it is ignored.
+    // SAFETY: (test) freeing an interior pointer is the bug; it is ignored.
     unsafe {
         let p = t.alloc(layout(100));
         t.dealloc(p.add(8), layout(92));
@@ -219,7 +219,7 @@ fn invalid_free_is_reported_with_the_enclosing_block() {
     let t = tracker(quiet());
     let p = invalid_free_inside_a_block(&t);
     let mut on_stack = 0u64;
-    // SAFETY (of the test): a pointer this heap never gave; ignored.
+    // SAFETY: (test) a pointer this heap never gave; ignored.
     unsafe { t.deallocate((&mut on_stack as *mut u64).cast(), None) };
     let reports = t.take_reports();
     assert_eq!(reports.len(), 2, "{reports:#?}");
@@ -247,7 +247,7 @@ fn invalid_free_is_reported_with_the_enclosing_block() {
 
 #[inline(never)]
 fn layout_mismatch(t: &Tracker<Allocscope>) {
-    // SAFETY (of the test): the wrong layout is the bug; the block is still freed correctly.
+    // SAFETY: (test) the wrong layout is the bug; the block is still freed correctly.
     unsafe {
         let p = t.alloc(Layout::from_size_align(48, 16).unwrap());
         t.dealloc(p, Layout::from_size_align(40, 8).unwrap());
@@ -273,7 +273,7 @@ fn layout_mismatch_at_dealloc_is_reported() {
 #[inline(never)]
 fn leak_some(t: &Tracker<Allocscope>) {
     for _ in 0..3 {
-        // SAFETY (of the test): leaked on purpose.
+        // SAFETY: (test) leaked on purpose.
         unsafe { t.alloc(layout(64)) };
     }
 }
@@ -349,7 +349,7 @@ fn guard_slack_overflow_is_reported_at_free() {
     // 13 bytes at alignment 8: the block cannot end exactly at the guard page, so the 3 bytes
     // of slack carry the red-zone pattern.
     let t = tracker(quiet().guard(GuardRate::All).guard_underflow_share(0.0));
-    // SAFETY (of the test): the write lands in the slot's slack, the tracker's memory.
+    // SAFETY: (test) the write lands in the slot's slack, the tracker's memory.
     unsafe {
         let l = Layout::from_size_align(13, 8).unwrap();
         let p = t.alloc(l);
@@ -428,7 +428,7 @@ fn libc_sigsegv() -> i32 {
 
 #[inline(never)]
 fn read_after_free(t: &Tracker<Allocscope>) -> u8 {
-    // SAFETY (of the test): none: this read faults, which is the point.
+    // SAFETY: (test) none: this read faults, which is the point.
     unsafe {
         let p = t.alloc(layout(48));
         p.write(5);
@@ -465,7 +465,7 @@ fn use_after_free_read_faults_under_guard_pages() {
 
 #[inline(never)]
 fn far_overflow(t: &Tracker<Allocscope>) {
-    // SAFETY (of the test): none: this write faults in the guard page after the block.
+    // SAFETY: (test) none: this write faults in the guard page after the block.
     unsafe {
         let p = t.alloc(layout(64));
         std::ptr::write_volatile(p.add(64 + 200), 1u8);
@@ -500,7 +500,7 @@ fn far_overflow_faults_in_the_guard_page() {
 
 #[inline(never)]
 fn underflow_into_guard(t: &Tracker<Allocscope>) {
-    // SAFETY (of the test): none: this write faults in the guard page before the block.
+    // SAFETY: (test) none: this write faults in the guard page before the block.
     unsafe {
         let p = t.alloc(layout(64));
         std::ptr::write_volatile(p.sub(8), 1u8);

@@ -68,7 +68,7 @@ fn a_double_free_through_the_global_allocator_is_caught() {
     // In a child, so that the report does not show up in the other tests' counts.
     if std::env::var_os("ALLOCSCOPE_GLOBAL_CHILD").is_some() {
         let layout = Layout::from_size_align(24, 8).unwrap();
-        // SAFETY (of the test): the second free is the bug; the tracker ignores it.
+        // SAFETY: (test) the second free is the bug; the tracker ignores it.
         unsafe {
             let p = ALLOC.alloc(layout);
             ALLOC.dealloc(p, layout);
