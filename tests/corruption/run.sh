@@ -7,7 +7,7 @@ lib=${1:?usage: $0 path/to/instrumented-liballocscope.so}
 [ -f "$lib" ] || { echo "no such library: $lib" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$(mktemp -d)/corruption
-cc -g -O0 -fno-omit-frame-pointer -o "$bin" "$here/corruption.c"
+cc -g -O0 -fno-omit-frame-pointer -Wno-free-nonheap-object -o "$bin" "$here/corruption.c"
 
 pass=0 fail=0
 check() { # case, options, expected kind

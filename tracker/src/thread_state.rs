@@ -134,16 +134,21 @@ impl Drop for Local {
         if let Some(buffer) = self.events.get_mut().take() {
             buffer.flush_and_close();
         }
+        // Only the part below this frame is dead: above it lie the frames of the thread's exit
+        // path and, at the top of the mapping, glibc's thread descriptor and static TLS, which
+        // still point to live blocks (the DTV) while glibc caches the stack.
+        let marker = 0u8;
+        let sp = &marker as *const u8 as usize;
         let (low, high) = crate::stacks::stack_bounds(self);
-        if high != 0 {
-            mark_stack(low, high, true);
+        if high != 0 && (low..high).contains(&sp) {
+            mark_stack(low, sp, true);
         }
     }
 }
 
-/// Stacks of threads that exited (start, end; (0, 0) = free entry). glibc keeps such stacks
-/// mapped for reuse, full of stale copies of pointers: the leak check must not take them for
-/// roots. A thread that starts on a reused stack takes it off the list at its first allocation.
+/// Stacks of threads that exited, from the stack's low end to where the thread's exit path
+/// ran (start, end; (0, 0) = free entry). glibc keeps such stacks mapped for reuse, full of
+/// stale copies of pointers: the leak check must not take them for roots. A thread that starts on a reused stack takes it off the list at its first allocation.
 static DEAD_STACKS: [(AtomicUsize, AtomicUsize); 256] =
     [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 256];
 
