@@ -6,11 +6,14 @@ start=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 target=${CARGO_TARGET_DIR:-$PWD/target}
 
-step "build liballocscope.so (the preload tests run programs on it)"
-cargo build --release -p allocscope-preload
+step "build liballocscope.so and liballocscope_debug.so (the preload tests run programs on them)"
+cargo build --release -p allocscope-preload -p allocscope-preload-debug
 
 step "unit and integration tests (debug)"
 cargo test --workspace
+
+step "the C corruption suite under liballocscope_debug.so"
+bash tests/corruption/run.sh "$target/release/liballocscope_debug.so"
 
 step "loom: the heap's remote-free list and delayed-free hand-off"
 LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$target/loom" \
