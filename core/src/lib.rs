@@ -38,4 +38,4 @@ pub use global::Allocscope;
 #[cfg(all(feature = "std", not(loom)))]
 pub use heap::collect;
 #[cfg(all(feature = "std", not(loom)))]
-pub use stats::{stats, walk_pages, ClassStats, PageInfo, Stats};
+pub use stats::{for_each_metadata_region, stats, walk_pages, ClassStats, PageInfo, Stats};

@@ -134,3 +134,14 @@ pub fn walk_pages(f: &mut dyn FnMut(&PageInfo)) {
         }
     });
 }
+
+/// Calls `f(address, length)` for every region of the heap's own metadata: the heaps
+/// themselves (current pages, queues, caches) and the header of every segment in use (page
+/// descriptors, whose free lists point into the pages). A leak checker that scans memory for
+/// pointers skips these, or every block would look referenced. The header of a large block
+/// (at the 4 MiB-aligned start of its own mapping, before the block) is not listed: it points
+/// only at its own block. Allocates nothing.
+pub fn for_each_metadata_region(f: &mut dyn FnMut(usize, usize)) {
+    crate::thread::for_each_heap(|h| f(h as *const _ as usize, size_of::<crate::heap::Heap>()));
+    crate::segment::for_each_claimed(|seg| f(seg as usize, crate::segment::HEADER_SIZE));
+}

@@ -217,3 +217,18 @@ fn stats_and_page_walk_see_live_blocks() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn metadata_regions_cover_the_page_descriptors_of_live_blocks() {
+    let p = heap::alloc(40, 8);
+    let mut regions = Vec::new();
+    allocscope_core::for_each_metadata_region(&mut |addr, len| regions.push((addr, len)));
+    // The block itself is never metadata; its segment's header (4 MiB below) is.
+    let segment = p as usize & !((4 << 20) - 1);
+    assert!(regions.iter().all(|&(a, l)| !(a <= p as usize && (p as usize) < a + l)));
+    assert!(regions.iter().any(|&(a, l)| a == segment && l >= 4096));
+    // And the calling thread's heap is listed (at least one region outside any segment).
+    assert!(regions.iter().any(|&(a, _)| a % (4 << 20) != 0));
+    // SAFETY: live, freed once.
+    unsafe { heap::free(p) };
+}
