@@ -15,8 +15,10 @@
 //!   constructed object first and rebuild it on free.)
 //! * **Magazines**: a [`Magazine`] (one per thread) caches up to [`MAGAZINE_SLOTS`] objects and
 //!   moves half a magazine at a time under one lock acquisition.
-//! * **Pressure**: a slab that becomes empty while more than `max_empty` slabs already are is
-//!   given back at once; [`SlabCache::shrink`] gives back every empty slab.
+//! * **Pressure**: every [`REAP_PERIOD`] objects moved, the empty slabs that stayed empty for
+//!   the whole period, beyond `max_empty`, are given back (like the kernel's periodic reaping:
+//!   a burst that empties slabs and the next one that refills them cause no OS traffic);
+//!   [`SlabCache::shrink`] gives back every empty slab at once.
 //!
 //! Misuse: every object's entry in its slab's index table says whether it is allocated, so a
 //! double free through the cache is refused ([`AllocErrorKind::DoubleFree`]) in every build; in
@@ -49,6 +51,9 @@ pub const MAGAZINE_BATCH: usize = MAGAZINE_SLOTS / 2;
 const MIN_SLAB: usize = 4096;
 /// A slab holds at least this many objects (when the type is large the slab grows).
 const MIN_OBJECTS: usize = 8;
+/// Objects moved in and out of slabs between two reaps of idle empty slabs (at least; the
+/// period grows to twice the cache's capacity).
+pub const REAP_PERIOD: usize = 1024;
 
 /// Index-table value of an allocated object.
 const ALLOCATED: u32 = u32::MAX;
@@ -100,6 +105,9 @@ struct Lists {
     deallocations: u64,
     failures: u64,
     misuse: u64,
+    /// Objects moved since the last reap, and the fewest empty slabs seen meanwhile.
+    moved: usize,
+    empty_low: usize,
 }
 
 // SAFETY: the raw pointers are slabs owned by the cache; the lock serialises access to them.
@@ -166,6 +174,8 @@ impl<'a, T> SlabCache<'a, T> {
                 deallocations: 0,
                 failures: 0,
                 misuse: 0,
+                moved: 0,
+                empty_low: 0,
             }),
             ctor,
             slab_size,
@@ -202,7 +212,7 @@ impl<'a, T> SlabCache<'a, T> {
         self
     }
 
-    /// How many empty slabs to keep before giving them back (default 1).
+    /// How many empty slabs to keep when reaping idle ones (default 1; see [`REAP_PERIOD`]).
     pub fn with_max_empty(mut self, slabs: usize) -> Self {
         self.max_empty = slabs;
         self
@@ -529,6 +539,7 @@ impl<'a, T> SlabCache<'a, T> {
         }
         let used = lists.out.saturating_sub(lists.in_magazines);
         lists.peak_used = lists.peak_used.max(used);
+        self.age(&mut lists, taken);
         taken
     }
 
@@ -570,17 +581,33 @@ impl<'a, T> SlabCache<'a, T> {
             accepted += 1;
             lists.out -= 1;
             self.relist(&mut lists, slab);
-            // SAFETY: as above.
-            if unsafe { (*slab).in_use } == 0
-                && lists.counts[ListId::Empty as usize] > self.max_empty
-            {
-                self.unlink(&mut lists, slab);
-                self.release_slab(&mut lists, slab);
-            }
         }
         match magazine {
             Some(report) => report.publish(&mut lists),
             None => lists.deallocations += accepted,
+        }
+        self.age(&mut lists, objects.len());
+    }
+
+    /// Counts `moved` objects towards the reap period and, at its end, gives back the empty
+    /// slabs that stayed empty all along (beyond `max_empty`). Slabs emptied by a burst and
+    /// reused by the next one are kept: only memory idle for a whole period goes.
+    fn age(&self, lists: &mut Lists, moved: usize) {
+        let empty = lists.counts[ListId::Empty as usize];
+        lists.empty_low = lists.empty_low.min(empty);
+        lists.moved += moved;
+        // A period at least twice the cache's capacity contains the end of any burst's
+        // allocation phase, so slabs a burst reuses are never counted as idle.
+        let slots = lists.counts.iter().sum::<usize>() * self.per_slab;
+        if lists.moved >= REAP_PERIOD.max(2 * slots) {
+            let excess = lists.empty_low.saturating_sub(self.max_empty);
+            for _ in 0..excess {
+                let slab = lists.heads[ListId::Empty as usize];
+                self.unlink(lists, slab);
+                self.release_slab(lists, slab);
+            }
+            lists.moved = 0;
+            lists.empty_low = lists.counts[ListId::Empty as usize];
         }
     }
 

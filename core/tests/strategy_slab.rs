@@ -6,7 +6,7 @@ mod strategy_support;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use allocscope_core::slab::{SlabCache, MAGAZINE_BATCH};
+use allocscope_core::slab::{SlabCache, MAGAZINE_BATCH, REAP_PERIOD};
 use allocscope_core::typed::TypedAlloc;
 use proptest::prelude::*;
 use strategy_support::*;
@@ -86,7 +86,7 @@ fn constructed_state_is_kept_across_reuse() {
 }
 
 #[test]
-fn slabs_move_between_partial_full_and_empty_and_empties_go_back() {
+fn slabs_move_between_partial_full_and_empty_and_idle_empties_go_back() {
     let os = HeapOs::default();
     let cache = SlabCache::<[u64; 16]>::with_os(&os).with_max_empty(1);
     let n = cache.objects_per_slab();
@@ -99,24 +99,52 @@ fn slabs_move_between_partial_full_and_empty_and_empties_go_back() {
     // SAFETY: live objects of this cache.
     unsafe { cache.deallocate(last, 1) };
     assert_eq!(cache.slab_counts(), (1, 2, 0));
-    // Free two whole slabs: the first empty one is kept, the second given back to the OS.
-    for p in objs.drain(..2 * n - 1) {
+    for p in objs.drain(..) {
         // SAFETY: live objects.
         unsafe { cache.deallocate(p, 1) };
     }
-    assert_eq!(cache.slab_counts().2, 1, "one empty slab kept");
     assert_eq!(
-        os.live_regions(),
-        cache.slab_counts().0 + cache.slab_counts().1 + 1
+        cache.slab_counts(),
+        (0, 0, 3),
+        "empty slabs are kept for the next burst"
     );
-    let before = os.live_regions();
-    assert_eq!(cache.shrink(), 1);
-    assert_eq!(os.live_regions(), before - 1);
-    assert_eq!(cache.stats().used_bytes, objs.len() * 128);
-    for p in objs {
-        // SAFETY: live objects.
+    assert_eq!(cache.stats().used_bytes, 0);
+    // A long stretch using one object at a time: two slabs stay idle for whole periods.
+    for _ in 0..2 * REAP_PERIOD {
+        let p = cache.allocate::<[u64; 16]>(1).unwrap();
+        // SAFETY: live.
         unsafe { cache.deallocate(p, 1) };
     }
+    // The slab in use plus max_empty idle ones remain.
+    let (partial, full, empty) = cache.slab_counts();
+    assert_eq!(
+        partial + full + empty,
+        2,
+        "idle empty slabs beyond max_empty went back"
+    );
+    assert_eq!(os.live_regions(), 2);
+    assert_eq!(cache.shrink(), 2);
+    assert_eq!(os.live_regions(), 0);
+}
+
+#[test]
+fn a_burst_that_refills_emptied_slabs_keeps_them() {
+    let os = HeapOs::default();
+    let cache = SlabCache::<[u64; 8]>::with_os(&os);
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.extend((0..1000).map(|_| cache.allocate::<[u64; 8]>(1).unwrap()));
+        for p in held.drain(..) {
+            // SAFETY: live objects.
+            unsafe { cache.deallocate(p, 1) };
+        }
+    }
+    let slabs = cache.slab_counts().2;
+    assert_eq!(
+        os.reserved.load(std::sync::atomic::Ordering::SeqCst),
+        slabs,
+        "no slab was given back and taken again"
+    );
 }
 
 #[test]
@@ -159,6 +187,7 @@ fn buffer_backed_cache_runs_out_and_reuses_given_back_slabs() {
         // SAFETY: live objects.
         unsafe { cache.deallocate(p, 1) };
     }
+    assert!(cache.shrink() > 1);
     assert_eq!(
         cache.slab_counts(),
         (0, 0, 0),
