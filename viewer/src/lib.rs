@@ -1,3 +1,9 @@
-//! allocscope's viewer (in progress, see issue 5): the desktop app (eframe/egui) and the
-//! `allocscope` command line — record, report, flamegraph, export, view — reading traces through
-//! the tracker's trace-format module.
+//! allocscope's viewer: the aggregation of traces ([`model`]), their symbolisation
+//! ([`symbols`]), the text report ([`report`]), exports ([`export`]) and the `allocscope`
+//! command line ([`cli`]). Traces are read only through the tracker's trace-format module.
+
+pub mod cli;
+pub mod export;
+pub mod model;
+pub mod report;
+pub mod symbols;

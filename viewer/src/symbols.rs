@@ -1,0 +1,231 @@
+//! Symbolisation of a trace's return addresses in another process than the traced one: the
+//! trace's module map says which file each address belongs to and at which load bias, and the
+//! file's DWARF (through `addr2line`) gives function, file and line. Results are cached per
+//! address; a module whose file is gone or has no debug info gives `module+0xoffset`.
+//!
+//! May touch: the file system (reading the traced program's binaries), `addr2line`.
+
+use std::collections::HashMap;
+
+use allocscope_tracker::symbolize::{is_allocator_frame, SymbolizedFrame};
+use allocscope_tracker::trace_format::Module;
+
+/// Resolves addresses against one trace's module map.
+pub struct Symbolizer {
+    modules: Vec<Module>,
+    loaders: HashMap<usize, Option<addr2line::Loader>>,
+    cache: HashMap<u64, Vec<SymbolizedFrame>>,
+}
+
+impl Symbolizer {
+    /// A symboliser for addresses of a process with this module map.
+    pub fn new(modules: &[Module]) -> Self {
+        Symbolizer {
+            modules: modules.to_vec(),
+            loaders: HashMap::new(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The frames (several when calls were inlined, innermost first) at one return address.
+    pub fn resolve(&mut self, address: u64) -> &[SymbolizedFrame] {
+        if !self.cache.contains_key(&address) {
+            let frames = self.lookup(address);
+            self.cache.insert(address, frames);
+        }
+        self.cache.get(&address).map_or(&[], |v| v.as_slice())
+    }
+
+    fn lookup(&mut self, address: u64) -> Vec<SymbolizedFrame> {
+        let unknown = |function: Option<String>| SymbolizedFrame {
+            address: address as usize,
+            function,
+            file: None,
+            line: None,
+        };
+        let Some(index) = self.modules.iter().position(|m| {
+            m.segments
+                .iter()
+                .any(|s| s.start <= address && address < s.end)
+        }) else {
+            return vec![unknown(None)];
+        };
+        let module = &self.modules[index];
+        // A return address points after the call; one byte back is inside the call instruction.
+        let probe = address.wrapping_sub(module.bias).saturating_sub(1);
+        let fallback = format!("{}+{:#x}", short_name(&module.path), probe + 1);
+        let path = module.path.clone();
+        let loader = self
+            .loaders
+            .entry(index)
+            .or_insert_with(|| addr2line::Loader::new(&path).ok());
+        let Some(loader) = loader else {
+            return vec![unknown(Some(fallback))];
+        };
+        let mut out = Vec::new();
+        if let Ok(mut frames) = loader.find_frames(probe) {
+            while let Ok(Some(frame)) = frames.next() {
+                let function = frame
+                    .function
+                    .as_ref()
+                    .and_then(|f| f.demangle().ok())
+                    .map(|name| strip_hash(&name).to_owned());
+                let (file, line) = frame
+                    .location
+                    .as_ref()
+                    .map_or((None, None), |l| (l.file.map(str::to_owned), l.line));
+                out.push(SymbolizedFrame {
+                    address: address as usize,
+                    function,
+                    file,
+                    line,
+                });
+            }
+        }
+        if out.iter().all(|f| f.function.is_none()) {
+            // No DWARF for this address: the symbol table still names the function.
+            let symbol = loader
+                .find_symbol(probe)
+                .map(|name| format!("{:#}", rustc_demangle::demangle(name)));
+            return vec![unknown(symbol.or(Some(fallback)))];
+        }
+        out
+    }
+
+    /// A whole stack (return addresses, innermost first), with the allocator's own frames at
+    /// its top left out so that the first frame is the program's allocation site.
+    pub fn stack(&mut self, addresses: &[u64]) -> Vec<SymbolizedFrame> {
+        let mut out: Vec<SymbolizedFrame> = Vec::new();
+        for &a in addresses {
+            out.extend_from_slice(self.resolve(a));
+        }
+        let top = out.len().min(16);
+        let skip = out[..top]
+            .iter()
+            .rposition(|f| f.function.as_deref().is_some_and(is_allocator_frame))
+            .map_or(0, |i| i + 1);
+        if skip < out.len() {
+            out.drain(..skip);
+        }
+        out
+    }
+}
+
+/// A frame's display name: the function, else the address.
+pub fn frame_name(f: &SymbolizedFrame) -> String {
+    match &f.function {
+        Some(name) => name.clone(),
+        None => format!("{:#x}", f.address),
+    }
+}
+
+/// A frame as `function (file:line)`.
+pub fn frame_label(f: &SymbolizedFrame) -> String {
+    let mut s = frame_name(f);
+    if let Some(file) = &f.file {
+        s.push_str(" (");
+        s.push_str(file);
+        if let Some(line) = f.line {
+            s.push_str(&format!(":{line}"));
+        }
+        s.push(')');
+    }
+    s
+}
+
+fn short_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Drops a Rust legacy-mangling hash suffix (`::h0123456789abcdef`) that `{:#}` may leave.
+fn strip_hash(name: &str) -> &str {
+    match name.rfind("::h") {
+        Some(i) if name.len() - i == 19 && name[i + 3..].chars().all(|c| c.is_ascii_hexdigit()) => {
+            &name[..i]
+        }
+        _ => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allocscope_tracker::trace_format::Segment;
+
+    #[test]
+    fn hashes_are_stripped_and_other_names_kept() {
+        assert_eq!(strip_hash("prog::main::h0123456789abcdef"), "prog::main");
+        assert_eq!(strip_hash("prog::hello"), "prog::hello");
+    }
+
+    #[test]
+    fn an_address_outside_every_module_stays_an_address() {
+        let mut s = Symbolizer::new(&[]);
+        let f = s.resolve(0x1234).to_vec();
+        assert_eq!(f.len(), 1);
+        assert_eq!(frame_name(&f[0]), "0x1234");
+    }
+
+    #[test]
+    fn a_missing_module_file_gives_module_plus_offset() {
+        let m = Module {
+            path: "/nonexistent/libgone.so".into(),
+            bias: 0x10000,
+            segments: vec![Segment {
+                start: 0x10000,
+                end: 0x20000,
+                executable: true,
+            }],
+        };
+        let mut s = Symbolizer::new(&[m]);
+        let f = s.resolve(0x10100).to_vec();
+        assert_eq!(f[0].function.as_deref(), Some("libgone.so+0x100"));
+    }
+
+    #[test]
+    fn this_test_binary_resolves_one_of_its_own_functions() {
+        // The module map of a real process, here this one, as the tracker would record it.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let exe_str = exe.display().to_string();
+        let mut lowest = u64::MAX;
+        let mut segments = Vec::new();
+        for line in maps.lines().filter(|l| l.ends_with(&exe_str)) {
+            let mut parts = line.split_whitespace();
+            let range = parts.next().unwrap();
+            let perms = parts.next().unwrap();
+            let offset = u64::from_str_radix(parts.next().unwrap(), 16).unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            );
+            lowest = lowest.min(a - offset);
+            segments.push(Segment {
+                start: a,
+                end: b,
+                executable: perms.contains('x'),
+            });
+        }
+        let m = Module {
+            path: exe_str,
+            bias: lowest,
+            segments,
+        };
+        let mut s = Symbolizer::new(&[m]);
+        let addr = marker_function as fn() -> u32 as usize as u64 + 1;
+        let frames = s.resolve(addr).to_vec();
+        assert!(
+            frames.iter().any(|f| f
+                .function
+                .as_deref()
+                .is_some_and(|n| n.ends_with("marker_function"))),
+            "{frames:?}"
+        );
+    }
+
+    #[inline(never)]
+    fn marker_function() -> u32 {
+        std::hint::black_box(7)
+    }
+}
