@@ -34,10 +34,14 @@ use core::mem::MaybeUninit;
 use core::ptr::NonNull;
 
 use crate::error::AllocErrorKind;
-use crate::os::Os;
+use crate::os::{align_up, Os};
 use crate::region::Region;
 use crate::strategy_stats::{ratio, Counters, StrategyStats};
 use crate::typed::{impl_allocator_api2, TypedAlloc};
+
+/// Block sizes are rounded up to this many bytes and the top stays on it, so the common
+/// alignments (up to 8) never need padding — and so never leave a gap a LIFO free must undo.
+pub const GRAIN: usize = 8;
 
 /// How many gaps below the top a stack remembers until the top comes down to them: holes of
 /// out-of-order frees and the alignment padding in front of live blocks.
@@ -56,7 +60,10 @@ struct Hole {
 
 /// A LIFO / bump allocator. See the [module documentation](self).
 pub struct Stack<'a> {
+    /// The whole region (what is released to the OS).
     region: Region,
+    /// The first byte on the grain; every block pointer derives from it (strict provenance).
+    start: NonNull<u8>,
     /// Address one past the region.
     end: usize,
     /// The next free byte; derived from `region.base` (strict provenance).
@@ -75,10 +82,17 @@ unsafe impl Send for Stack<'_> {}
 
 impl<'a> Stack<'a> {
     fn over(region: Region, os: Option<&'a dyn Os>) -> Self {
+        // Start and end on the grain, so the top always is (see GRAIN).
+        let base = region.base.as_ptr() as usize;
+        let skip = (align_up(base, GRAIN) - base).min(region.len);
+        let len = (region.len - skip) & !(GRAIN - 1);
+        // SAFETY: skip <= region.len.
+        let start = unsafe { region.at(skip) };
         Stack {
             region,
-            end: region.end_addr(),
-            top: Cell::new(region.base.as_ptr()),
+            start,
+            end: start.as_ptr() as usize + len,
+            top: Cell::new(start.as_ptr()),
             holes: [const { Cell::new(Hole { start: 0, end: 0 }) }; TRACKED_HOLES],
             hole_count: Cell::new(0),
             hole_bytes: Cell::new(0),
@@ -108,7 +122,7 @@ impl<'a> Stack<'a> {
 
     /// Bytes the stack spans.
     pub fn capacity(&self) -> usize {
-        self.region.len
+        self.end - self.start.as_ptr() as usize
     }
 
     /// Bytes between the top and the end (the largest unaligned request that fits now).
@@ -117,7 +131,7 @@ impl<'a> Stack<'a> {
     }
 
     fn top_offset(&self) -> usize {
-        self.top.get() as usize - self.region.base.as_ptr() as usize
+        self.top.get() as usize - self.start.as_ptr() as usize
     }
 
     /// The current top, to come back to with [`Stack::reset_to`].
@@ -136,12 +150,12 @@ impl<'a> Stack<'a> {
         if marker.0 > top {
             return;
         }
-        // SAFETY: marker.0 <= top <= len: inside the region.
-        self.top.set(unsafe { self.region.at(marker.0) }.as_ptr());
+        // SAFETY: marker.0 <= top offset: inside the stack.
+        self.top.set(unsafe { self.start.as_ptr().add(marker.0) });
         self.counters
             .used
             .set(self.counters.used.get() - (top - marker.0));
-        let cut = self.region.base.as_ptr() as usize + marker.0;
+        let cut = self.start.as_ptr() as usize + marker.0;
         self.drop_holes_above(cut);
     }
 
@@ -246,8 +260,8 @@ impl<'a> Stack<'a> {
     #[inline(never)]
     fn free_below_top(&self, addr: usize, size: usize) {
         let top = self.top.get() as usize;
-        let base = self.region.base.as_ptr() as usize;
-        let Some(end) = addr.checked_add(size) else {
+        let base = self.start.as_ptr() as usize;
+        let Some(end) = addr.checked_add(size).map(grain) else {
             return self.counters.on_misuse(AllocErrorKind::InvalidFree);
         };
         if addr < base || end > self.end {
@@ -255,7 +269,9 @@ impl<'a> Stack<'a> {
         }
         if size == 0 {
             // Owns no bytes (and may share its address with the padding the top took back).
-            self.counters.deallocations.set(self.counters.deallocations.get() + 1);
+            self.counters
+                .deallocations
+                .set(self.counters.deallocations.get() + 1);
             return;
         }
         if addr >= top {
@@ -280,7 +296,7 @@ impl<'a> Stack<'a> {
         if count < TRACKED_HOLES {
             self.holes[count].set(Hole { start: addr, end });
             self.hole_count.set(count + 1);
-            self.hole_bytes.set(self.hole_bytes.get() + size);
+            self.hole_bytes.set(self.hole_bytes.get() + (end - addr));
         }
     }
 }
@@ -299,10 +315,11 @@ unsafe impl TypedAlloc for Stack<'_> {
         let addr = top as usize;
         let pad = addr.wrapping_neg() & (align - 1);
         let room = self.end - addr;
-        if size > room || pad > room - size {
+        if size > room || pad > room - grain(size) {
             self.counters.on_failure(AllocErrorKind::Exhausted);
             return None;
         }
+        let size = grain(size);
         // SAFETY: pad + size <= room: both pointers stay inside the region.
         let (block, new_top) = unsafe { (top.add(pad), top.add(pad + size)) };
         self.top.set(new_top);
@@ -317,8 +334,8 @@ unsafe impl TypedAlloc for Stack<'_> {
     #[inline]
     unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, size: usize, _align: usize) {
         let addr = ptr.as_ptr() as usize;
-        if addr.wrapping_add(size) == self.top.get() as usize
-            && addr >= self.region.base.as_ptr() as usize
+        if addr.wrapping_add(grain(size)) == self.top.get() as usize
+            && addr >= self.start.as_ptr() as usize
         {
             self.counters
                 .deallocations
@@ -332,10 +349,11 @@ unsafe impl TypedAlloc for Stack<'_> {
     unsafe fn resize_in_place(&self, ptr: NonNull<u8>, old: usize, new: usize, _a: usize) -> bool {
         let addr = ptr.as_ptr() as usize;
         let top = self.top.get();
-        if addr.wrapping_add(old) != top as usize || new > self.end - addr {
+        if addr.wrapping_add(grain(old)) != top as usize || new > self.end - addr {
             return false;
         }
-        // SAFETY: addr + new <= end and addr >= base (it is a live block): inside the region.
+        let (old, new) = (grain(old), grain(new));
+        // SAFETY: addr + new <= end (end is on the grain) and addr >= start (a live block).
         self.top.set(unsafe { ptr.as_ptr().add(new) });
         self.counters.used.set(self.counters.used.get() + new - old);
         if self.counters.used.get() > self.counters.peak.get() {
@@ -346,6 +364,13 @@ unsafe impl TypedAlloc for Stack<'_> {
 }
 
 impl_allocator_api2!(['a] Stack<'a>);
+
+/// `size` rounded up to the grain (sizes come from live blocks or were checked against the
+/// room, so this cannot overflow in practice; it saturates if it would).
+#[inline(always)]
+fn grain(size: usize) -> usize {
+    align_up(size, GRAIN)
+}
 
 impl Drop for Stack<'_> {
     fn drop(&mut self) {
