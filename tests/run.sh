@@ -15,6 +15,13 @@ cargo test --workspace
 step "the C corruption suite under liballocscope_debug.so"
 bash tests/corruption/run.sh "$target/release/liballocscope_debug.so"
 
+step "32-bit: the heap's tests on i686-unknown-linux-gnu (release)"
+cargo test -p allocscope-core --release --target i686-unknown-linux-gnu --lib \
+  --test heap_basics --test heap_model --test heap_stress
+
+step "Windows: the core crate type-checks for x86_64-pc-windows-gnu (VirtualAlloc layer)"
+cargo check -p allocscope-core --target x86_64-pc-windows-gnu
+
 step "loom: the heap's remote-free list and delayed-free hand-off"
 LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$target/loom" \
   cargo test -p allocscope-core --lib --release page::loom_models

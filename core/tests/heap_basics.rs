@@ -97,7 +97,7 @@ fn out_of_memory_is_null_not_a_panic() {
     let p = heap::alloc(usize::MAX / 2, 8);
     assert!(p.is_null());
     assert!(allocscope_core::error::last_error().is_some());
-    let layout = Layout::from_size_align(1 << 62, 8).unwrap();
+    let layout = Layout::from_size_align(isize::MAX as usize - 4096, 8).unwrap();
     // SAFETY: a valid layout.
     assert!(unsafe { GLOBAL.alloc(layout) }.is_null());
 }
