@@ -3,17 +3,20 @@
 //!
 //! Blocks are aligned to their size in absolute addresses, so a block's buddy is
 //! `address ^ size` and any power-of-two alignment up to the largest block is served by asking
-//! for a block at least that large. Per order there is a doubly linked free list (threaded
-//! through the free blocks, so removing a buddy is O(1)) and two bitmaps:
+//! for a block at least that large. All buddy state is in bitmaps, none in the blocks (a free
+//! block's memory is never touched, so coalescing costs no cache misses on it):
 //!
-//! * `free`: the block at this order is on the free list — coalescing asks it instead of
-//!   scanning a list;
-//! * `allocated`: the block was handed out at this order — a free of anything else (a double
-//!   free, a foreign pointer, a wrong size) is refused and reported instead of corrupting the
-//!   lists. One bit test, so it runs in every build.
+//! * `free`, per order: one bit per block, with summary levels above it (a bit per non-zero
+//!   word below) up to a single word. Finding a free block descends the levels — O(log n),
+//!   lowest address first, which keeps the heap compact; setting or clearing a bit climbs
+//!   only while a word changes between zero and non-zero. A mask of non-empty orders picks
+//!   the order to split from with one instruction.
+//! * `allocated`, per order: the block was handed out at this order — a free of anything else
+//!   (a double free, a foreign pointer, a wrong size) is refused and reported instead of
+//!   corrupting the bitmaps. One bit test, so it runs in every build.
 //!
 //! ```text
-//! buffer: [bitmaps: order 0 free|allocated, order 1 ..., ...][heap: start .. end]
+//! buffer: [order 0: free L0 | L1 | .. | allocated][order 1: ...] ... [heap: start .. end]
 //! order k block index = (address - align_down(start, size_k)) / size_k
 //! ```
 //! Invariant: every byte of the heap is in exactly one block that is either free at its order
@@ -36,13 +39,30 @@ use crate::strategy_stats::{ratio, Counters, StrategyStats};
 use crate::typed::{impl_allocator_api2, TypedAlloc};
 
 /// The most orders a buddy allocator has (the largest block is `min_block << (MAX_ORDERS-1)`).
-pub const MAX_ORDERS: usize = 48;
+pub const MAX_ORDERS: usize = if usize::BITS == 64 { 40 } else { 26 };
 
-/// The link at the start of every free block.
-#[repr(C)]
-struct FreeNode {
-    next: *mut FreeNode,
-    prev: *mut FreeNode,
+/// Bits per bitmap word, and its log.
+const WORD: usize = usize::BITS as usize;
+const WORD_LOG: u32 = usize::BITS.trailing_zeros();
+/// Summary levels a free bitmap can have (enough for 2^(WORD_LOG * LEVELS) blocks).
+const LEVELS: usize = 12;
+
+/// Words of a bitmap of `bits` bits.
+const fn words(bits: usize) -> usize {
+    bits.div_ceil(WORD)
+}
+
+/// Words of a free bitmap of `bits` bits with its summary levels.
+fn tree_words(bits: usize) -> usize {
+    let (mut total, mut n) = (0, bits.max(1));
+    loop {
+        let w = words(n);
+        total += w;
+        if w == 1 {
+            return total;
+        }
+        n = w;
+    }
 }
 
 /// Where the heap is and where its bitmaps are; written once by `init`.
@@ -53,19 +73,16 @@ struct Geometry {
     end: usize,
     /// Number of orders with at least one possible block.
     orders: usize,
-    /// Bitmap words (free, then allocated) of each order, from `maps`.
+    /// The bitmaps; offsets below are in words from here.
     maps: *mut usize,
-    map_at: [usize; MAX_ORDERS],
-    map_words: [usize; MAX_ORDERS],
+    /// Per order: block slots (bits of the free bitmap's level 0), where the free bitmap
+    /// starts, where its top (single-word) level is, and where the allocated bitmap starts.
+    blocks: [usize; MAX_ORDERS],
+    free_at: [usize; MAX_ORDERS],
+    top_at: [usize; MAX_ORDERS],
+    allocated_at: [usize; MAX_ORDERS],
     /// The reserved region, when it came from the OS.
     os_region: Option<Region>,
-}
-
-/// Which bitmap of an order.
-#[derive(Clone, Copy)]
-enum Map {
-    Free = 0,
-    Allocated = 1,
 }
 
 /// A buddy allocator. See the [module documentation](self).
@@ -73,8 +90,7 @@ pub struct Buddy<'a> {
     min_block: usize,
     min_shift: u32,
     geo: UnsafeCell<Geometry>,
-    heads: [Cell<*mut FreeNode>; MAX_ORDERS],
-    /// Bit k set: the free list of order k is not empty.
+    /// Bit k set: some block of order k is free.
     nonempty: Cell<u64>,
     heap_bytes: Cell<usize>,
     os: Option<&'a dyn Os>,
@@ -87,11 +103,10 @@ unsafe impl Send for Buddy<'_> {}
 
 impl<'a> Buddy<'a> {
     /// A buddy allocator without memory, with blocks of at least `min_block` bytes (rounded
-    /// up to a power of two of at least two pointers). Give it its region with
-    /// [`Buddy::init`]. `const`, for a `static` inside a [`crate::spin::SpinLock`].
+    /// up to a power of two, at least 8). Give it its region with [`Buddy::init`]. `const`,
+    /// for a `static` inside a [`crate::spin::SpinLock`].
     pub const fn empty(min_block: usize) -> Self {
-        let floor = 2 * size_of::<*mut u8>();
-        let min = if min_block < floor { floor } else { min_block };
+        let min = if min_block < 8 { 8 } else { min_block };
         let min_block = match min.checked_next_power_of_two() {
             Some(m) => m,
             None => 1 << (usize::BITS - 1),
@@ -105,11 +120,12 @@ impl<'a> Buddy<'a> {
                 end: 0,
                 orders: 0,
                 maps: ptr::null_mut(),
-                map_at: [0; MAX_ORDERS],
-                map_words: [0; MAX_ORDERS],
+                blocks: [0; MAX_ORDERS],
+                free_at: [0; MAX_ORDERS],
+                top_at: [0; MAX_ORDERS],
+                allocated_at: [0; MAX_ORDERS],
                 os_region: None,
             }),
-            heads: [const { Cell::new(ptr::null_mut()) }; MAX_ORDERS],
             nonempty: Cell::new(0),
             heap_bytes: Cell::new(0),
             os: None,
@@ -172,11 +188,6 @@ impl<'a> Buddy<'a> {
             return false;
         }
         let (b0, b1) = (region.base.as_ptr() as usize, region.end_addr());
-        let words_of = |k: usize| {
-            let size = self.min_block << k;
-            let blocks = (align_up(b1, size) - (b0 & !(size - 1))) >> (self.min_shift as usize + k);
-            2 * blocks.div_ceil(usize::BITS as usize)
-        };
         let mut orders = 0;
         while orders < MAX_ORDERS
             && (orders as u32 + self.min_shift) < usize::BITS - 1
@@ -187,37 +198,52 @@ impl<'a> Buddy<'a> {
         if orders == 0 {
             return false;
         }
-        let mut map_at = [0; MAX_ORDERS];
-        let mut map_words = [0; MAX_ORDERS];
-        let mut words = 0;
+        // Bitmaps are sized for the whole buffer: the heap is a part of it, so its block
+        // indices at every order stay below these counts.
+        let mut blocks = [0; MAX_ORDERS];
+        let mut free_at = [0; MAX_ORDERS];
+        let mut top_at = [0; MAX_ORDERS];
+        let mut allocated_at = [0; MAX_ORDERS];
+        let mut total = 0;
         for k in 0..orders {
-            map_at[k] = words;
-            map_words[k] = words_of(k) / 2;
-            words += words_of(k);
+            let size = self.min_block << k;
+            blocks[k] = (align_up(b1, size) - (b0 & !(size - 1))) >> (self.min_shift as usize + k);
+            free_at[k] = total;
+            total += tree_words(blocks[k]);
+            top_at[k] = total - 1;
+            allocated_at[k] = total;
+            total += words(blocks[k]);
         }
         let maps_off = align_up(b0, align_of::<usize>()) - b0;
-        let start = align_up(b0 + maps_off + words * size_of::<usize>(), self.min_block);
+        let Some(start) = total
+            .checked_mul(size_of::<usize>())
+            .and_then(|bytes| (b0 + maps_off).checked_add(bytes))
+            .map(|end_of_maps| align_up(end_of_maps, self.min_block))
+        else {
+            return false;
+        };
         let end = b1 & !(self.min_block - 1);
         if start >= end {
             return false;
         }
-        // SAFETY: the bitmaps end before `start` <= b1: inside the region, which is ours.
+        // SAFETY: the bitmaps end before `start` < b1: inside the region, which is ours.
         let maps = unsafe { region.at(maps_off) }.as_ptr().cast::<usize>();
         // SAFETY: as above.
-        unsafe { ptr::write_bytes(maps, 0, words) };
+        unsafe { ptr::write_bytes(maps, 0, total) };
         // SAFETY: start < end <= b1.
         let base = unsafe { region.at(start - b0) }.as_ptr();
         // SAFETY: no reference to the geometry is alive (see geo()).
         unsafe {
-            let geo = &mut *self.geo.get();
-            *geo = Geometry {
+            *self.geo.get() = Geometry {
                 base,
                 start,
                 end,
                 orders,
                 maps,
-                map_at,
-                map_words,
+                blocks,
+                free_at,
+                top_at,
+                allocated_at,
                 os_region: None,
             };
         }
@@ -227,7 +253,7 @@ impl<'a> Buddy<'a> {
             while cur & ((self.min_block << k) - 1) != 0 || cur + (self.min_block << k) > end {
                 k -= 1;
             }
-            self.push_free(cur, k);
+            self.mark_free(k, cur);
             cur += self.min_block << k;
         }
         self.heap_bytes.set(end - start);
@@ -245,74 +271,120 @@ impl<'a> Buddy<'a> {
         (k < self.geo().orders).then_some(k)
     }
 
-    #[inline]
-    fn node(&self, addr: usize) -> *mut FreeNode {
-        let geo = self.geo();
-        // Derived from the heap's base pointer: provenance of the whole region.
-        geo.base.wrapping_add(addr - geo.start).cast()
-    }
-
-    /// Word pointer and bit mask of block `addr` in bitmap `map` of order `k`.
-    #[inline]
-    fn bit(&self, map: Map, k: usize, addr: usize) -> (*mut usize, usize) {
-        let geo = self.geo();
+    /// The index of the order-`k` block at `addr`.
+    #[inline(always)]
+    fn index(&self, k: usize, addr: usize) -> usize {
         let shift = self.min_shift as usize + k;
-        let index = (addr - (geo.start & !((1usize << shift) - 1))) >> shift;
-        let bits = usize::BITS as usize;
-        let word = geo.map_at[k] + map as usize * geo.map_words[k] + index / bits;
-        (geo.maps.wrapping_add(word), 1 << (index % bits))
+        (addr - (self.geo().start & !((1usize << shift) - 1))) >> shift
     }
 
+    /// The address of the order-`k` block of index `index`.
+    #[inline(always)]
+    fn address(&self, k: usize, index: usize) -> usize {
+        let shift = self.min_shift as usize + k;
+        (self.geo().start & !((1usize << shift) - 1)) + (index << shift)
+    }
+
+    #[inline(always)]
+    fn word(&self, at: usize) -> *mut usize {
+        // Offsets come from the geometry, which sized the bitmaps for every index used.
+        self.geo().maps.wrapping_add(at)
+    }
+
+    /// Whether the order-`k` block at `addr` is free.
     #[inline]
-    fn test(&self, map: Map, k: usize, addr: usize) -> bool {
-        let (word, mask) = self.bit(map, k, addr);
-        // SAFETY: addr lies in the heap, so the word lies in order k's bitmap.
-        unsafe { *word & mask != 0 }
-    }
-
-    #[inline]
-    fn flip(&self, map: Map, k: usize, addr: usize) {
-        let (word, mask) = self.bit(map, k, addr);
-        // SAFETY: as in test().
-        unsafe { *word ^= mask };
-    }
-
-    fn push_free(&self, addr: usize, k: usize) {
-        let node = self.node(addr);
-        let head = self.heads[k].get();
-        // SAFETY: `addr` is a free block of order k (>= two pointers) inside the heap; `head`
-        // is null or another free block.
+    fn is_free(&self, k: usize, addr: usize) -> bool {
+        let i = self.index(k, addr);
+        // SAFETY: addr lies in the heap, so the word lies in order k's level 0.
         unsafe {
-            node.write(FreeNode {
-                next: head,
-                prev: ptr::null_mut(),
-            });
-            if !head.is_null() {
-                (*head).prev = node;
-            }
+            *self.word(self.geo().free_at[k] + (i >> WORD_LOG)) & (1 << (i & (WORD - 1))) != 0
         }
-        self.heads[k].set(node);
+    }
+
+    /// Sets the block's free bit, climbing the summary levels while words turn non-zero.
+    #[inline]
+    fn mark_free(&self, k: usize, addr: usize) {
+        let geo = self.geo();
+        let (mut at, mut n, mut i) = (geo.free_at[k], geo.blocks[k], self.index(k, addr));
+        loop {
+            let word = self.word(at + (i >> WORD_LOG));
+            // SAFETY: `i < n` at every level, so the word lies in this level.
+            let was = unsafe { word.read() };
+            // SAFETY: as above.
+            unsafe { word.write(was | 1 << (i & (WORD - 1))) };
+            let w = words(n);
+            if was != 0 || w == 1 {
+                break;
+            }
+            (at, n, i) = (at + w, w, i >> WORD_LOG);
+        }
         self.nonempty.set(self.nonempty.get() | 1 << k);
-        self.flip(Map::Free, k, addr);
     }
 
-    fn remove_free(&self, node: *mut FreeNode, k: usize) {
-        // SAFETY: `node` is on free list k, so it and its neighbours are valid free nodes.
-        unsafe {
-            let FreeNode { next, prev } = node.read();
-            if prev.is_null() {
-                self.heads[k].set(next);
-                if next.is_null() {
-                    self.nonempty.set(self.nonempty.get() & !(1 << k));
-                }
-            } else {
-                (*prev).next = next;
+    /// Clears the block's free bit, climbing the summary levels while words turn zero.
+    #[inline]
+    fn mark_taken(&self, k: usize, addr: usize) {
+        let geo = self.geo();
+        let (mut at, mut n, mut i) = (geo.free_at[k], geo.blocks[k], self.index(k, addr));
+        loop {
+            let word = self.word(at + (i >> WORD_LOG));
+            // SAFETY: `i < n` at every level, so the word lies in this level.
+            let now = unsafe { word.read() } & !(1 << (i & (WORD - 1)));
+            // SAFETY: as above.
+            unsafe { word.write(now) };
+            let w = words(n);
+            if now != 0 || w == 1 {
+                break;
             }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
+            (at, n, i) = (at + w, w, i >> WORD_LOG);
         }
-        self.flip(Map::Free, k, node as usize);
+        // SAFETY: top_at[k] is the order's single-word top level.
+        if unsafe { self.word(geo.top_at[k]).read() } == 0 {
+            self.nonempty.set(self.nonempty.get() & !(1 << k));
+        }
+    }
+
+    /// The lowest-addressed free block of order `k` (which has one: its `nonempty` bit is set).
+    #[inline]
+    fn first_free(&self, k: usize) -> usize {
+        let geo = self.geo();
+        let mut levels = [0usize; LEVELS];
+        let (mut depth, mut at, mut n) = (0, geo.free_at[k], geo.blocks[k]);
+        loop {
+            levels[depth] = at;
+            depth += 1;
+            let w = words(n);
+            if w == 1 || depth == LEVELS {
+                break;
+            }
+            (at, n) = (at + w, w);
+        }
+        let mut i = 0;
+        for &at in levels[..depth].iter().rev() {
+            // SAFETY: `i` indexes a word of this level (it is a set bit of the level above).
+            let word = unsafe { self.word(at + i).read() };
+            i = (i << WORD_LOG) | word.trailing_zeros() as usize;
+        }
+        self.address(k, i)
+    }
+
+    /// Whether the order-`k` block at `addr` was handed out at that order.
+    #[inline]
+    fn is_allocated(&self, k: usize, addr: usize) -> bool {
+        let i = self.index(k, addr);
+        // SAFETY: addr lies in the heap, so the word lies in order k's allocated bitmap.
+        unsafe {
+            *self.word(self.geo().allocated_at[k] + (i >> WORD_LOG)) & (1 << (i & (WORD - 1))) != 0
+        }
+    }
+
+    #[inline]
+    fn flip_allocated(&self, k: usize, addr: usize) {
+        let i = self.index(k, addr);
+        // SAFETY: as in is_allocated.
+        unsafe {
+            *self.word(self.geo().allocated_at[k] + (i >> WORD_LOG)) ^= 1 << (i & (WORD - 1))
+        };
     }
 
     /// Why freeing `addr` at order `k` is wrong, or `None` if it is a live block.
@@ -323,7 +395,7 @@ impl<'a> Buddy<'a> {
         if addr < geo.start || addr >= geo.end || addr & (size - 1) != 0 || addr + size > geo.end {
             return Some(AllocErrorKind::InvalidFree);
         }
-        if self.test(Map::Allocated, k, addr) {
+        if self.is_allocated(k, addr) {
             return None;
         }
         Some(self.classify_bad_free(addr, k))
@@ -338,7 +410,7 @@ impl<'a> Buddy<'a> {
             let block = addr & !((self.min_block << order) - 1);
             if block >= geo.start
                 && block + (self.min_block << order) <= geo.end
-                && self.test(Map::Free, order, block)
+                && self.is_free(order, block)
             {
                 return AllocErrorKind::DoubleFree;
             }
@@ -395,16 +467,17 @@ unsafe impl TypedAlloc for Buddy<'_> {
             return None;
         }
         let mut j = k + candidates.trailing_zeros() as usize;
-        let node = self.heads[j].get();
-        self.remove_free(node, j);
-        let addr = node as usize;
+        let addr = self.first_free(j);
+        self.mark_taken(j, addr);
         while j > k {
             j -= 1;
-            self.push_free(addr + (self.min_block << j), j);
+            self.mark_free(j, addr + (self.min_block << j));
         }
-        self.flip(Map::Allocated, k, addr);
+        self.flip_allocated(k, addr);
         self.counters.on_alloc(self.min_block << k);
-        NonNull::new(node.cast())
+        let geo = self.geo();
+        // Derived from the heap's base pointer: provenance of the whole region.
+        NonNull::new(geo.base.wrapping_add(addr - geo.start))
     }
 
     unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, size: usize, align: usize) {
@@ -415,21 +488,21 @@ unsafe impl TypedAlloc for Buddy<'_> {
         if let Some(kind) = self.check_free(addr, k) {
             return self.counters.on_misuse(kind);
         }
-        self.flip(Map::Allocated, k, addr);
+        self.flip_allocated(k, addr);
         self.counters.on_free(self.min_block << k);
         let geo = self.geo();
         let mut addr = addr;
         while k + 1 < geo.orders {
             let size = self.min_block << k;
             let buddy = addr ^ size;
-            if buddy < geo.start || buddy + size > geo.end || !self.test(Map::Free, k, buddy) {
+            if buddy < geo.start || buddy + size > geo.end || !self.is_free(k, buddy) {
                 break;
             }
-            self.remove_free(self.node(buddy), k);
+            self.mark_taken(k, buddy);
             addr &= !size;
             k += 1;
         }
-        self.push_free(addr, k);
+        self.mark_free(k, addr);
     }
 
     unsafe fn resize_in_place(

@@ -255,12 +255,11 @@ impl<'a, T> SlabCache<'a, T> {
             return None;
         }
         let mut one = [ptr::null_mut(); 1];
-        (self.take(&mut one, None) == 1)
-            // SAFETY: a non-null object of this cache.
-            .then(|| Pooled {
-                ptr: unsafe { NonNull::new_unchecked(one[0].cast()) },
-                home: self,
-            })
+        if self.take(&mut one, None) == 0 {
+            return None;
+        }
+        let ptr = NonNull::new(one[0].cast())?;
+        Some(Pooled { ptr, home: self })
     }
 
     /// Gives every empty slab back to its source. Returns how many.
@@ -473,14 +472,15 @@ impl<'a, T> SlabCache<'a, T> {
                 buf.returned = slab.cast();
             }
             (None, Some(os)) => {
-                // SAFETY: the slab came from Region::reserve(os, slab_size, ..) and nothing
-                // uses it any more.
-                let region = Region {
-                    base: unsafe { NonNull::new_unchecked(slab.cast()) },
-                    len: self.slab_size,
-                };
-                // SAFETY: as above.
-                unsafe { region.release(os) };
+                if let Some(base) = NonNull::new(slab.cast()) {
+                    let region = Region {
+                        base,
+                        len: self.slab_size,
+                    };
+                    // SAFETY: the slab came from Region::reserve(os, slab_size, ..) and
+                    // nothing uses it any more.
+                    unsafe { region.release(os) };
+                }
             }
             (None, None) => {}
         }
@@ -784,12 +784,8 @@ impl<T> Magazine<'_, '_, T> {
             record(AllocErrorKind::InvalidRequest);
             return None;
         }
-        let obj = self.pop()?;
-        // SAFETY: objects are non-null.
-        Some(Pooled {
-            ptr: unsafe { NonNull::new_unchecked(obj.cast()) },
-            home: self,
-        })
+        let ptr = NonNull::new(self.pop()?.cast())?;
+        Some(Pooled { ptr, home: self })
     }
 
     #[inline]

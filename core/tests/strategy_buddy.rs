@@ -168,15 +168,19 @@ fn resizing_within_the_same_block_stays_in_place() {
     // SAFETY: `a` is live with the old layout; each call passes the layout it now has.
     unsafe {
         a.as_ptr().write_bytes(9, 65);
-        let b = (&buddy).grow(a, l(65), l(128)).unwrap().cast::<u8>();
+        let b = Allocator::grow(&&buddy, a, l(65), l(128))
+            .unwrap()
+            .cast::<u8>();
         assert_eq!(b, a, "65 and 128 bytes both take a 128-byte block");
-        let c = (&buddy).grow(b, l(128), l(129)).unwrap().cast::<u8>();
+        let c = Allocator::grow(&&buddy, b, l(128), l(129))
+            .unwrap()
+            .cast::<u8>();
         assert_ne!(c, b, "129 bytes need a 256-byte block");
         assert_eq!(*c.as_ptr().add(64), 9);
         Allocator::deallocate(&&buddy, c, l(129));
     }
     let mut v = allocator_api2::vec::Vec::<u8, &Buddy>::new_in(&buddy);
-    v.extend(std::iter::repeat(2).take(1000));
+    v.extend(std::iter::repeat_n(2, 1000));
     assert_eq!(v.iter().map(|&x| x as usize).sum::<usize>(), 2000);
     drop(v);
     assert_eq!(buddy.stats().used_bytes, 0);
@@ -186,14 +190,16 @@ fn resizing_within_the_same_block_stays_in_place() {
 fn a_static_spin_locked_buddy_serves_as_global_allocator() {
     static HEAP: SpinLock<Buddy<'static>> = SpinLock::new(Buddy::empty(32));
     static mut ARENA: [MaybeUninit<u8>; 32 * 1024] = [MaybeUninit::uninit(); 32 * 1024];
-    // SAFETY: the only reference ever made to ARENA.
-    assert!(HEAP
-        .lock()
-        .init(unsafe { &mut *std::ptr::addr_of_mut!(ARENA) }));
-    // SAFETY: as above; a second init is refused and never touches the buffer.
-    assert!(!HEAP
-        .lock()
-        .init(unsafe { &mut *std::ptr::addr_of_mut!(ARENA) }));
+    static mut SPARE: [MaybeUninit<u8>; 4096] = [MaybeUninit::uninit(); 4096];
+    // SAFETY: the only references ever made to ARENA and SPARE.
+    let (arena, spare) = unsafe {
+        (
+            &mut *std::ptr::addr_of_mut!(ARENA),
+            &mut *std::ptr::addr_of_mut!(SPARE),
+        )
+    };
+    assert!(HEAP.lock().init(arena));
+    assert!(!HEAP.lock().init(spare), "a second buffer is refused");
     let layout = Layout::from_size_align(100, 8).unwrap();
     // SAFETY: GlobalAlloc's contract.
     unsafe {

@@ -208,9 +208,8 @@ fn a_spin_locked_pool_is_a_global_allocator() {
     static mut ARENA: [std::mem::MaybeUninit<u8>; 8192] = [std::mem::MaybeUninit::uninit(); 8192];
     static POOL: SpinLock<Pool<'static>> = SpinLock::new(Pool::empty(64, 16));
     // SAFETY: the only reference ever made to ARENA.
-    assert!(POOL
-        .lock()
-        .add_buffer(unsafe { &mut *std::ptr::addr_of_mut!(ARENA) }));
+    let arena = unsafe { &mut *std::ptr::addr_of_mut!(ARENA) };
+    assert!(POOL.lock().add_buffer(arena));
     let layout = Layout::from_size_align(40, 16).unwrap();
     // SAFETY: GlobalAlloc's contract: a non-zero layout; pointers passed back unchanged.
     unsafe {

@@ -198,7 +198,7 @@ fn scopes_reset_on_drop_and_nest() {
         let after_inner = scope.stats().used_bytes;
         // SAFETY: still live: the nested scope freed only what it allocated.
         assert_eq!(unsafe { outer.as_ptr().add(7).read() }, 0);
-        assert!(after_inner >= 32 && after_inner < 512);
+        assert!((32..512).contains(&after_inner));
     }
     assert_eq!(stack.stats().used_bytes, 0);
     assert_eq!(stack.remaining(), 16 * 1024);
