@@ -10,6 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+// The test binary itself runs on allocscope too.
+#[global_allocator]
+static GLOBAL: allocscope::GlobalHeap = allocscope::GlobalHeap::new();
+
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
