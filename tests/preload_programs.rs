@@ -35,7 +35,8 @@ fn library() -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("allocscope-preload-{}-{name}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("allocscope-preload-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -44,10 +45,21 @@ fn scratch(name: &str) -> PathBuf {
 /// preloaded run loaded the library and succeeded.
 fn both(mut make: impl FnMut() -> Command) -> (Output, Output) {
     let lib = library();
-    let with = make().env("LD_PRELOAD", &lib).stdin(Stdio::null()).output().unwrap();
-    let without = make().env_remove("LD_PRELOAD").stdin(Stdio::null()).output().unwrap();
+    let with = make()
+        .env("LD_PRELOAD", &lib)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let without = make()
+        .env_remove("LD_PRELOAD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&with.stderr);
-    assert!(!stderr.contains("cannot be preloaded"), "the library did not load: {stderr}");
+    assert!(
+        !stderr.contains("cannot be preloaded"),
+        "the library did not load: {stderr}"
+    );
     assert!(with.status.success(), "failed under allocscope: {stderr}");
     assert!(without.status.success(), "failed without allocscope");
     (with, without)
@@ -66,7 +78,10 @@ fn the_c_abi_works_across_threads_and_fork() {
         .status()
         .expect("gcc runs");
     assert!(status.success());
-    let out = Command::new(&exe).env("LD_PRELOAD", library()).output().unwrap();
+    let out = Command::new(&exe)
+        .env("LD_PRELOAD", library())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "abi test failed: {}{}",
@@ -102,7 +117,10 @@ fn a_python_workload_gives_the_same_output() {
         c
     });
     assert!(!with.stdout.is_empty());
-    assert_eq!(String::from_utf8_lossy(&with.stdout), String::from_utf8_lossy(&without.stdout));
+    assert_eq!(
+        String::from_utf8_lossy(&with.stdout),
+        String::from_utf8_lossy(&without.stdout)
+    );
 }
 
 /// A file of `lines` lines "word number word" from a fixed-seed generator.
@@ -114,11 +132,25 @@ fn generate(path: &Path, lines: usize) {
         state ^= state << 17;
         state
     };
-    let words = ["alpha", "beta", "gamma", "delta", "allocscope", "heap", "page", "block"];
+    let words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "allocscope",
+        "heap",
+        "page",
+        "block",
+    ];
     let mut out = String::with_capacity(lines * 32);
     for _ in 0..lines {
         let w = words[(next() % 8) as usize];
-        out.push_str(&format!("{w}{} {} {}\n", next() % 1000, next() % 100_000, w));
+        out.push_str(&format!(
+            "{w}{} {} {}\n",
+            next() % 1000,
+            next() % 100_000,
+            w
+        ));
     }
     std::fs::write(path, out).unwrap();
 }

@@ -29,7 +29,8 @@ impl Allocscope {
         if layout.size() == 0 {
             return Some(NonNull::dangling());
         }
-        self.allocate_bytes(layout.size(), layout.align()).map(NonNull::cast)
+        self.allocate_bytes(layout.size(), layout.align())
+            .map(NonNull::cast)
     }
 
     /// Frees what [`Allocscope::allocate`] gave.

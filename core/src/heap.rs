@@ -132,7 +132,10 @@ impl Heap {
     /// Statistics: allocations and frees this heap served.
     pub(crate) fn op_counts(&self) -> (usize, usize) {
         // Relaxed: statistics.
-        (self.allocs.load(Ordering::Relaxed), self.frees.load(Ordering::Relaxed))
+        (
+            self.allocs.load(Ordering::Relaxed),
+            self.frees.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts an allocation (with the `stats` feature: it costs an instruction on the fast
@@ -141,7 +144,10 @@ impl Heap {
     fn count_alloc(&self) {
         #[cfg(feature = "stats")]
         // Relaxed load + store, not an RMW: only the owner writes; readers want a statistic.
-        self.allocs.store(self.allocs.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        self.allocs.store(
+            self.allocs.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
     }
 
     /// Counts a free (with the `stats` feature).
@@ -149,7 +155,10 @@ impl Heap {
     fn count_free(&self) {
         #[cfg(feature = "stats")]
         // Relaxed: as in `count_alloc`.
-        self.frees.store(self.frees.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        self.frees.store(
+            self.frees.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
     }
 
     /// Makes `page` the current page of `class`, in both tables.
@@ -173,45 +182,48 @@ impl Heap {
         // SAFETY: queue members are pages this heap owns.
         unsafe {
             'scan: loop {
-            let mut page = self.queues[class].first;
-            while !page.is_null() {
-                let p = &mut *page;
-                if p.free.is_null() {
-                    p.collect();
-                }
-                if p.free.is_null() {
-                    p.extend(EXTEND_BYTES);
-                }
-                if !p.free.is_null() {
-                    if self.queues[class].first != page {
-                        self.queues[class].remove(page);
-                        self.queues[class].push_front(page);
+                let mut page = self.queues[class].first;
+                while !page.is_null() {
+                    let p = &mut *page;
+                    if p.free.is_null() {
+                        p.collect();
                     }
-                    self.set_current(class, page);
-                    return Some(page);
+                    if p.free.is_null() {
+                        p.extend(EXTEND_BYTES);
+                    }
+                    if !p.free.is_null() {
+                        if self.queues[class].first != page {
+                            self.queues[class].remove(page);
+                            self.queues[class].push_front(page);
+                        }
+                        self.set_current(class, page);
+                        return Some(page);
+                    }
+                    // Full. Park it unless remote frees raced in (then look at it again).
+                    if !p.set_delayed_state(USE_DELAYED, true) {
+                        continue;
+                    }
+                    let next = p.next;
+                    self.queues[class].remove(page);
+                    self.full.push_back(page);
+                    // Relaxed: owner-only flag; remote readers only look at HAS_ALIGNED, which
+                    // this store keeps.
+                    p.flags.store(
+                        p.flags.load(Ordering::Relaxed) | FLAG_IN_FULL,
+                        Ordering::Relaxed,
+                    );
+                    page = next;
                 }
-                // Full. Park it unless remote frees raced in (then look at it again).
-                if !p.set_delayed_state(USE_DELAYED, true) {
-                    continue;
+                // Before claiming a segment, adopt the pages of an exited thread's heap; they may
+                // hold free blocks of this class.
+                let k = if is_small_class(class) { 0 } else { 1 };
+                if !adopted && self.free_segments[k].is_null() {
+                    adopted = true;
+                    if thread::adopt_idle(self) {
+                        continue 'scan;
+                    }
                 }
-                let next = p.next;
-                self.queues[class].remove(page);
-                self.full.push_back(page);
-                // Relaxed: owner-only flag; remote readers only look at HAS_ALIGNED, which
-                // this store keeps.
-                p.flags.store(p.flags.load(Ordering::Relaxed) | FLAG_IN_FULL, Ordering::Relaxed);
-                page = next;
-            }
-            // Before claiming a segment, adopt the pages of an exited thread's heap; they may
-            // hold free blocks of this class.
-            let k = if is_small_class(class) { 0 } else { 1 };
-            if !adopted && self.free_segments[k].is_null() {
-                adopted = true;
-                if thread::adopt_idle(self) {
-                    continue 'scan;
-                }
-            }
-            break;
+                break;
             }
             self.set_current(class, empty_page());
             let page = self.fresh_page(class)?;
@@ -225,7 +237,11 @@ impl Heap {
     /// Takes a free page from an owned segment, adopting an idle heap's segments or claiming a
     /// new segment when none has one.
     unsafe fn fresh_page(&mut self, class: usize) -> Option<*mut Page> {
-        let kind = if is_small_class(class) { KIND_SMALL } else { KIND_MEDIUM };
+        let kind = if is_small_class(class) {
+            KIND_SMALL
+        } else {
+            KIND_MEDIUM
+        };
         let k = (kind - KIND_SMALL) as usize;
         let mut seg = self.free_segments[k];
         if seg.is_null() {
@@ -257,7 +273,14 @@ impl Heap {
                 page.committed.store(1, Ordering::Relaxed);
             }
             let block = CLASS_SIZE[class];
-            page.init(addr_of!(self.delayed).cast_mut(), class, block, start, size, !committed);
+            page.init(
+                addr_of!(self.delayed).cast_mut(),
+                class,
+                block,
+                start,
+                size,
+                !committed,
+            );
             Some(page)
         }
     }
@@ -383,7 +406,10 @@ impl Heap {
             let p = &mut *page;
             p.set_delayed_state(NO_DELAYED, false);
             // Relaxed: owner-only flag.
-            p.flags.store(p.flags.load(Ordering::Relaxed) & !FLAG_IN_FULL, Ordering::Relaxed);
+            p.flags.store(
+                p.flags.load(Ordering::Relaxed) & !FLAG_IN_FULL,
+                Ordering::Relaxed,
+            );
             self.full.remove(page);
             let class = p.class.load(Ordering::Relaxed) as usize;
             self.queues[class].push_back(page);
@@ -555,7 +581,11 @@ impl Heap {
                         // Wait out freers mid-way on the old list, and re-publish the state
                         // so later freers synchronise with the store above.
                         let state = crate::page::state_of(page.thread_free.load(Ordering::Relaxed));
-                        let state = if state == USE_DELAYED { USE_DELAYED } else { NO_DELAYED };
+                        let state = if state == USE_DELAYED {
+                            USE_DELAYED
+                        } else {
+                            NO_DELAYED
+                        };
                         page.set_delayed_state(state, false);
                     }
                 }
@@ -628,7 +658,11 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     if align <= NATURAL_ALIGN && size <= MEDIUM_MAX {
         // Every class from 16 B is a multiple of 16, and 8 B blocks are 8-aligned: only a
         // 16-aligned request of at most 8 bytes needs the next class.
-        let size = if align > 8 && size < align { align } else { size };
+        let size = if align > 8 && size < align {
+            align
+        } else {
+            size
+        };
         // SAFETY: class_of(size) < CLASS_COUNT for size <= MEDIUM_MAX.
         unsafe { alloc_class(thread::current(), class_of(size)) }
     } else {
@@ -741,7 +775,9 @@ fn alloc_general(size: usize, align: usize) -> *mut u8 {
                     // Relaxed: owner-only write; remote freers get the flag through the
                     // program's hand-off of the block.
                     let flags = (*page).flags.load(Ordering::Relaxed);
-                    (*page).flags.store(flags | FLAG_HAS_ALIGNED, Ordering::Relaxed);
+                    (*page)
+                        .flags
+                        .store(flags | FLAG_HAS_ALIGNED, Ordering::Relaxed);
                 }
             }
             aligned
@@ -822,7 +858,11 @@ unsafe fn free_slow(seg: *mut Segment, page: *mut Page, ptr: *mut u8, heap: *mut
         }
         // Relaxed: HAS_ALIGNED was set before the block was handed out.
         let flags = (*page).flags.load(Ordering::Relaxed);
-        let block = if flags & FLAG_HAS_ALIGNED != 0 { (*page).block_start(ptr) } else { ptr };
+        let block = if flags & FLAG_HAS_ALIGNED != 0 {
+            (*page).block_start(ptr)
+        } else {
+            ptr
+        };
         if (*seg).owner.load(Ordering::Relaxed) == heap {
             (*heap).free_local_slow(page, block.cast());
         } else {

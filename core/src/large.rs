@@ -51,7 +51,11 @@ struct Span {
     freed_at: u64,
 }
 
-const NO_SPAN: Span = Span { base: null_mut(), size: 0, freed_at: 0 };
+const NO_SPAN: Span = Span {
+    base: null_mut(),
+    size: 0,
+    freed_at: 0,
+};
 
 /// A thread's cache of freed spans. Owner only.
 pub(crate) struct SpanCache {
@@ -60,7 +64,9 @@ pub(crate) struct SpanCache {
 
 impl SpanCache {
     pub(crate) const fn new() -> Self {
-        SpanCache { spans: [NO_SPAN; CACHE_SLOTS] }
+        SpanCache {
+            spans: [NO_SPAN; CACHE_SLOTS],
+        }
     }
 
     /// Takes a cached span of at least `size` bytes wasting at most half of it.
@@ -86,13 +92,19 @@ impl SpanCache {
         let slot = match self.spans.iter().position(|s| s.base.is_null()) {
             Some(i) => i,
             None => {
-                let oldest = (0..CACHE_SLOTS).min_by_key(|&i| self.spans[i].freed_at).unwrap_or(0);
+                let oldest = (0..CACHE_SLOTS)
+                    .min_by_key(|&i| self.spans[i].freed_at)
+                    .unwrap_or(0);
                 let old = self.spans[oldest];
                 release(old.base, old.size);
                 oldest
             }
         };
-        self.spans[slot] = Span { base, size, freed_at: now };
+        self.spans[slot] = Span {
+            base,
+            size,
+            freed_at: now,
+        };
     }
 
     /// Releases spans cached for longer than `delay` ms (all of them with `force`).
@@ -129,7 +141,10 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     }
     let os = SystemOs;
     let offset = align_up(HEADER_SIZE, align);
-    let Some(total) = offset.checked_add(size).filter(|&t| t <= isize::MAX as usize / 2) else {
+    let Some(total) = offset
+        .checked_add(size)
+        .filter(|&t| t <= isize::MAX as usize / 2)
+    else {
         // More than the address space can hold: out of memory, as C reports it (ENOMEM).
         record(AllocErrorKind::OutOfMemory);
         return null_mut();
@@ -137,7 +152,11 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     let total = align_up(total, os.page_size());
     let heap = crate::thread::current();
     // SAFETY: the thread's own heap (the empty heap has an empty cache we never write).
-    let cached = if heap != empty_heap() { unsafe { (*heap).large_cache.take(total) } } else { None };
+    let cached = if heap != empty_heap() {
+        unsafe { (*heap).large_cache.take(total) }
+    } else {
+        None
+    };
     let (base, mapped, fresh) = match cached {
         Some((base, mapped)) => (base, mapped, false),
         None => match os.reserve(total, SEGMENT_SIZE) {

@@ -9,13 +9,13 @@ pub mod lock_free;
 pub mod os;
 pub mod pool;
 mod region;
+pub mod size_class;
 pub mod slab;
 pub mod spin;
 pub mod stack;
 pub mod strategy_stats;
 pub mod sync;
 pub mod typed;
-pub mod size_class;
 
 #[cfg(all(feature = "std", not(loom)))]
 pub mod global;

@@ -113,7 +113,10 @@ pub fn monotonic_ms() -> u64 {
     let clock = libc::CLOCK_MONOTONIC_COARSE;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let clock = libc::CLOCK_MONOTONIC;
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
@@ -207,7 +210,7 @@ mod unix {
             }
             munmap(p.as_ptr() as usize, size);
             let total = size.checked_add(align)?;
-            let p = mmap(total)? .as_ptr() as usize;
+            let p = mmap(total)?.as_ptr() as usize;
             let aligned = align_up(p, align);
             munmap(p, aligned - p);
             munmap(aligned + size, p + total - (aligned + size));
@@ -414,7 +417,12 @@ mod windows {
             for _ in 0..16 {
                 // SAFETY: reserving fresh address space touches no existing memory.
                 let p = unsafe {
-                    VirtualAlloc(core::ptr::null(), size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
+                    VirtualAlloc(
+                        core::ptr::null(),
+                        size,
+                        MEM_RESERVE | MEM_COMMIT,
+                        PAGE_READWRITE,
+                    )
                 };
                 if p.is_null() {
                     return None;
@@ -537,7 +545,11 @@ impl FixedBufferOs {
     /// `ptr..ptr+len` is valid for reads and writes for as long as this value and every
     /// reservation made from it are used, reads as zero, and nothing else uses it.
     pub const unsafe fn from_raw(ptr: *mut u8, len: usize) -> Self {
-        Self { base: ptr, len, next: AtomicUsize::new(0) }
+        Self {
+            base: ptr,
+            len,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Bytes not yet reserved.
@@ -571,7 +583,10 @@ impl Os for FixedBufferOs {
             }
             // AcqRel on success: the memory we hand out was possibly released by another
             // thread (its writes - the zeroing in `release` - must be visible to us).
-            match self.next.compare_exchange_weak(cur, end, Ordering::AcqRel, Ordering::Relaxed) {
+            match self
+                .next
+                .compare_exchange_weak(cur, end, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 // SAFETY: start + size <= len: the pointer stays inside the buffer.
                 Ok(_) => return NonNull::new(unsafe { self.base.add(start) }),
                 Err(seen) => cur = seen,
@@ -597,7 +612,8 @@ impl Os for FixedBufferOs {
         // Give the space back only if it is the most recent reservation. Release: the zeroing
         // above happens-before the next reserve that acquires this value.
         let _ =
-            self.next.compare_exchange(start + size, start, Ordering::Release, Ordering::Relaxed);
+            self.next
+                .compare_exchange(start + size, start, Ordering::Release, Ordering::Relaxed);
     }
 }
 
@@ -621,15 +637,39 @@ mod tests {
 
     #[test]
     fn single_node_machine_binds_nothing() {
-        assert_eq!(arena_node(&FakeTopology { nodes: 1, current: 0 }), None);
+        assert_eq!(
+            arena_node(&FakeTopology {
+                nodes: 1,
+                current: 0
+            }),
+            None
+        );
     }
 
     #[test]
     fn multi_node_machine_binds_to_current_node() {
-        assert_eq!(arena_node(&FakeTopology { nodes: 4, current: 2 }), Some(2));
-        assert_eq!(arena_node(&FakeTopology { nodes: 2, current: 1 }), Some(1));
+        assert_eq!(
+            arena_node(&FakeTopology {
+                nodes: 4,
+                current: 2
+            }),
+            Some(2)
+        );
+        assert_eq!(
+            arena_node(&FakeTopology {
+                nodes: 2,
+                current: 1
+            }),
+            Some(1)
+        );
         // A node number past the count (hot-plug, bad data) wraps instead of binding nowhere.
-        assert_eq!(arena_node(&FakeTopology { nodes: 2, current: 5 }), Some(1));
+        assert_eq!(
+            arena_node(&FakeTopology {
+                nodes: 2,
+                current: 5
+            }),
+            Some(1)
+        );
     }
 
     #[cfg(unix)]

@@ -120,7 +120,10 @@ impl Page {
     #[inline(always)]
     pub fn used_add(&self, n: u32) {
         // Relaxed: only the owner writes; readers (statistics) tolerate stale values.
-        self.used.store(self.used.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.used.store(
+            self.used.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Owner-side relaxed decrement; returns the new value.
@@ -162,8 +165,10 @@ impl Page {
         self.flags.store(0, Ordering::Relaxed);
         self.class.store(class as u8, Ordering::Relaxed);
         self.block_size.store(block_size, Ordering::Relaxed);
-        self.reserved.store((area_size / block_size) as u32, Ordering::Relaxed);
-        self.thread_free.store(tagged(null_mut(), NO_DELAYED), Ordering::Relaxed);
+        self.reserved
+            .store((area_size / block_size) as u32, Ordering::Relaxed);
+        self.thread_free
+            .store(tagged(null_mut(), NO_DELAYED), Ordering::Relaxed);
         self.delayed.store(delayed, Ordering::Relaxed);
         self.in_use.store(1, Ordering::Relaxed);
     }
@@ -402,12 +407,16 @@ pub(crate) struct DelayedList {
 impl DelayedList {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        DelayedList { head: AtomicPtr::new(null_mut()) }
+        DelayedList {
+            head: AtomicPtr::new(null_mut()),
+        }
     }
 
     #[cfg(loom)]
     pub fn new() -> Self {
-        DelayedList { head: AtomicPtr::new(null_mut()) }
+        DelayedList {
+            head: AtomicPtr::new(null_mut()),
+        }
     }
 
     /// # Safety
@@ -419,7 +428,9 @@ impl DelayedList {
             // SAFETY: the block is ours until the CAS publishes it.
             unsafe { (*block).next = old };
             // Release: publishes the link word to the consumer's Acquire swap.
-            match self.head.compare_exchange_weak(old, block, Ordering::Release, Ordering::Relaxed)
+            match self
+                .head
+                .compare_exchange_weak(old, block, Ordering::Release, Ordering::Relaxed)
             {
                 Ok(_) => return,
                 Err(seen) => old = seen,
@@ -447,7 +458,10 @@ pub(crate) struct PageQueue {
 }
 
 impl PageQueue {
-    pub const EMPTY: PageQueue = PageQueue { first: null_mut(), last: null_mut() };
+    pub const EMPTY: PageQueue = PageQueue {
+        first: null_mut(),
+        last: null_mut(),
+    };
 
     /// # Safety
     /// `page` is valid and in no queue.
@@ -556,7 +570,9 @@ mod loom_models {
     unsafe impl Send for Shared {}
 
     fn blocks(n: usize) -> Vec<*mut Block> {
-        (0..n).map(|_| Box::into_raw(Box::new(Block { next: null_mut() }))).collect()
+        (0..n)
+            .map(|_| Box::into_raw(Box::new(Block { next: null_mut() })))
+            .collect()
     }
 
     fn count(mut b: *mut Block) -> usize {
@@ -572,7 +588,10 @@ mod loom_models {
     fn shared() -> Arc<Shared> {
         let mut list = Box::new(DelayedList::new());
         let page = model_page(&mut *list);
-        Arc::new(Shared { page: core::cell::UnsafeCell::new(page), list })
+        Arc::new(Shared {
+            page: core::cell::UnsafeCell::new(page),
+            list,
+        })
     }
 
     #[test]
@@ -777,9 +796,16 @@ mod tests {
             page.free_remote(b);
         }
         let announced = list.take_all();
-        assert_eq!(announced, a, "the first free goes to the heap's delayed list");
+        assert_eq!(
+            announced, a,
+            "the first free goes to the heap's delayed list"
+        );
         // SAFETY: owner.
-        assert_eq!(unsafe { page.collect_remote() }, 1, "the second stays on the page");
+        assert_eq!(
+            unsafe { page.collect_remote() },
+            1,
+            "the second stays on the page"
+        );
     }
 
     #[test]

@@ -109,14 +109,20 @@ impl Segment {
         unsafe {
             let shift = (*seg).page_shift.load(Ordering::Relaxed);
             let index = (p as usize - seg as usize) >> shift;
-            core::ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(index)
+            core::ptr::addr_of_mut!((*seg).pages)
+                .cast::<Page>()
+                .add(index)
         }
     }
 
     /// Start and size of page `index`'s block area (page 0 begins after the header).
     pub fn page_area(seg: *mut Segment, index: usize, shift: u8) -> (*mut u8, usize) {
         let page_size = 1usize << shift;
-        let offset = if index == 0 { HEADER_SIZE } else { index * page_size };
+        let offset = if index == 0 {
+            HEADER_SIZE
+        } else {
+            index * page_size
+        };
         let end = (index + 1) * page_size;
         (seg.cast::<u8>().wrapping_add(offset), end - offset)
     }
@@ -208,7 +214,11 @@ fn new_arena(node: Option<usize>) -> Option<usize> {
 /// Resets a claimed segment's header for `kind`. Page descriptors keep their `committed` flag
 /// (decommitted memory reads as zero, which the pages' `is_zero_init` relies on).
 fn init(seg: *mut Segment, kind: u8) -> *mut Segment {
-    let shift = if kind == KIND_SMALL { SMALL_PAGE_SHIFT } else { MEDIUM_PAGE_SHIFT };
+    let shift = if kind == KIND_SMALL {
+        SMALL_PAGE_SHIFT
+    } else {
+        MEDIUM_PAGE_SHIFT
+    };
     let count = SEGMENT_SIZE >> shift;
     // SAFETY: we just claimed the segment: nobody else touches its header; the header is
     // committed (never decommitted while the arena exists; fresh arenas read as zero).
@@ -222,7 +232,11 @@ fn init(seg: *mut Segment, kind: u8) -> *mut Segment {
         s.page_count.store(count as u32, Ordering::Relaxed);
         s.mapping_size.store(SEGMENT_SIZE, Ordering::Relaxed);
         s.used_pages = 0;
-        s.free_mask = if count == 64 { u64::MAX } else { (1u64 << count) - 1 };
+        s.free_mask = if count == 64 {
+            u64::MAX
+        } else {
+            (1u64 << count) - 1
+        };
         s.next = null_mut();
         s.prev = null_mut();
         s.free_next = null_mut();
@@ -233,7 +247,10 @@ fn init(seg: *mut Segment, kind: u8) -> *mut Segment {
         }
         // Every page is decommitted here: fresh arenas read as zero and `release`
         // decommits the whole body, so `committed` is 0 for all descriptors already.
-        debug_assert!(s.pages.iter().all(|p| p.committed.load(Ordering::Relaxed) == 0));
+        debug_assert!(s
+            .pages
+            .iter()
+            .all(|p| p.committed.load(Ordering::Relaxed) == 0));
     }
     seg
 }
@@ -247,7 +264,10 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
     // SAFETY: the caller owns the segment; the range after the header is ours and unused.
     unsafe {
         let s = &mut *seg;
-        let any_committed = s.pages.iter().any(|p| p.committed.load(Ordering::Relaxed) != 0);
+        let any_committed = s
+            .pages
+            .iter()
+            .any(|p| p.committed.load(Ordering::Relaxed) != 0);
         if any_committed {
             let body = NonNull::new_unchecked(seg.cast::<u8>().add(HEADER_SIZE));
             os.decommit(body, SEGMENT_SIZE - HEADER_SIZE);

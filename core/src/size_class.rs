@@ -125,7 +125,10 @@ mod tests {
             let c = class_of(size);
             assert!(CLASS_SIZE[c] >= size, "size {size} class {c}");
             if c > 0 {
-                assert!(CLASS_SIZE[c - 1] < size, "size {size} class {c} not smallest");
+                assert!(
+                    CLASS_SIZE[c - 1] < size,
+                    "size {size} class {c} not smallest"
+                );
             }
         }
     }

@@ -125,9 +125,21 @@ pub fn walk_pages(f: &mut dyn FnMut(&PageInfo)) {
                 address: start as usize,
                 size,
                 class: in_use.then(|| page.class.load(Ordering::Relaxed)),
-                block_size: if in_use { page.block_size.load(Ordering::Relaxed) } else { 0 },
-                capacity: if in_use { page.reserved.load(Ordering::Relaxed) } else { 0 },
-                used: if in_use { page.used.load(Ordering::Relaxed) } else { 0 },
+                block_size: if in_use {
+                    page.block_size.load(Ordering::Relaxed)
+                } else {
+                    0
+                },
+                capacity: if in_use {
+                    page.reserved.load(Ordering::Relaxed)
+                } else {
+                    0
+                },
+                used: if in_use {
+                    page.used.load(Ordering::Relaxed)
+                } else {
+                    0
+                },
                 committed: page.committed.load(Ordering::Relaxed) != 0,
             };
             f(&info);

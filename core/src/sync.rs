@@ -4,14 +4,14 @@
 //!
 //! May touch: nothing but `core::sync::atomic` and, under `cfg(loom)`, `loom`.
 
+#[cfg(all(not(loom), target_has_atomic = "64"))]
+pub use core::sync::atomic::AtomicU64;
+#[cfg(not(loom))]
+pub use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize};
 #[cfg(loom)]
 pub use loom::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 };
-#[cfg(not(loom))]
-pub use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize};
-#[cfg(all(not(loom), target_has_atomic = "64"))]
-pub use core::sync::atomic::AtomicU64;
 
 pub use core::sync::atomic::Ordering;
 

@@ -19,7 +19,11 @@ fn fill(p: *mut u8, len: usize, seed: u8) {
 fn check(p: *const u8, len: usize, seed: u8) {
     for i in 0..len {
         // SAFETY: p..p+len is a live block.
-        assert_eq!(unsafe { *p.add(i) }, seed.wrapping_add(i as u8), "byte {i} of {len}");
+        assert_eq!(
+            unsafe { *p.add(i) },
+            seed.wrapping_add(i as u8),
+            "byte {i} of {len}"
+        );
     }
 }
 
@@ -33,7 +37,9 @@ fn collections_work_on_the_heap() {
         m.insert(i.to_string(), vec![i; i % 17]);
     }
     assert_eq!(m["4242"].len(), 4242 % 17);
-    let s: String = (0..1000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let s: String = (0..1000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     assert_eq!(s.len(), 1000);
 }
 
@@ -119,7 +125,11 @@ fn zeroed_allocations_are_zero_even_on_reused_memory() {
             let p = heap::alloc_zeroed(size, 8);
             for i in 0..size {
                 // SAFETY: live block of `size` bytes.
-                assert_eq!(unsafe { *p.add(i) }, 0, "round {round} size {size} byte {i}");
+                assert_eq!(
+                    unsafe { *p.add(i) },
+                    0,
+                    "round {round} size {size} byte {i}"
+                );
             }
             // SAFETY: live, freed once.
             unsafe { heap::free(p) };
@@ -225,7 +235,9 @@ fn metadata_regions_cover_the_page_descriptors_of_live_blocks() {
     allocscope_core::for_each_metadata_region(&mut |addr, len| regions.push((addr, len)));
     // The block itself is never metadata; its segment's header (4 MiB below) is.
     let segment = p as usize & !((4 << 20) - 1);
-    assert!(regions.iter().all(|&(a, l)| !(a <= p as usize && (p as usize) < a + l)));
+    assert!(regions
+        .iter()
+        .all(|&(a, l)| !(a <= p as usize && (p as usize) < a + l)));
     assert!(regions.iter().any(|&(a, l)| a == segment && l >= 4096));
     // And the calling thread's heap is listed (at least one region outside any segment).
     assert!(regions.iter().any(|&(a, _)| a % (4 << 20) != 0));

@@ -46,7 +46,11 @@ fn check_block(p: usize, b: &Live) {
     let bytes = b.size.min(4096);
     for i in (0..bytes).chain(b.size.saturating_sub(64)..b.size) {
         // SAFETY: p..p+size is a live block.
-        assert_eq!(unsafe { *(p as *const u8).add(i) }, b.byte, "block {p:#x} byte {i}");
+        assert_eq!(
+            unsafe { *(p as *const u8).add(i) },
+            b.byte,
+            "block {p:#x} byte {i}"
+        );
     }
 }
 

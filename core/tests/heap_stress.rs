@@ -38,7 +38,11 @@ fn check(p: *const u8, size: usize) {
     for i in sample(size) {
         // SAFETY: p..p+size is a live block.
         let got = unsafe { *p.add(i) };
-        assert_eq!(got, pattern(p as usize, size, i), "block {p:p} size {size} byte {i}");
+        assert_eq!(
+            got,
+            pattern(p as usize, size, i),
+            "block {p:p} size {size} byte {i}"
+        );
     }
 }
 
@@ -57,8 +61,9 @@ fn random_size(rng: &mut Rng) -> usize {
 }
 
 fn run(threads: usize, ops: usize) {
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..threads).map(|_| mpsc::channel::<Vec<(usize, usize)>>()).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| mpsc::channel::<Vec<(usize, usize)>>())
+        .unzip();
     let handles: Vec<_> = receivers
         .into_iter()
         .enumerate()

@@ -13,8 +13,8 @@ include!("c_abi.rs");
 
 /// The release heap behind the C ABI.
 mod backend {
-    pub use allocscope_core::heap::{alloc, alloc_zeroed, free, realloc, usable_size};
     pub use allocscope_core::collect;
+    pub use allocscope_core::heap::{alloc, alloc_zeroed, free, realloc, usable_size};
 }
 
 c_abi!();
