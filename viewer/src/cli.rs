@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use allocscope_tracker::trace_format::TraceError;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::model::{format_bytes, LoadOptions, Metric, Profile, TimeRange};
@@ -289,6 +290,10 @@ fn record(
                 format_bytes(profile.peak_bytes),
             );
         }
+        Err(TraceError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => eprintln!(
+            "allocscope: no trace at {} (the program made no allocation through the library?)",
+            trace.display()
+        ),
         Err(e) => eprintln!("allocscope: cannot read the trace {}: {e}", trace.display()),
     }
     Ok(exit_code_of(status))

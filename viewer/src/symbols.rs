@@ -102,12 +102,46 @@ impl Symbolizer {
         let top = out.len().min(16);
         let skip = out[..top]
             .iter()
-            .rposition(|f| f.function.as_deref().is_some_and(is_allocator_frame))
+            .rposition(|f| self.is_allocator(f))
             .map_or(0, |i| i + 1);
         if skip < out.len() {
             out.drain(..skip);
         }
         out
+    }
+}
+
+impl Symbolizer {
+    /// Whether a frame is the allocation machinery's: the tracker's or core's Rust, the C
+    /// allocation entry points, or anything inside an allocscope preload library.
+    fn is_allocator(&self, f: &SymbolizedFrame) -> bool {
+        const C_ENTRY_POINTS: &[&str] = &[
+            "malloc",
+            "calloc",
+            "realloc",
+            "reallocarray",
+            "free",
+            "posix_memalign",
+            "aligned_alloc",
+            "memalign",
+            "valloc",
+            "pvalloc",
+            "operator new",
+            "operator delete",
+        ];
+        let named = f.function.as_deref().is_some_and(|name| {
+            is_allocator_frame(name)
+                || C_ENTRY_POINTS
+                    .iter()
+                    .any(|c| name == *c || name.starts_with(&format!("{c}(")))
+        });
+        named
+            || self.modules.iter().any(|m| {
+                short_name(&m.path).starts_with("liballocscope")
+                    && m.segments
+                        .iter()
+                        .any(|s| s.start <= f.address as u64 && (f.address as u64) < s.end)
+            })
     }
 }
 

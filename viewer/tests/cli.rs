@@ -256,7 +256,9 @@ fn a_truncated_trace_still_reports_what_it_holds() {
 fn record_traces_a_program_and_exits_with_its_status() {
     use allocscope_viewer::cli::{PRELOAD_LIB, TRACKER_PRELOAD_LIB};
     let dir = temp_dir();
-    let pattern = dir.join("sh.%p.trace");
+    let pattern = dir.join("sort.%p.trace");
+    let input = dir.join("lines.txt");
+    std::fs::write(&input, "pear\napple\nfig\n").unwrap();
     let out = allocscope(&[
         "record",
         "-o",
@@ -264,9 +266,8 @@ fn record_traces_a_program_and_exits_with_its_status() {
         "--options",
         "sample=1,leak_check=off",
         "--",
-        "sh",
-        "-c",
-        "echo hi | sort; exit 3",
+        "sort",
+        input.to_str().unwrap(),
     ]);
     let stderr = text(&out.stderr);
     let binary_dir = Path::new(env!("CARGO_BIN_EXE_allocscope"))
@@ -276,16 +277,31 @@ fn record_traces_a_program_and_exits_with_its_status() {
         binary_dir.join(name).is_file() || binary_dir.join("../release").join(name).is_file()
     };
     if built(TRACKER_PRELOAD_LIB) {
-        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(text(&out.stdout), "apple\nfig\npear\n");
         assert!(stderr.contains("allocscope: trace"), "{stderr}");
+        let failing = allocscope(&["record", "-o", pattern.to_str().unwrap(), "--", "false"]);
+        assert_eq!(failing.status.code(), Some(1), "the command's own status");
         let trace = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("sh."))
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("sort.")
+            })
             .expect("the trace, named after the pid");
         let report = allocscope(&["report", trace.to_str().unwrap()]);
         assert!(report.status.success(), "{}", text(&report.stderr));
-        assert!(text(&report.stdout).contains("allocations"));
+        let stdout = text(&report.stdout);
+        assert!(stdout.contains("/sort (pid"), "{stdout}");
+        let top = stdout.split("== Top allocation sites").nth(1).unwrap();
+        let first_frame = top.lines().nth(2).unwrap_or_default();
+        for entry_point in [" in malloc", " in free", " in realloc", " in calloc"] {
+            assert!(!first_frame.contains(entry_point), "not trimmed: {top}");
+        }
     } else {
         assert_eq!(out.status.code(), Some(2));
         assert!(stderr.contains(TRACKER_PRELOAD_LIB), "{stderr}");
