@@ -151,8 +151,8 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     };
     let total = align_up(total, os.page_size());
     let heap = crate::thread::current();
-    // SAFETY: the thread's own heap (the empty heap has an empty cache we never write).
     let cached = if heap != empty_heap() {
+        // SAFETY: the calling thread's own heap.
         unsafe { (*heap).large_cache.take(total) }
     } else {
         None
