@@ -15,6 +15,10 @@
 //!   (a double free, a foreign pointer, a wrong size) is refused and reported instead of
 //!   corrupting the bitmaps. One bit test, so it runs in every build.
 //!
+//! Coalescing is lazy, with a bound: up to [`DEFERRED`] freed blocks per order wait on a short
+//! list (the only use of block memory) and are handed out again first; more frees coalesce at
+//! once, and an allocation that finds nothing coalesces the waiting ones before it fails.
+//!
 //! ```text
 //! buffer: [order 0: free L0 | L1 | .. | allocated][order 1: ...] ... [heap: start .. end]
 //! order k block index = (address - align_down(start, size_k)) / size_k
@@ -40,6 +44,11 @@ use crate::typed::{impl_allocator_api2, TypedAlloc};
 
 /// The most orders a buddy allocator has (the largest block is `min_block << (MAX_ORDERS-1)`).
 pub const MAX_ORDERS: usize = if usize::BITS == 64 { 40 } else { 26 };
+
+/// Frees kept per order without coalescing (lazy buddy: Barkley & Lee, "A Lazy Buddy System
+/// Bounded by Two Coalescing Delays", SOSP 1989). A program that frees and allocates the same
+/// sizes over and over reuses them in O(1); beyond this many, frees coalesce at once.
+pub const DEFERRED: usize = 16;
 
 /// Bits per bitmap word, and its log.
 const WORD: usize = usize::BITS as usize;
@@ -90,8 +99,12 @@ pub struct Buddy<'a> {
     min_block: usize,
     min_shift: u32,
     geo: UnsafeCell<Geometry>,
-    /// Bit k set: some block of order k is free.
+    /// Bit k set: some block of order k is free in the bitmaps.
     nonempty: Cell<u64>,
+    /// Per order: freed blocks not coalesced yet (a LIFO list through their first word, 0
+    /// ends it) and how many.
+    deferred: [Cell<usize>; MAX_ORDERS],
+    deferred_len: [Cell<usize>; MAX_ORDERS],
     heap_bytes: Cell<usize>,
     os: Option<&'a dyn Os>,
     counters: Counters,
@@ -127,6 +140,8 @@ impl<'a> Buddy<'a> {
                 os_region: None,
             }),
             nonempty: Cell::new(0),
+            deferred: [const { Cell::new(0) }; MAX_ORDERS],
+            deferred_len: [const { Cell::new(0) }; MAX_ORDERS],
             heap_bytes: Cell::new(0),
             os: None,
             counters: Counters::new(),
@@ -368,6 +383,73 @@ impl<'a> Buddy<'a> {
         self.address(k, i)
     }
 
+    /// The pointer to heap address `addr`, derived from the heap's base (strict provenance).
+    #[inline(always)]
+    fn pointer(&self, addr: usize) -> *mut u8 {
+        let geo = self.geo();
+        geo.base.wrapping_add(addr - geo.start)
+    }
+
+    /// Takes a block off order `k`'s deferred list.
+    #[inline]
+    fn pop_deferred(&self, k: usize) -> Option<usize> {
+        let head = self.deferred[k].get();
+        if head == 0 {
+            return None;
+        }
+        // SAFETY: deferred blocks are free blocks of ours whose first word links the list.
+        let next = unsafe { self.pointer(head).cast::<usize>().read() };
+        self.deferred[k].set(next);
+        self.deferred_len[k].set(self.deferred_len[k].get() - 1);
+        Some(head)
+    }
+
+    /// A free block of order `k` from the bitmaps, split from a larger one if need be.
+    #[inline]
+    fn split_from_bitmaps(&self, k: usize) -> Option<usize> {
+        let candidates = self.nonempty.get() >> k;
+        if candidates == 0 {
+            return None;
+        }
+        let mut j = k + candidates.trailing_zeros() as usize;
+        let addr = self.first_free(j);
+        self.mark_taken(j, addr);
+        while j > k {
+            j -= 1;
+            self.mark_free(j, addr + (self.min_block << j));
+        }
+        Some(addr)
+    }
+
+    /// Frees an order-`k` block into the bitmaps, merging it with its free buddies.
+    fn coalesce(&self, mut k: usize, mut addr: usize) {
+        let geo = self.geo();
+        while k + 1 < geo.orders {
+            let size = self.min_block << k;
+            let buddy = addr ^ size;
+            if buddy < geo.start || buddy + size > geo.end || !self.is_free(k, buddy) {
+                break;
+            }
+            self.mark_taken(k, buddy);
+            addr &= !size;
+            k += 1;
+        }
+        self.mark_free(k, addr);
+    }
+
+    /// Coalesces every deferred free. Returns whether there was any.
+    #[cold]
+    fn settle(&self) -> bool {
+        let mut any = false;
+        for k in 0..self.geo().orders {
+            while let Some(addr) = self.pop_deferred(k) {
+                self.coalesce(k, addr);
+                any = true;
+            }
+        }
+        any
+    }
+
     /// Whether the order-`k` block at `addr` was handed out at that order.
     #[inline]
     fn is_allocated(&self, k: usize, addr: usize) -> bool {
@@ -406,6 +488,14 @@ impl<'a> Buddy<'a> {
     #[cold]
     fn classify_bad_free(&self, addr: usize, k: usize) -> AllocErrorKind {
         let geo = self.geo();
+        let mut deferred = self.deferred[k].get();
+        while deferred != 0 {
+            if deferred == addr {
+                return AllocErrorKind::DoubleFree;
+            }
+            // SAFETY: deferred blocks are free blocks of ours whose first word links the list.
+            deferred = unsafe { self.pointer(deferred).cast::<usize>().read() };
+        }
         for order in k..geo.orders {
             let block = addr & !((self.min_block << order) - 1);
             if block >= geo.start
@@ -419,8 +509,10 @@ impl<'a> Buddy<'a> {
     }
 
     /// The allocator's figures. `fragmentation` is external fragmentation:
-    /// `1 - largest free block / free bytes`.
+    /// `1 - largest free block / free bytes`. Deferred frees are coalesced first, so the
+    /// figure describes the heap as it can really serve requests.
     pub fn stats(&self) -> StrategyStats {
+        self.settle();
         let used = self.counters.used.get();
         let free = self.heap_bytes.get() - used;
         let mask = self.nonempty.get();
@@ -452,6 +544,7 @@ impl<'a> Buddy<'a> {
 // in the region, are aligned to their size >= the requested alignment, hold >= size bytes, and
 // are handed out again only after being freed and coalesced.
 unsafe impl TypedAlloc for Buddy<'_> {
+    #[inline]
     fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
         if !align.is_power_of_two() {
             self.counters.on_failure(AllocErrorKind::InvalidRequest);
@@ -461,28 +554,33 @@ unsafe impl TypedAlloc for Buddy<'_> {
             self.counters.on_failure(AllocErrorKind::InvalidRequest);
             return None;
         };
-        let candidates = self.nonempty.get() >> k;
-        if candidates == 0 {
-            self.counters.on_failure(AllocErrorKind::Exhausted);
-            return None;
-        }
-        let mut j = k + candidates.trailing_zeros() as usize;
-        let addr = self.first_free(j);
-        self.mark_taken(j, addr);
-        while j > k {
-            j -= 1;
-            self.mark_free(j, addr + (self.min_block << j));
-        }
+        let addr = match self.pop_deferred(k) {
+            Some(addr) => addr,
+            None => match self.split_from_bitmaps(k) {
+                Some(addr) => addr,
+                None => {
+                    // Deferred frees may coalesce into what is asked for: settle them, retry.
+                    if !self.settle() {
+                        self.counters.on_failure(AllocErrorKind::Exhausted);
+                        return None;
+                    }
+                    let Some(addr) = self.split_from_bitmaps(k) else {
+                        self.counters.on_failure(AllocErrorKind::Exhausted);
+                        return None;
+                    };
+                    addr
+                }
+            },
+        };
         self.flip_allocated(k, addr);
         self.counters.on_alloc(self.min_block << k);
-        let geo = self.geo();
-        // Derived from the heap's base pointer: provenance of the whole region.
-        NonNull::new(geo.base.wrapping_add(addr - geo.start))
+        NonNull::new(self.pointer(addr))
     }
 
+    #[inline]
     unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         let addr = ptr.as_ptr() as usize;
-        let Some(mut k) = self.order_of(size, align) else {
+        let Some(k) = self.order_of(size, align) else {
             return self.counters.on_misuse(AllocErrorKind::InvalidFree);
         };
         if let Some(kind) = self.check_free(addr, k) {
@@ -490,19 +588,20 @@ unsafe impl TypedAlloc for Buddy<'_> {
         }
         self.flip_allocated(k, addr);
         self.counters.on_free(self.min_block << k);
-        let geo = self.geo();
-        let mut addr = addr;
-        while k + 1 < geo.orders {
-            let size = self.min_block << k;
-            let buddy = addr ^ size;
-            if buddy < geo.start || buddy + size > geo.end || !self.is_free(k, buddy) {
-                break;
-            }
-            self.mark_taken(k, buddy);
-            addr &= !size;
-            k += 1;
+        let len = self.deferred_len[k].get();
+        if len < DEFERRED {
+            // SAFETY: the block is free and ours, at least 8 bytes and 8-aligned: its first
+            // word holds the link of the deferred list.
+            unsafe {
+                self.pointer(addr)
+                    .cast::<usize>()
+                    .write(self.deferred[k].get())
+            };
+            self.deferred[k].set(addr);
+            self.deferred_len[k].set(len + 1);
+        } else {
+            self.coalesce(k, addr);
         }
-        self.mark_free(k, addr);
     }
 
     unsafe fn resize_in_place(
