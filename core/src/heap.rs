@@ -524,7 +524,11 @@ impl Heap {
                         if size > aligned {
                             os.decommit(NonNull::new_unchecked(start.add(aligned)), size - aligned);
                         }
-                        page.committed.store(0, Ordering::Relaxed);
+                        // Only a fully decommitted area reads as zero afterwards (with OS
+                        // pages above 4 KiB the first page's head may stay).
+                        if aligned == 0 {
+                            page.committed.store(0, Ordering::Relaxed);
+                        }
                     }
                 }
                 seg = next;

@@ -24,9 +24,11 @@ use crate::sync::{AtomicUsize, Ordering};
 
 /// Largest alignment served (half a segment: the block must start in the first segment).
 pub const MAX_ALIGN: usize = SEGMENT_SIZE / 2;
-/// Spans kept per thread, and the largest span worth keeping.
+/// Spans kept per thread, the largest span worth keeping, and the most bytes a thread's cache
+/// holds (RSS a program does not see: keep it small).
 const CACHE_SLOTS: usize = 8;
-const CACHE_MAX_SPAN: usize = 64 << 20;
+const CACHE_MAX_SPAN: usize = 32 << 20;
+const CACHE_MAX_BYTES: usize = 64 << 20;
 
 /// Statistics: bytes mapped for large blocks (live and cached), bytes of live large blocks,
 /// live large blocks. Relaxed RMWs: counters, on a path that makes a syscall anyway.
@@ -89,6 +91,17 @@ impl SpanCache {
     /// Keeps a span; evicts (releases) the oldest when full.
     fn put(&mut self, base: *mut u8, size: usize) {
         let now = monotonic_ms();
+        // Evict the oldest spans until the new one fits the byte budget.
+        while self.spans.iter().map(|s| s.size).sum::<usize>() + size > CACHE_MAX_BYTES {
+            let Some(oldest) = (0..CACHE_SLOTS)
+                .filter(|&i| !self.spans[i].base.is_null())
+                .min_by_key(|&i| self.spans[i].freed_at)
+            else {
+                break;
+            };
+            let old = core::mem::replace(&mut self.spans[oldest], NO_SPAN);
+            release(old.base, old.size);
+        }
         let slot = match self.spans.iter().position(|s| s.base.is_null()) {
             Some(i) => i,
             None => {

@@ -244,3 +244,38 @@ fn metadata_regions_cover_the_page_descriptors_of_live_blocks() {
     // SAFETY: live, freed once.
     unsafe { heap::free(p) };
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn freed_large_spans_are_reused_and_huge_ones_released() {
+    std::thread::spawn(|| {
+        let a = heap::alloc(1 << 20, 8);
+        // SAFETY: live, freed once.
+        unsafe { heap::free(a) };
+        let b = heap::alloc((1 << 20) - 4096, 8);
+        assert_eq!(
+            a, b,
+            "a span of the right size is taken from the thread's cache"
+        );
+        // SAFETY: live, freed once.
+        unsafe { heap::free(b) };
+        let huge = heap::alloc(100 << 20, 8);
+        let page = (huge as usize & !4095) as *mut libc::c_void;
+        let mut resident = [0u8; 1];
+        // SAFETY: mincore reads the mapping state of one page into a 1-byte vector.
+        assert_eq!(
+            unsafe { libc::mincore(page, 4096, resident.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: live, freed once.
+        unsafe { heap::free(huge) };
+        // A span that big is not cached: its pages are unmapped at once (mincore: ENOMEM).
+        // SAFETY: as above; the address is no longer mapped.
+        assert_eq!(
+            unsafe { libc::mincore(page, 4096, resident.as_mut_ptr()) },
+            -1
+        );
+    })
+    .join()
+    .unwrap();
+}
