@@ -801,11 +801,8 @@ mod tests {
             "the first free goes to the heap's delayed list"
         );
         // SAFETY: owner.
-        assert_eq!(
-            unsafe { page.collect_remote() },
-            1,
-            "the second stays on the page"
-        );
+        let on_page = unsafe { page.collect_remote() };
+        assert_eq!(on_page, 1, "the second stays on the page");
     }
 
     #[test]
