@@ -19,11 +19,8 @@ fn fill(p: *mut u8, len: usize, seed: u8) {
 fn check(p: *const u8, len: usize, seed: u8) {
     for i in 0..len {
         // SAFETY: p..p+len is a live block.
-        assert_eq!(
-            unsafe { *p.add(i) },
-            seed.wrapping_add(i as u8),
-            "byte {i} of {len}"
-        );
+        let byte = unsafe { *p.add(i) };
+        assert_eq!(byte, seed.wrapping_add(i as u8), "byte {i} of {len}");
     }
 }
 
@@ -125,11 +122,8 @@ fn zeroed_allocations_are_zero_even_on_reused_memory() {
             let p = heap::alloc_zeroed(size, 8);
             for i in 0..size {
                 // SAFETY: live block of `size` bytes.
-                assert_eq!(
-                    unsafe { *p.add(i) },
-                    0,
-                    "round {round} size {size} byte {i}"
-                );
+                let byte = unsafe { *p.add(i) };
+                assert_eq!(byte, 0, "round {round} size {size} byte {i}");
             }
             // SAFETY: live, freed once.
             unsafe { heap::free(p) };
@@ -263,18 +257,14 @@ fn freed_large_spans_are_reused_and_huge_ones_released() {
         let page = (huge as usize & !4095) as *mut libc::c_void;
         let mut resident = [0u8; 1];
         // SAFETY: mincore reads the mapping state of one page into a 1-byte vector.
-        assert_eq!(
-            unsafe { libc::mincore(page, 4096, resident.as_mut_ptr()) },
-            0
-        );
+        let mapped = unsafe { libc::mincore(page, 4096, resident.as_mut_ptr()) };
+        assert_eq!(mapped, 0);
         // SAFETY: live, freed once.
         unsafe { heap::free(huge) };
         // A span that big is not cached: its pages are unmapped at once (mincore: ENOMEM).
         // SAFETY: as above; the address is no longer mapped.
-        assert_eq!(
-            unsafe { libc::mincore(page, 4096, resident.as_mut_ptr()) },
-            -1
-        );
+        let unmapped = unsafe { libc::mincore(page, 4096, resident.as_mut_ptr()) };
+        assert_eq!(unmapped, -1);
     })
     .join()
     .unwrap();

@@ -46,11 +46,8 @@ fn check_block(p: usize, b: &Live) {
     let bytes = b.size.min(4096);
     for i in (0..bytes).chain(b.size.saturating_sub(64)..b.size) {
         // SAFETY: p..p+size is a live block.
-        assert_eq!(
-            unsafe { *(p as *const u8).add(i) },
-            b.byte,
-            "block {p:#x} byte {i}"
-        );
+        let byte = unsafe { *(p as *const u8).add(i) };
+        assert_eq!(byte, b.byte, "block {p:#x} byte {i}");
     }
 }
 

@@ -70,7 +70,7 @@ fn run(threads: usize, ops: usize) {
         .map(|(t, rx)| {
             let next = senders[(t + 1) % threads].clone();
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1) * 0x1234_5678_9ABC);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678_9ABC));
                 let mut live: Vec<(usize, usize)> = Vec::new();
                 let mut outgoing = Vec::new();
                 for op in 0..ops {
