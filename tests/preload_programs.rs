@@ -91,6 +91,22 @@ fn the_c_abi_works_across_threads_and_fork() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
 
+#[test]
+fn a_cxx_program_gives_the_same_output() {
+    let dir = scratch("cxx");
+    let exe = dir.join("cxx");
+    let status = Command::new("g++")
+        .args(["-O1", "-std=c++17", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(workspace().join("tests/preload/cxx.cpp"))
+        .status()
+        .expect("g++ runs");
+    assert!(status.success());
+    let (with, without) = both(|| Command::new(&exe));
+    assert!(!with.stdout.is_empty());
+    assert_eq!(with.stdout, without.stdout);
+}
+
 const PYTHON_WORKLOAD: &str = r#"
 import json, random, re, threading, collections
 random.seed(7)

@@ -59,6 +59,9 @@ mod initial_exec {
     core::arch::global_asm!(
         ".pushsection .tdata,\"awT\",@progbits",
         ".p2align 3",
+        // Global (other codegen units and crates of the same link refer to it), hidden (not
+        // exported from the shared library, so nothing can interpose it).
+        ".globl allocscope_heap_slot",
         ".hidden allocscope_heap_slot",
         ".type allocscope_heap_slot,@object",
         ".size allocscope_heap_slot,8",
