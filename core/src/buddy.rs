@@ -450,16 +450,6 @@ impl<'a> Buddy<'a> {
         any
     }
 
-    /// Whether the order-`k` block at `addr` was handed out at that order.
-    #[inline]
-    fn is_allocated(&self, k: usize, addr: usize) -> bool {
-        let i = self.index(k, addr);
-        // SAFETY: addr lies in the heap, so the word lies in order k's allocated bitmap.
-        unsafe {
-            *self.word(self.geo().allocated_at[k] + (i >> WORD_LOG)) & (1 << (i & (WORD - 1))) != 0
-        }
-    }
-
     #[inline]
     fn flip_allocated(&self, k: usize, addr: usize) {
         let i = self.index(k, addr);
@@ -469,18 +459,26 @@ impl<'a> Buddy<'a> {
         };
     }
 
-    /// Why freeing `addr` at order `k` is wrong, or `None` if it is a live block.
+    /// Clears the allocated bit of a block being freed; if it was not set (or the address is
+    /// not a block of this order), says why the free is wrong and changes nothing.
     #[inline]
-    fn check_free(&self, addr: usize, k: usize) -> Option<AllocErrorKind> {
+    fn release_block(&self, addr: usize, k: usize) -> Result<(), AllocErrorKind> {
         let geo = self.geo();
         let size = self.min_block << k;
         if addr < geo.start || addr >= geo.end || addr & (size - 1) != 0 || addr + size > geo.end {
-            return Some(AllocErrorKind::InvalidFree);
+            return Err(AllocErrorKind::InvalidFree);
         }
-        if self.is_allocated(k, addr) {
-            return None;
+        let i = self.index(k, addr);
+        let word = self.word(geo.allocated_at[k] + (i >> WORD_LOG));
+        let bit = 1 << (i & (WORD - 1));
+        // SAFETY: addr lies in the heap, so the word lies in order k's allocated bitmap.
+        let was = unsafe { word.read() };
+        if was & bit == 0 {
+            return Err(self.classify_bad_free(addr, k));
         }
-        Some(self.classify_bad_free(addr, k))
+        // SAFETY: as above.
+        unsafe { word.write(was & !bit) };
+        Ok(())
     }
 
     /// A free of something not allocated at this order: free already (at this order or
@@ -583,10 +581,9 @@ unsafe impl TypedAlloc for Buddy<'_> {
         let Some(k) = self.order_of(size, align) else {
             return self.counters.on_misuse(AllocErrorKind::InvalidFree);
         };
-        if let Some(kind) = self.check_free(addr, k) {
+        if let Err(kind) = self.release_block(addr, k) {
             return self.counters.on_misuse(kind);
         }
-        self.flip_allocated(k, addr);
         self.counters.on_free(self.min_block << k);
         let len = self.deferred_len[k].get();
         if len < DEFERRED {
