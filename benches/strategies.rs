@@ -10,8 +10,8 @@
 //! * `pool_bursts`: fixed 64 B, bursts of 1000 allocated then freed LIFO;
 //! * `stack_frame`: a frame of 1000 allocations of 8–256 B, then everything freed at once;
 //! * `buddy_random`: 4096 live blocks of 8–256 B, replaced at random (free + allocate);
-//! * `lock_free_producer_consumer`: one thread allocates 64-byte blocks in batches of 256, the
-//!   other frees them (every free remote); time per block.
+//! * `lock_free_producer_consumer`: one thread allocates 64-byte blocks and hands them through
+//!   a ring of 4096 slots to another that frees them (every free remote); time per block.
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -19,7 +19,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::ptr::NonNull;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use allocscope_core::buddy::Buddy;
@@ -138,10 +138,16 @@ fn pool_benches(c: &mut Criterion) {
     let mut raw = Vec::with_capacity(N);
     let mut blocks = Vec::with_capacity(N);
     group.bench_function("glibc", |b| b.iter(|| global_bursts(&System, &mut raw)));
-    group.bench_function("allocscope_heap", |b| b.iter(|| global_bursts(&heap, &mut raw)));
+    group.bench_function("allocscope_heap", |b| {
+        b.iter(|| global_bursts(&heap, &mut raw))
+    });
     group.bench_function("pool", |b| b.iter(|| typed_bursts(&pool, &mut blocks)));
-    group.bench_function("slab_magazine", |b| b.iter(|| typed_bursts(&magazine, &mut blocks)));
-    group.bench_function("lock_free_cache", |b| b.iter(|| typed_bursts(&cache, &mut blocks)));
+    group.bench_function("slab_magazine", |b| {
+        b.iter(|| typed_bursts(&magazine, &mut blocks))
+    });
+    group.bench_function("lock_free_cache", |b| {
+        b.iter(|| typed_bursts(&cache, &mut blocks))
+    });
     group.bench_function("lockfree_object_pool", |b| {
         let mut held = Vec::with_capacity(N);
         b.iter(|| {
@@ -249,6 +255,21 @@ fn buddy_benches(c: &mut Criterion) {
         }
     }
 
+    // The harness alone: every slot keeps a 256-byte home, nothing is allocated; what the
+    // others spend above this is the allocator's own work.
+    let mut homes = vec![[0u8; 256]; LIVE + 1];
+    let base = homes.as_mut_ptr() as usize;
+    let mut next_home = 0;
+    run(
+        &mut group,
+        "harness_floor",
+        |_| {
+            next_home = (next_home + 1) % (LIVE + 1);
+            NonNull::new((base + next_home * 256) as *mut u8).unwrap()
+        },
+        |_, _| {},
+    );
+    drop(homes);
     run(
         &mut group,
         "glibc",
@@ -287,39 +308,59 @@ fn buddy_benches(c: &mut Criterion) {
     drop(arena);
 }
 
-/// One producer allocating batches of 256 blocks, one consumer freeing them; returns the time
-/// for `blocks` blocks.
+/// Waits politely: spin a little, then let the other thread have the core (two cores, and
+/// other processes may run).
+fn wait(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// One producer allocating blocks, one consumer freeing them (every free remote), linked by a
+/// single-producer single-consumer ring of addresses; returns the time for `blocks` blocks.
 fn producer_consumer<A, F>(blocks: u64, make_producer: A, make_consumer: F) -> Duration
 where
     A: FnOnce() -> Box<dyn FnMut() -> usize + Send> + Send,
     F: FnOnce() -> Box<dyn FnMut(usize) + Send> + Send,
 {
-    const BATCH: usize = 256;
-    let (tx, rx) = mpsc::sync_channel::<Vec<usize>>(4);
-    let (back_tx, back_rx) = mpsc::channel::<Vec<usize>>();
-    for _ in 0..6 {
-        back_tx.send(Vec::with_capacity(BATCH)).unwrap();
-    }
-    let batches = blocks.div_ceil(BATCH as u64);
+    const RING: usize = 4096;
+    let ring: Vec<AtomicUsize> = (0..RING).map(|_| AtomicUsize::new(0)).collect();
+    let ring = &ring;
     let start = Instant::now();
     std::thread::scope(|s| {
         s.spawn(move || {
             let mut alloc = make_producer();
-            for _ in 0..batches {
-                let mut batch = back_rx.recv().unwrap();
-                for _ in 0..BATCH {
-                    batch.push(alloc());
+            for i in 0..blocks as usize {
+                let p = alloc();
+                let slot = &ring[i % RING];
+                let mut spins = 0;
+                // Acquire: the consumer is done with the slot's previous address.
+                while slot.load(Ordering::Acquire) != 0 {
+                    wait(&mut spins);
                 }
-                tx.send(batch).unwrap();
+                // Release: the block's contents and ownership go with the address.
+                slot.store(p, Ordering::Release);
             }
         });
         s.spawn(move || {
             let mut free = make_consumer();
-            for mut batch in rx {
-                for p in batch.drain(..) {
-                    free(p);
-                }
-                let _ = back_tx.send(batch);
+            for i in 0..blocks as usize {
+                let slot = &ring[i % RING];
+                let mut spins = 0;
+                let p = loop {
+                    // Acquire: pairs with the producer's Release store.
+                    let p = slot.load(Ordering::Acquire);
+                    if p != 0 {
+                        break p;
+                    }
+                    wait(&mut spins);
+                };
+                // Release: the slot may be reused.
+                slot.store(0, Ordering::Release);
+                free(p);
             }
         });
     });
@@ -366,7 +407,7 @@ fn lock_free_benches(c: &mut Criterion) {
         })
     });
     let pool: &'static LockFreePool<'static> =
-        Box::leak(Box::new(LockFreePool::new(64, 8, 8 * 256).unwrap()));
+        Box::leak(Box::new(LockFreePool::new(64, 8, 8192).unwrap()));
     group.bench_function(BenchmarkId::from_parameter("lock_free_pool"), |b| {
         b.iter_custom(|iters| {
             producer_consumer(
@@ -389,7 +430,9 @@ fn lock_free_benches(c: &mut Criterion) {
                     let cache = pool.cache();
                     Box::new(move |p| {
                         // SAFETY: a live block of the pool handed over by the producer.
-                        unsafe { cache.deallocate_bytes(NonNull::new_unchecked(p as *mut u8), 64, 8) }
+                        unsafe {
+                            cache.deallocate_bytes(NonNull::new_unchecked(p as *mut u8), 64, 8)
+                        }
                     })
                 },
             )
@@ -398,5 +441,11 @@ fn lock_free_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pool_benches, stack_benches, buddy_benches, lock_free_benches);
+criterion_group!(
+    benches,
+    pool_benches,
+    stack_benches,
+    buddy_benches,
+    lock_free_benches
+);
 criterion_main!(benches);
