@@ -150,11 +150,9 @@ impl<'a> Stack<'a> {
         if marker.0 > top {
             return;
         }
+        self.note_peak();
         // SAFETY: marker.0 <= top offset: inside the stack.
         self.top.set(unsafe { self.start.as_ptr().add(marker.0) });
-        self.counters
-            .used
-            .set(self.counters.used.get() - (top - marker.0));
         let cut = self.start.as_ptr() as usize + marker.0;
         self.drop_holes_above(cut);
     }
@@ -183,8 +181,20 @@ impl<'a> Stack<'a> {
         let mut stats = self
             .counters
             .snapshot(free + holes, ratio(holes, free + holes));
-        stats.used_bytes -= holes.min(stats.used_bytes);
+        let top = self.top_offset();
+        stats.used_bytes = top - holes.min(top);
+        stats.peak_used_bytes = stats.peak_used_bytes.max(top);
         stats
+    }
+
+    /// Records the top as the peak before it comes down (the allocation path does not track
+    /// the peak: the top only rises there).
+    #[inline]
+    fn note_peak(&self) {
+        let top = self.top_offset();
+        if top > self.counters.peak.get() {
+            self.counters.peak.set(top);
+        }
     }
 
     /// Forgets holes starting at or above `cut` (the top came down past them).
@@ -217,11 +227,11 @@ impl<'a> Stack<'a> {
         if self.hole_count.get() != 0 {
             new_top = self.absorb_holes(new_top);
         }
+        self.note_peak();
         let top = self.top.get();
         let drop = top as usize - new_top;
         // SAFETY: base <= new_top <= top, so the result stays inside the region.
         self.top.set(unsafe { top.sub(drop) });
-        self.counters.used.set(self.counters.used.get() - drop);
     }
 
     #[cold]
@@ -326,7 +336,10 @@ unsafe impl TypedAlloc for Stack<'_> {
         if pad != 0 {
             self.remember_padding(addr, pad);
         }
-        self.counters.on_alloc(pad + size);
+        // Only the count: used bytes and the peak follow from the top (see stats).
+        self.counters
+            .allocations
+            .set(self.counters.allocations.get() + 1);
         // SAFETY: derived from the region's non-null base by an in-bounds offset.
         Some(unsafe { NonNull::new_unchecked(block) })
     }
@@ -352,13 +365,9 @@ unsafe impl TypedAlloc for Stack<'_> {
         if addr.wrapping_add(grain(old)) != top as usize || new > self.end - addr {
             return false;
         }
-        let (old, new) = (grain(old), grain(new));
+        self.note_peak();
         // SAFETY: addr + new <= end (end is on the grain) and addr >= start (a live block).
-        self.top.set(unsafe { ptr.as_ptr().add(new) });
-        self.counters.used.set(self.counters.used.get() + new - old);
-        if self.counters.used.get() > self.counters.peak.get() {
-            self.counters.peak.set(self.counters.used.get());
-        }
+        self.top.set(unsafe { ptr.as_ptr().add(grain(new)) });
         true
     }
 }
