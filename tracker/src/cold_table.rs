@@ -1,20 +1,18 @@
-//! The record of every block the tracker handed out: address -> size, alignment, state and
-//! stacks. It is what makes double and invalid frees certain to be caught, what the layout check
-//! at dealloc compares against, and what the leak check and canary scan walk.
+//! The hashed side of the block table: full entries for blocks the direct map
+//! ([`crate::block_table`]) cannot hold (addresses that are not 8-aligned, such as guard-slot
+//! blocks, or outside the mapped address range), and the cold part (stacks, threads, sizes too
+//! large to pack) of the entries it does hold, marked [`flag::SHADOW`]. Only sampled, guarded
+//! and unusual blocks come here, so its locks and probes stay off the default path.
 //!
 //! Design: 64 shards chosen by a hash of the address, each an open-addressing table (linear
 //! probing, backward-shift deletion) behind its own spin lock. A holder does a few loads and
-//! stores, never allocates and never calls out, so a lock is held for tens of nanoseconds.
-//! Shard memory comes from [`crate::os_memory`] (counted as overhead, skipped by the leak scan).
-//!
-//! A freed block's entry stays (state `Freed`, with its free stack) until the address is handed
-//! out again or the shard needs the room: that is how a second free of the same pointer is told
-//! apart from a free of a pointer that was never allocated. Internal blocks (allocated by the
-//! tracker's own code while its re-entrancy flag was set) are recorded too, so they can be freed
-//! from any context, and are removed outright when freed.
+//! stores, never allocates and never calls out. Shard memory comes from [`crate::os_memory`]
+//! (counted as overhead, skipped by the leak scan). A freed entry stays (state `Freed`, with its
+//! free stack) until the address is recorded again or the shard needs the room.
 //!
 //! May touch: [`crate::spin`], [`crate::os_memory`].
 
+use crate::block_table::{flag, state, BlockInfo, Release, TableTotals};
 use crate::os_memory::MappedArray;
 use crate::spin::SpinLock;
 
@@ -26,72 +24,11 @@ const INITIAL_SLOTS: usize = 512;
 /// Above this many slots a shard drops freed entries instead of growing for them.
 const MAX_SLOTS_KEEPING_FREED: usize = 1 << 20;
 
-/// Block states (`u8` so that an all-zero slot is valid).
-pub(crate) mod state {
-    /// In use by the program.
-    pub(crate) const LIVE: u8 = 1;
-    /// Freed by the program, held poisoned in the quarantine.
-    pub(crate) const QUARANTINED: u8 = 2;
-    /// Freed and returned to the inner allocator (kept to recognise a double free).
-    pub(crate) const FREED: u8 = 3;
-}
-
-/// Block flags.
-pub(crate) mod flag {
-    /// Allocated by the tracker for itself: not the program's, never reported.
-    pub(crate) const INTERNAL: u8 = 1;
-    /// Surrounded by red zones.
-    pub(crate) const CANARY: u8 = 2;
-    /// Lives in the guard-page pool.
-    pub(crate) const GUARDED: u8 = 4;
-}
-
-/// What the table knows of one block.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct BlockInfo {
-    /// Requested size.
-    pub(crate) size: usize,
-    /// log2 of the requested alignment.
-    pub(crate) align_log2: u8,
-    /// One of [`state`].
-    pub(crate) state: u8,
-    /// A set of [`flag`]s.
-    pub(crate) flags: u8,
-    /// Allocation stack id (0 = not sampled).
-    pub(crate) alloc_stack: u32,
-    /// Free stack id (0 = not recorded).
-    pub(crate) free_stack: u32,
-    /// Thread that allocated.
-    pub(crate) alloc_thread: u32,
-    /// Thread that freed.
-    pub(crate) free_thread: u32,
-}
-
-impl BlockInfo {
-    pub(crate) fn align(&self) -> usize {
-        1usize << self.align_log2
-    }
-
-    pub(crate) fn is_internal(&self) -> bool {
-        self.flags & flag::INTERNAL != 0
-    }
-}
-
 #[derive(Clone, Copy, Default)]
 struct Slot {
     /// The block's address (0 = empty slot).
     key: usize,
     info: BlockInfo,
-}
-
-/// Figures summed over the shards.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct TableTotals {
-    pub(crate) live_blocks: usize,
-    pub(crate) live_bytes: usize,
-    pub(crate) internal_blocks: usize,
-    pub(crate) internal_bytes: usize,
-    pub(crate) table_bytes: usize,
 }
 
 struct ShardData {
@@ -111,20 +48,8 @@ struct Shard {
     data: SpinLock<ShardData>,
 }
 
-/// The outcome of [`BlockTable::release`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Release {
-    /// The block was live; here is what it was. The entry now has the new state (or is gone,
-    /// for an internal block).
-    Was(BlockInfo),
-    /// The block was freed already (double free); here is its entry, unchanged.
-    AlreadyFreed(BlockInfo),
-    /// No block starts at this address (invalid free).
-    Unknown,
-}
-
 /// The sharded address -> block table.
-pub(crate) struct BlockTable {
+pub(crate) struct ColdTable {
     shards: [Shard; SHARDS],
 }
 
@@ -134,9 +59,9 @@ fn hash(key: usize) -> u64 {
     ((key >> 3) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-impl BlockTable {
+impl ColdTable {
     pub(crate) fn new() -> Self {
-        BlockTable {
+        ColdTable {
             shards: core::array::from_fn(|_| Shard {
                 data: SpinLock::new(ShardData {
                     slots: None,
@@ -176,24 +101,8 @@ impl BlockTable {
         true
     }
 
-    /// Marks the block at `key` freed (`new_state`, with the free stack and thread) if it is
-    /// live, removing internal blocks outright.
-    pub(crate) fn release(
-        &self,
-        key: usize,
-        new_state: u8,
-        free_stack: u32,
-        free_thread: u32,
-    ) -> Release {
-        let released = self.release_with(key, free_thread, |_| new_state);
-        if free_stack != 0 {
-            self.set_free_stack(key, free_stack);
-        }
-        released
-    }
-
-    /// As [`BlockTable::release`], with the new state chosen from the entry (quarantine or
-    /// not) under the same lock, and no free stack yet ([`BlockTable::set_free_stack`]).
+    /// Marks the block at `key` freed (the state chosen from the entry, under the same lock)
+    /// if it is live, removing internal blocks outright.
     pub(crate) fn release_with(
         &self,
         key: usize,
@@ -272,19 +181,30 @@ impl BlockTable {
         }
     }
 
-    /// The live program block that contains `addr` (a slow scan, for describing bad frees).
-    pub(crate) fn find_containing(&self, addr: usize) -> Option<(usize, BlockInfo)> {
-        let mut hit = None;
-        self.for_each(&mut |key, info| {
-            if info.state == state::LIVE
-                && !info.is_internal()
-                && addr >= key
-                && addr < key + info.size.max(1)
-            {
-                hit = Some((key, *info));
-            }
-        });
-        hit
+    /// Removes the entry for `key` (any state); `false` if there was none.
+    pub(crate) fn remove(&self, key: usize) -> bool {
+        let mut shard = self.shard(key).lock();
+        let (index, found) = shard.find(key);
+        if found {
+            let old = shard.slots_mut()[index].info;
+            shard.uncount(&old);
+            shard.remove_at(index);
+        }
+        found
+    }
+
+    /// Changes the entry for `key` (if any) with `f`, under its shard's lock.
+    pub(crate) fn update(&self, key: usize, f: impl FnOnce(&mut BlockInfo)) -> bool {
+        let mut shard = self.shard(key).lock();
+        let (index, found) = shard.find(key);
+        if found {
+            let old = shard.slots_mut()[index].info;
+            shard.uncount(&old);
+            f(&mut shard.slots_mut()[index].info);
+            let new = shard.slots_mut()[index].info;
+            shard.count(&new);
+        }
+        found
     }
 
     /// Totals over every shard.
@@ -347,7 +267,14 @@ impl ShardData {
         }
     }
 
+    /// Counts an entry in the shard's figures (shadow entries are counted by the direct map).
     fn count(&mut self, info: &BlockInfo) {
+        if info.flags & flag::SHADOW != 0 {
+            if info.state == state::FREED {
+                self.freed += 1;
+            }
+            return;
+        }
         match (info.state, info.is_internal()) {
             (state::LIVE, false) => {
                 self.live_blocks += 1;
@@ -363,6 +290,12 @@ impl ShardData {
     }
 
     fn uncount(&mut self, info: &BlockInfo) {
+        if info.flags & flag::SHADOW != 0 {
+            if info.state == state::FREED {
+                self.freed -= 1;
+            }
+            return;
+        }
         match (info.state, info.is_internal()) {
             (state::LIVE, false) => {
                 self.live_blocks -= 1;
@@ -445,94 +378,5 @@ impl ShardData {
             }
         }
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn live(size: usize) -> BlockInfo {
-        BlockInfo {
-            size,
-            align_log2: 3,
-            state: state::LIVE,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn free_then_free_again_is_told_apart_from_unknown() {
-        let t = BlockTable::new();
-        assert!(t.insert(0x1000, live(16)));
-        assert_eq!(
-            t.release(0x1000, state::FREED, 7, 1),
-            Release::Was(live(16))
-        );
-        match t.release(0x1000, state::FREED, 0, 1) {
-            Release::AlreadyFreed(info) => assert_eq!(info.free_stack, 7),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(t.release(0x2000, state::FREED, 0, 1), Release::Unknown);
-        assert_eq!(t.find_containing(0x1008), None);
-        assert!(t.insert(0x1000, live(32)));
-        assert_eq!(t.find_containing(0x1008).map(|(k, _)| k), Some(0x1000));
-        assert_eq!(t.totals().live_bytes, 32);
-    }
-
-    #[test]
-    fn many_blocks_survive_growth_and_deletion() {
-        let t = BlockTable::new();
-        let n = 200_000usize;
-        for i in 0..n {
-            let mut info = live(i % 100 + 1);
-            if i % 3 == 0 {
-                info.flags = flag::INTERNAL;
-            }
-            assert!(t.insert(0x10_0000 + i * 16, info));
-        }
-        for i in (0..n).step_by(2) {
-            assert!(matches!(
-                t.release(0x10_0000 + i * 16, state::FREED, 0, 0),
-                Release::Was(_)
-            ));
-        }
-        for i in 0..n {
-            let got = t.get(0x10_0000 + i * 16);
-            if i % 2 == 1 {
-                assert_eq!(got.map(|g| g.state), Some(state::LIVE), "block {i}");
-            } else if i % 3 == 0 {
-                assert_eq!(got, None, "internal block {i} is removed");
-            } else {
-                assert_eq!(got.map(|g| g.state), Some(state::FREED), "block {i}");
-            }
-        }
-        let totals = t.totals();
-        let live_user = (0..n).filter(|i| i % 2 == 1 && i % 3 != 0).count();
-        assert_eq!(totals.live_blocks, live_user);
-    }
-
-    #[test]
-    fn concurrent_inserts_and_releases_balance() {
-        let t = std::sync::Arc::new(BlockTable::new());
-        let threads: Vec<_> = (0..4)
-            .map(|tid| {
-                let t = t.clone();
-                std::thread::spawn(move || {
-                    for round in 0..20_000usize {
-                        let key = 0x1000_0000 + (tid * 1_000_000 + round) * 32;
-                        assert!(t.insert(key, live(8)));
-                        assert!(matches!(
-                            t.release(key, state::FREED, 0, 0),
-                            Release::Was(_)
-                        ));
-                    }
-                })
-            })
-            .collect();
-        for th in threads {
-            th.join().unwrap();
-        }
-        assert_eq!(t.totals().live_blocks, 0);
     }
 }

@@ -15,7 +15,8 @@
 //! Map of the crate (each module says what it may touch):
 //! - [`tracker`]: the `Tracker` type and its allocation paths;
 //! - `state`: one tracker's run-time state, reports, scans, the registry for exit and faults;
-//! - `block_table`: every live (and recently freed) block; `guard`, `fault`: guard-page pool
+//! - `block_table` (direct map by address) and `cold_table` (hashed, for what a word cannot
+//!   hold): every live (and recently freed) block; `guard`, `fault`: guard-page pool
 //!   and its signal handler; `quarantine`; `canary`: red zones and poison;
 //! - `stacks` (capture, de-duplication), [`symbolize`]; `leaks` (reachability scan);
 //! - `stream` (per-thread buffers, writer thread), [`trace_format`] (the one definition of a
@@ -32,6 +33,7 @@ compile_error!("allocscope-tracker supports 64-bit Unix targets");
 
 mod block_table;
 mod canary;
+mod cold_table;
 mod fault;
 mod guard;
 mod leaks;

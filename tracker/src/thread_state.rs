@@ -7,7 +7,8 @@
 //! destructor, so it is readable at every moment of a thread's life, including while its other
 //! thread-locals are being destroyed.
 //!
-//! May touch: `std::thread_local`, [`crate::stream`] (to flush the buffer at thread exit).
+//! May touch: `std::thread_local`, [`crate::stream`] (to flush the buffer at thread exit),
+//! [`crate::block_table`] (to give the thread's counter slot back).
 
 use core::cell::{Cell, RefCell};
 
@@ -131,6 +132,7 @@ impl Drop for Local {
         // Thread exit: the buffer's memory is internal, so free it (and send what it holds)
         // with the flag set.
         let _busy = enter_always();
+        crate::block_table::release_counter_slot();
         if let Some(buffer) = self.events.get_mut().take() {
             buffer.flush_and_close();
         }

@@ -1,0 +1,923 @@
+//! The record of every block the tracker handed out: address -> size, alignment, state and
+//! stacks. It is what makes double and invalid frees certain to be caught, what the layout check
+//! at dealloc compares against, and what the leak check and canary scan walk.
+//!
+//! Design: a direct map, ordered by address. The address space is cut into 4 MiB regions; a
+//! region that holds a block gets a lazily mapped array of one 64-bit word per 8-byte granule,
+//! found through a top-level array of region pointers. A block's word packs its state, flags,
+//! alignment, a thread id and its size, so the default paths do no hashing, no probing and take
+//! no lock: an insert is one store and a free is one compare-and-swap on the word, which is also
+//! what makes two racing frees of one pointer resolve to exactly one winner. Addresses close
+//! together have their words close together, so the map's cache footprint follows the heap's.
+//!
+//! What a word cannot hold — stacks, a thread id above 4095, a size of 1 TiB or more — goes to
+//! the hashed [`ColdTable`] beside it (the word's `COLD` bit says so); so do whole entries for
+//! addresses the map does not cover (not 8-aligned, as guard-slot blocks often are, or above
+//! 2^47). Only sampled, guarded and unusual blocks pay for the cold table's locks.
+//!
+//! A freed block's word stays (state `Freed`, with the freeing thread in place of the allocating
+//! one) until the address is handed out again: that is how a second free of the same pointer is
+//! told apart from a free of a pointer that was never allocated. Internal blocks (allocated by
+//! the tracker's own code while its re-entrancy flag was set) are recorded too, so they can be
+//! freed from any context, and are removed outright when freed.
+//!
+//! Figures (live blocks and bytes) are kept per thread: a thread owns one counter slot of each
+//! table while it runs and updates it with plain loads and stores.
+//!
+//! May touch: [`crate::cold_table`], [`crate::spin`], [`crate::os_memory`].
+
+use core::cell::Cell;
+use core::ptr::{null_mut, NonNull};
+
+use allocscope_core::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use crate::cold_table::ColdTable;
+use crate::os_memory;
+use crate::spin::SpinLock;
+
+/// Block states (`u8` so that an all-zero word is an empty one).
+pub(crate) mod state {
+    /// In use by the program.
+    pub(crate) const LIVE: u8 = 1;
+    /// Freed by the program, held poisoned in the quarantine.
+    pub(crate) const QUARANTINED: u8 = 2;
+    /// Freed and returned to the inner allocator (kept to recognise a double free).
+    pub(crate) const FREED: u8 = 3;
+}
+
+/// Block flags.
+pub(crate) mod flag {
+    /// Allocated by the tracker for itself: not the program's, never reported.
+    pub(crate) const INTERNAL: u8 = 1;
+    /// Surrounded by red zones.
+    pub(crate) const CANARY: u8 = 2;
+    /// Lives in the guard-page pool.
+    pub(crate) const GUARDED: u8 = 4;
+    /// A cold-table entry that completes a direct-map word (never set in a [`super::BlockInfo`]
+    /// handed out of the table).
+    pub(crate) const SHADOW: u8 = 8;
+}
+
+/// What the table knows of one block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BlockInfo {
+    /// Requested size.
+    pub(crate) size: usize,
+    /// log2 of the requested alignment.
+    pub(crate) align_log2: u8,
+    /// One of [`state`].
+    pub(crate) state: u8,
+    /// A set of [`flag`]s.
+    pub(crate) flags: u8,
+    /// Allocation stack id (0 = not sampled).
+    pub(crate) alloc_stack: u32,
+    /// Free stack id (0 = not recorded).
+    pub(crate) free_stack: u32,
+    /// Thread that allocated (0 = not known).
+    pub(crate) alloc_thread: u32,
+    /// Thread that freed (0 = not known).
+    pub(crate) free_thread: u32,
+}
+
+impl BlockInfo {
+    pub(crate) fn align(&self) -> usize {
+        1usize << self.align_log2
+    }
+
+    pub(crate) fn is_internal(&self) -> bool {
+        self.flags & flag::INTERNAL != 0
+    }
+}
+
+/// Figures summed over the table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TableTotals {
+    pub(crate) live_blocks: usize,
+    pub(crate) live_bytes: usize,
+    pub(crate) internal_blocks: usize,
+    pub(crate) internal_bytes: usize,
+    pub(crate) table_bytes: usize,
+}
+
+/// The outcome of [`BlockTable::release`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// The block was live; here is what it was. The entry now has the new state (or is gone,
+    /// for an internal block).
+    Was(BlockInfo),
+    /// The block was freed already (double free); here is its entry, unchanged.
+    AlreadyFreed(BlockInfo),
+    /// No block starts at this address (invalid free).
+    Unknown,
+}
+
+/// Addresses the direct map covers: below 2^47 (user space on x86-64 and aarch64 with 48-bit
+/// addresses), in 8-byte granules.
+const ADDRESS_BITS: u32 = 47;
+const GRANULE_SHIFT: u32 = 3;
+const REGION_SHIFT: u32 = 22;
+const REGIONS: usize = 1 << (ADDRESS_BITS - REGION_SHIFT);
+const WORDS_PER_REGION: usize = 1 << (REGION_SHIFT - GRANULE_SHIFT);
+const REGION_MAP_BYTES: usize = WORDS_PER_REGION * 8;
+/// Regions remembered in creation order, for walks (beyond this, walks scan the top level).
+const LISTED_REGIONS: usize = 1 << 16;
+
+/// Word layout: state (2 bits), flags (3), cold (1), align_log2 (6), thread (12), size (40).
+mod word {
+    pub(super) const STATE_MASK: u64 = 0b11;
+    pub(super) const FLAGS_SHIFT: u32 = 2;
+    pub(super) const FLAGS_MASK: u64 = 0b111 << FLAGS_SHIFT;
+    pub(super) const COLD: u64 = 1 << 5;
+    pub(super) const ALIGN_SHIFT: u32 = 6;
+    pub(super) const THREAD_SHIFT: u32 = 12;
+    pub(super) const THREAD_LIMIT: u32 = 1 << 12;
+    pub(super) const SIZE_SHIFT: u32 = 24;
+    pub(super) const SIZE_LIMIT: usize = 1 << 40;
+}
+
+/// Packs what fits in a word; `cold` says whether the rest needs a cold entry.
+fn pack(info: &BlockInfo) -> (u64, bool) {
+    let thread = if info.state == state::LIVE {
+        info.alloc_thread
+    } else {
+        info.free_thread
+    };
+    let cold = info.alloc_stack != 0
+        || info.free_stack != 0
+        || thread >= word::THREAD_LIMIT
+        || (info.state != state::LIVE && info.alloc_thread != 0)
+        || info.size >= word::SIZE_LIMIT;
+    let thread = if thread >= word::THREAD_LIMIT {
+        0
+    } else {
+        thread
+    };
+    let size = if info.size >= word::SIZE_LIMIT {
+        0
+    } else {
+        info.size
+    };
+    let w = u64::from(info.state)
+        | (u64::from(info.flags & 0b111) << word::FLAGS_SHIFT)
+        | if cold { word::COLD } else { 0 }
+        | (u64::from(info.align_log2 & 63) << word::ALIGN_SHIFT)
+        | (u64::from(thread) << word::THREAD_SHIFT)
+        | ((size as u64) << word::SIZE_SHIFT);
+    (w, cold)
+}
+
+/// What a word says on its own (the thread is the allocating one while live, the freeing one
+/// after).
+fn unpack(w: u64) -> BlockInfo {
+    let state = (w & word::STATE_MASK) as u8;
+    let thread = ((w >> word::THREAD_SHIFT) as u32) & (word::THREAD_LIMIT - 1);
+    let (alloc_thread, free_thread) = if state == state::LIVE {
+        (thread, 0)
+    } else {
+        (0, thread)
+    };
+    BlockInfo {
+        size: (w >> word::SIZE_SHIFT) as usize,
+        align_log2: ((w >> word::ALIGN_SHIFT) & 63) as u8,
+        state,
+        flags: ((w & word::FLAGS_MASK) >> word::FLAGS_SHIFT) as u8,
+        alloc_stack: 0,
+        free_stack: 0,
+        alloc_thread,
+        free_thread,
+    }
+}
+
+fn with_state(w: u64, new_state: u8, thread: u32) -> u64 {
+    let thread = if thread >= word::THREAD_LIMIT {
+        0
+    } else {
+        thread
+    };
+    let thread_mask = u64::from(word::THREAD_LIMIT - 1) << word::THREAD_SHIFT;
+    (w & !word::STATE_MASK & !thread_mask)
+        | u64::from(new_state)
+        | (u64::from(thread) << word::THREAD_SHIFT)
+}
+
+/// Whether a direct map can hold `key`.
+#[inline]
+fn mappable(key: usize) -> bool {
+    key != 0 && key & ((1 << GRANULE_SHIFT) - 1) == 0 && (key as u64) < (1u64 << ADDRESS_BITS)
+}
+
+// -------------------------------------------------------------------------------------------
+// Per-thread figures
+// -------------------------------------------------------------------------------------------
+
+/// Counter slots per table; slot 0 is shared (updated with atomic read-modify-writes), the
+/// others are each owned by one running thread.
+const COUNTER_SLOTS: usize = 64;
+
+/// Slot i (i >= 1) is owned by a running thread. Process-wide: a thread owns the same slot in
+/// every table.
+static SLOT_OWNED: [AtomicBool; COUNTER_SLOTS] = [const { AtomicBool::new(false) }; COUNTER_SLOTS];
+
+/// The current thread's counter slot (0 = shared, or not claimed yet), given back at thread
+/// exit by [`release_counter_slot`]. No destructor of its own: registering one allocates,
+/// which would re-enter the tracker at a thread's first allocation.
+struct SlotOwner {
+    index: Cell<usize>,
+    claimed: Cell<bool>,
+}
+
+thread_local! {
+    static SLOT: SlotOwner = const { SlotOwner { index: Cell::new(0), claimed: Cell::new(false) } };
+}
+
+/// Gives the current thread's counter slot back (thread exit); later updates from this thread
+/// use the shared slot.
+pub(crate) fn release_counter_slot() {
+    let _ = SLOT.try_with(|s| {
+        let i = s.index.replace(0);
+        s.claimed.set(true);
+        if i != 0 {
+            // Release: this thread's last counter stores happen before the next owner's.
+            SLOT_OWNED[i].store(false, Ordering::Release);
+        }
+    });
+}
+
+/// The current thread's counter slot.
+#[inline]
+fn counter_slot() -> usize {
+    SLOT.try_with(|s| {
+        if s.claimed.get() {
+            s.index.get()
+        } else {
+            claim_slot(s)
+        }
+    })
+    .unwrap_or(0)
+}
+
+#[cold]
+fn claim_slot(s: &SlotOwner) -> usize {
+    s.claimed.set(true);
+    for (i, owned) in SLOT_OWNED.iter().enumerate().skip(1) {
+        // Acquire: the previous owner's counter stores happen before ours.
+        if owned
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            s.index.set(i);
+            return i;
+        }
+    }
+    0
+}
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Counts {
+    live_blocks: AtomicUsize,
+    live_bytes: AtomicUsize,
+    internal_blocks: AtomicUsize,
+    internal_bytes: AtomicUsize,
+}
+
+impl Counts {
+    /// Adds `sign` × (1 block, `size` bytes) to the figures of a live block with `flags`.
+    #[inline]
+    fn add(&self, shared: bool, flags: u8, size: usize, sign: isize) {
+        let (blocks, bytes) = if flags & flag::INTERNAL != 0 {
+            (&self.internal_blocks, &self.internal_bytes)
+        } else {
+            (&self.live_blocks, &self.live_bytes)
+        };
+        let size = (size as isize).wrapping_mul(sign) as usize;
+        let one = sign as usize;
+        // Relaxed throughout: statistics. An owned slot has a single writer, so a load and a
+        // store are enough; the shared slot needs read-modify-writes.
+        if shared {
+            blocks.fetch_add(one, Ordering::Relaxed);
+            bytes.fetch_add(size, Ordering::Relaxed);
+        } else {
+            blocks.store(
+                blocks.load(Ordering::Relaxed).wrapping_add(one),
+                Ordering::Relaxed,
+            );
+            bytes.store(
+                bytes.load(Ordering::Relaxed).wrapping_add(size),
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// The table
+// -------------------------------------------------------------------------------------------
+
+/// The address -> block table.
+pub(crate) struct BlockTable {
+    /// `REGIONS` region pointers (each to `WORDS_PER_REGION` words), or null when the top
+    /// level could not be mapped (then every entry goes to the cold table).
+    top: *mut AtomicPtr<AtomicU64>,
+    /// Indexes of created regions, in creation order (`LISTED_REGIONS` entries).
+    listed: *mut AtomicUsize,
+    /// Regions created (may exceed `LISTED_REGIONS`).
+    regions: AtomicUsize,
+    cold: ColdTable,
+    counts: Box<[Counts; COUNTER_SLOTS]>,
+    /// Walks in progress; a free that sees one waits for `walk_lock` before the block's memory
+    /// is given back (see [`BlockTable::for_each`]).
+    walking: AtomicUsize,
+    walk_lock: SpinLock<()>,
+}
+
+// SAFETY: the raw pointers are to mappings owned by the table and only reached through atomics.
+unsafe impl Send for BlockTable {}
+// SAFETY: as above: every shared access goes through atomics or the cold table's locks.
+unsafe impl Sync for BlockTable {}
+
+impl BlockTable {
+    pub(crate) fn new() -> Self {
+        let top = os_memory::map(REGIONS * core::mem::size_of::<usize>());
+        let listed = top.and_then(|_| os_memory::map(LISTED_REGIONS * 8));
+        let (top, listed) = match (top, listed) {
+            (Some(t), Some(l)) => (t.as_ptr().cast(), l.as_ptr().cast()),
+            (Some(t), None) => {
+                // SAFETY: `t` was just mapped with this length and is not used elsewhere.
+                unsafe { os_memory::unmap(t, REGIONS * core::mem::size_of::<usize>()) };
+                (null_mut(), null_mut())
+            }
+            _ => (null_mut(), null_mut()),
+        };
+        BlockTable {
+            top,
+            listed,
+            regions: AtomicUsize::new(0),
+            cold: ColdTable::new(),
+            counts: Box::new(core::array::from_fn(|_| Counts::default())),
+            walking: AtomicUsize::new(0),
+            walk_lock: SpinLock::new(()),
+        }
+    }
+
+    /// Whether `key`'s entry lives in the direct map (else in the cold table).
+    #[inline]
+    fn covers(&self, key: usize) -> bool {
+        !self.top.is_null() && mappable(key)
+    }
+
+    /// The word for `key` (which [`BlockTable::covers`]), creating its region when `create`.
+    #[inline]
+    fn word(&self, key: usize, create: bool) -> Option<&AtomicU64> {
+        let region = key >> REGION_SHIFT;
+        // SAFETY: `region < REGIONS` since `key < 2^47`; `top` holds REGIONS zero-initialised
+        // atomics for the table's life.
+        let slot = unsafe { &*self.top.add(region) };
+        // Acquire: pairs with the Release CAS that published the region.
+        let mut words = slot.load(Ordering::Acquire);
+        if words.is_null() {
+            if !create {
+                return None;
+            }
+            words = self.create_region(slot, region)?;
+        }
+        let index = (key & ((1 << REGION_SHIFT) - 1)) >> GRANULE_SHIFT;
+        // SAFETY: a published region holds WORDS_PER_REGION atomics for the table's life.
+        Some(unsafe { &*words.add(index) })
+    }
+
+    #[cold]
+    fn create_region(&self, slot: &AtomicPtr<AtomicU64>, region: usize) -> Option<*mut AtomicU64> {
+        let new: *mut AtomicU64 = os_memory::map(REGION_MAP_BYTES)?.as_ptr().cast();
+        // AcqRel: publishes the zeroed mapping, or sees the winner's.
+        match slot.compare_exchange(null_mut(), new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                // Relaxed: the counter only hands out list positions.
+                let n = self.regions.fetch_add(1, Ordering::Relaxed);
+                if n < LISTED_REGIONS {
+                    // SAFETY: `listed` holds LISTED_REGIONS atomics; position n is ours.
+                    // Release: pairs with the Acquire in `for_each_region`. The index is
+                    // stored plus one so that 0 means "not written yet".
+                    unsafe { &*self.listed.add(n) }.store(region + 1, Ordering::Release);
+                }
+                Some(new)
+            }
+            Err(winner) => {
+                // SAFETY: `new` was mapped above with this length and never published.
+                unsafe { os_memory::unmap(NonNull::new_unchecked(new.cast()), REGION_MAP_BYTES) };
+                Some(winner)
+            }
+        }
+    }
+
+    #[inline]
+    fn count(&self, flags: u8, size: usize, sign: isize) {
+        let slot = counter_slot();
+        self.counts[slot].add(slot == 0, flags, size, sign);
+    }
+
+    /// The full entry for a word at `key`.
+    fn info(&self, key: usize, w: u64) -> BlockInfo {
+        let hot = unpack(w);
+        if w & word::COLD == 0 {
+            return hot;
+        }
+        match self.cold.get(key) {
+            Some(c) => BlockInfo {
+                state: hot.state,
+                flags: hot.flags,
+                ..c
+            },
+            // Dropped by the cold table to make room (freed entries only).
+            None => hot,
+        }
+    }
+
+    /// Records a newly handed-out block (replacing a stale entry for the same address). Returns
+    /// `false` when the table cannot grow (the OS refused memory): the block is then untracked.
+    pub(crate) fn insert(&self, key: usize, info: BlockInfo) -> bool {
+        if !self.covers(key) {
+            return self.cold.insert(key, info);
+        }
+        let Some(slot) = self.word(key, true) else {
+            return false;
+        };
+        let (w, cold) = pack(&info);
+        if cold {
+            let shadow = BlockInfo {
+                flags: info.flags | flag::SHADOW,
+                ..info
+            };
+            if !self.cold.insert(key, shadow) {
+                return false;
+            }
+        }
+        // Acquire/Release: the cold entry written above is visible to whoever sees the word.
+        // A load and a store suffice: the address was just handed to this thread, so no other
+        // thread may legitimately change its word now (a racing bad free only CASes a live
+        // word, and this one is not live).
+        let old = slot.load(Ordering::Acquire);
+        slot.store(w, Ordering::Release);
+        if old != 0 {
+            if old & word::COLD != 0 && !cold {
+                self.cold.remove(key);
+            }
+            if old & word::STATE_MASK == u64::from(state::LIVE) {
+                let o = unpack(old);
+                self.count(o.flags, o.size, -1);
+            }
+        }
+        self.count(info.flags, info.size, 1);
+        true
+    }
+
+    /// Marks the block at `key` freed (`new_state`, with the free stack and thread) if it is
+    /// live, removing internal blocks outright.
+    pub(crate) fn release(
+        &self,
+        key: usize,
+        new_state: u8,
+        free_stack: u32,
+        free_thread: u32,
+    ) -> Release {
+        let released = self.release_with(key, free_thread, |_| new_state);
+        if free_stack != 0 && matches!(released, Release::Was(_)) {
+            self.set_free_stack(key, free_stack);
+        }
+        released
+    }
+
+    /// As [`BlockTable::release`], with the new state chosen from the entry (quarantine or
+    /// not), and no free stack yet ([`BlockTable::set_free_stack`]).
+    ///
+    /// While a walk ([`BlockTable::for_each`]) runs, this waits for it to end before returning
+    /// a block that was live, so the walk's callback never sees a block's memory given back.
+    pub(crate) fn release_with(
+        &self,
+        key: usize,
+        free_thread: u32,
+        new_state: impl Fn(&BlockInfo) -> u8,
+    ) -> Release {
+        let Some(slot) = self.covers(key).then(|| self.word(key, false)).flatten() else {
+            if self.covers(key) {
+                return Release::Unknown;
+            }
+            let released = self.cold.release_with(key, free_thread, new_state);
+            self.wait_for_walks();
+            return released;
+        };
+        // Acquire: see the cold entry of a word with the COLD bit.
+        let mut w = slot.load(Ordering::Acquire);
+        let (old, next) = loop {
+            if w == 0 {
+                return Release::Unknown;
+            }
+            if w & word::STATE_MASK != u64::from(state::LIVE) {
+                return Release::AlreadyFreed(self.info(key, w));
+            }
+            let old = self.info(key, w);
+            let next = new_state(&old);
+            let new = if old.is_internal() {
+                0
+            } else {
+                with_state(w, next, free_thread)
+            };
+            // SeqCst: ordered with the load of `walking` below against a walk's store of it
+            // and its load of this word (either the walk sees the block freed, or we see the
+            // walk and wait). AcqRel would allow both to miss each other.
+            match slot.compare_exchange_weak(w, new, Ordering::SeqCst, Ordering::Acquire) {
+                Ok(_) => break (old, next),
+                Err(now) => w = now,
+            }
+        };
+        self.count(old.flags, old.size, -1);
+        if w & word::COLD != 0 {
+            if old.is_internal() {
+                self.cold.remove(key);
+            } else {
+                self.cold.update(key, |c| {
+                    c.state = next;
+                    c.free_stack = 0;
+                    c.free_thread = free_thread;
+                });
+            }
+        }
+        self.wait_for_walks();
+        Release::Was(old)
+    }
+
+    #[inline]
+    fn wait_for_walks(&self) {
+        // SeqCst: see `release_with`.
+        if self.walking.load(Ordering::SeqCst) != 0 {
+            drop(self.walk_lock.lock());
+        }
+    }
+
+    /// Records the free stack of a freed block.
+    pub(crate) fn set_free_stack(&self, key: usize, free_stack: u32) {
+        let Some(slot) = self.covers(key).then(|| self.word(key, false)).flatten() else {
+            if !self.covers(key) {
+                self.cold.set_free_stack(key, free_stack);
+            }
+            return;
+        };
+        // Acquire: see the cold entry of a word with the COLD bit.
+        let w = slot.load(Ordering::Acquire);
+        if w == 0 {
+            return;
+        }
+        if w & word::COLD != 0 && self.cold.update(key, |c| c.free_stack = free_stack) {
+            return;
+        }
+        let info = BlockInfo {
+            free_stack,
+            flags: unpack(w).flags | flag::SHADOW,
+            ..self.info(key, w)
+        };
+        if self.cold.insert(key, info) {
+            // Release: the cold entry is visible to whoever sees the bit.
+            slot.fetch_or(word::COLD, Ordering::Release);
+        }
+    }
+
+    /// Moves the block at `key` from `from` to `to` state; `false` if it was not in `from`.
+    pub(crate) fn transition(&self, key: usize, from: u8, to: u8) -> bool {
+        let Some(slot) = self.covers(key).then(|| self.word(key, false)).flatten() else {
+            return !self.covers(key) && self.cold.transition(key, from, to);
+        };
+        // Relaxed load: the CAS below decides.
+        let mut w = slot.load(Ordering::Relaxed);
+        loop {
+            if w == 0 || w & word::STATE_MASK != u64::from(from) {
+                return false;
+            }
+            let thread = unpack(w);
+            let new = (w & !word::STATE_MASK) | u64::from(to);
+            // AcqRel: orders the state change with the cold entry's update below.
+            match slot.compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => {
+                    if from == state::LIVE {
+                        self.count(thread.flags, thread.size, -1);
+                    }
+                    if to == state::LIVE {
+                        self.count(thread.flags, thread.size, 1);
+                    }
+                    if w & word::COLD != 0 {
+                        self.cold.update(key, |c| c.state = to);
+                    }
+                    return true;
+                }
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// The entry for `key`, if any.
+    pub(crate) fn get(&self, key: usize) -> Option<BlockInfo> {
+        if !self.covers(key) {
+            return self.cold.get(key);
+        }
+        let slot = self.word(key, false)?;
+        // Acquire: see the cold entry of a word with the COLD bit.
+        let w = slot.load(Ordering::Acquire);
+        (w != 0).then(|| self.info(key, w))
+    }
+
+    /// Calls `f(address, info)` for every entry. Frees of live blocks wait until the walk
+    /// ends, so a block seen live here cannot be given back until `f` returns for good. `f`
+    /// must neither allocate through the tracker nor free.
+    pub(crate) fn for_each(&self, f: &mut dyn FnMut(usize, &BlockInfo)) {
+        let _walk = self.walk_lock.lock();
+        // SeqCst: see `release_with`.
+        self.walking.fetch_add(1, Ordering::SeqCst);
+        self.for_each_region(&mut |region, words| {
+            for (i, w) in words.iter().enumerate() {
+                // SeqCst: see `release_with` (a plain load on the usual targets).
+                let w = w.load(Ordering::SeqCst);
+                if w != 0 {
+                    let key = (region << REGION_SHIFT) | (i << GRANULE_SHIFT);
+                    f(key, &self.info(key, w));
+                }
+            }
+        });
+        self.cold.for_each(&mut |key, info| {
+            if info.flags & flag::SHADOW == 0 {
+                f(key, info);
+            }
+        });
+        // Relaxed: the lock's release orders what follows.
+        self.walking.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn for_each_region(&self, f: &mut dyn FnMut(usize, &[AtomicU64])) {
+        if self.top.is_null() {
+            return;
+        }
+        let visit = |region: usize, f: &mut dyn FnMut(usize, &[AtomicU64])| {
+            // SAFETY: region < REGIONS; see `word`.
+            let slot = unsafe { &*self.top.add(region) };
+            // Acquire: see `word`.
+            let words = slot.load(Ordering::Acquire);
+            if !words.is_null() {
+                // SAFETY: a published region holds WORDS_PER_REGION atomics.
+                f(region, unsafe {
+                    core::slice::from_raw_parts(words, WORDS_PER_REGION)
+                });
+            }
+        };
+        // Relaxed: a region published after this load is not needed by this walk.
+        let n = self.regions.load(Ordering::Relaxed);
+        if n > LISTED_REGIONS {
+            for region in 0..REGIONS {
+                visit(region, f);
+            }
+            return;
+        }
+        for i in 0..n {
+            // SAFETY: i < LISTED_REGIONS atomics in `listed`.
+            // Acquire: pairs with the Release store in `create_region`.
+            let r = unsafe { &*self.listed.add(i) }.load(Ordering::Acquire);
+            if r != 0 {
+                visit(r - 1, f);
+            }
+        }
+    }
+
+    /// The live program block that contains `addr` (a slow scan, for describing bad frees).
+    pub(crate) fn find_containing(&self, addr: usize) -> Option<(usize, BlockInfo)> {
+        let mut hit = None;
+        self.for_each(&mut |key, info| {
+            if info.state == state::LIVE
+                && !info.is_internal()
+                && addr >= key
+                && addr < key + info.size.max(1)
+            {
+                hit = Some((key, *info));
+            }
+        });
+        hit
+    }
+
+    /// Totals over the table.
+    pub(crate) fn totals(&self) -> TableTotals {
+        let mut t = self.cold.totals();
+        for c in self.counts.iter() {
+            // Relaxed: statistics.
+            t.live_blocks = t
+                .live_blocks
+                .wrapping_add(c.live_blocks.load(Ordering::Relaxed));
+            t.live_bytes = t
+                .live_bytes
+                .wrapping_add(c.live_bytes.load(Ordering::Relaxed));
+            t.internal_blocks = t
+                .internal_blocks
+                .wrapping_add(c.internal_blocks.load(Ordering::Relaxed));
+            t.internal_bytes = t
+                .internal_bytes
+                .wrapping_add(c.internal_bytes.load(Ordering::Relaxed));
+        }
+        // Relaxed: statistics.
+        let regions = self.regions.load(Ordering::Relaxed);
+        t.table_bytes += regions * REGION_MAP_BYTES;
+        t
+    }
+}
+
+impl Drop for BlockTable {
+    fn drop(&mut self) {
+        if self.top.is_null() {
+            return;
+        }
+        self.for_each_region(&mut |region, _| {
+            // SAFETY: region < REGIONS; `&mut self` means nobody else uses the table.
+            let slot = unsafe { &*self.top.add(region) };
+            let words = slot.swap(null_mut(), Ordering::Relaxed);
+            if let Some(p) = NonNull::new(words) {
+                // SAFETY: the region was mapped with this length and is no longer reachable.
+                unsafe { os_memory::unmap(p.cast(), REGION_MAP_BYTES) };
+            }
+        });
+        // SAFETY: both were mapped in `new` with these lengths and are no longer used.
+        unsafe {
+            os_memory::unmap(
+                NonNull::new_unchecked(self.top.cast()),
+                REGIONS * core::mem::size_of::<usize>(),
+            );
+            os_memory::unmap(
+                NonNull::new_unchecked(self.listed.cast()),
+                LISTED_REGIONS * 8,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(size: usize) -> BlockInfo {
+        BlockInfo {
+            size,
+            align_log2: 3,
+            state: state::LIVE,
+            alloc_thread: 5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn free_then_free_again_is_told_apart_from_unknown() {
+        let t = BlockTable::new();
+        assert!(t.insert(0x1000, live(16)));
+        assert_eq!(
+            t.release(0x1000, state::FREED, 7, 1),
+            Release::Was(live(16))
+        );
+        match t.release(0x1000, state::FREED, 0, 1) {
+            Release::AlreadyFreed(info) => {
+                assert_eq!(info.free_stack, 7);
+                assert_eq!(info.free_thread, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.release(0x2000, state::FREED, 0, 1), Release::Unknown);
+        assert_eq!(t.release(0x1008, state::FREED, 0, 1), Release::Unknown);
+        assert_eq!(t.find_containing(0x1008), None);
+        assert!(t.insert(0x1000, live(32)));
+        assert_eq!(t.find_containing(0x1008).map(|(k, _)| k), Some(0x1000));
+        assert_eq!(t.totals().live_bytes, 32);
+        assert_eq!(t.get(0x1000).map(|i| i.free_stack), Some(0));
+    }
+
+    #[test]
+    fn entries_that_do_not_fit_a_word_keep_every_field() {
+        let t = BlockTable::new();
+        let big = BlockInfo {
+            size: 1 << 41,
+            alloc_stack: 9,
+            alloc_thread: 70_000,
+            ..live(0)
+        };
+        let odd = BlockInfo {
+            flags: flag::GUARDED,
+            ..live(13)
+        };
+        assert!(t.insert(0x4000, big));
+        assert!(t.insert(0x5003, odd));
+        assert_eq!(t.get(0x4000), Some(big));
+        assert_eq!(t.get(0x5003), Some(odd));
+        let mut seen = Vec::new();
+        t.for_each(&mut |k, i| seen.push((k, *i)));
+        seen.sort_by_key(|e| e.0);
+        assert_eq!(seen, vec![(0x4000, big), (0x5003, odd)]);
+        assert_eq!(t.totals().live_blocks, 2);
+        assert_eq!(t.totals().live_bytes, (1 << 41) + 13);
+        assert!(matches!(
+            t.release(0x4000, state::QUARANTINED, 0, 3),
+            Release::Was(i) if i == big
+        ));
+        assert!(t.transition(0x4000, state::QUARANTINED, state::FREED));
+        assert!(!t.transition(0x4000, state::QUARANTINED, state::FREED));
+        let freed = t.get(0x4000).unwrap();
+        assert_eq!(
+            (freed.state, freed.alloc_stack, freed.free_thread),
+            (state::FREED, 9, 3)
+        );
+        // Handing the address out again as a plain block drops the stale cold entry.
+        assert!(t.insert(0x4000, live(8)));
+        assert_eq!(t.get(0x4000), Some(live(8)));
+        assert_eq!(t.totals().live_blocks, 2);
+    }
+
+    /// Keys at `base + 16 i`: 8-aligned bases go to the direct map, odd ones to the cold table
+    /// (which grows through this many entries).
+    fn many_blocks_survive_deletion(base: usize) {
+        let t = BlockTable::new();
+        let n = 200_000usize;
+        for i in 0..n {
+            let mut info = live(i % 100 + 1);
+            if i % 3 == 0 {
+                info.flags = flag::INTERNAL;
+            }
+            assert!(t.insert(base + i * 16, info));
+        }
+        for i in (0..n).step_by(2) {
+            assert!(matches!(
+                t.release(base + i * 16, state::FREED, 0, 0),
+                Release::Was(_)
+            ));
+        }
+        for i in 0..n {
+            let got = t.get(base + i * 16);
+            if i % 2 == 1 {
+                assert_eq!(got.map(|g| g.state), Some(state::LIVE), "block {i}");
+            } else if i % 3 == 0 {
+                assert_eq!(got, None, "internal block {i} is removed");
+            } else {
+                assert_eq!(got.map(|g| g.state), Some(state::FREED), "block {i}");
+            }
+        }
+        let totals = t.totals();
+        let live_user = (0..n).filter(|i| i % 2 == 1 && i % 3 != 0).count();
+        assert_eq!(totals.live_blocks, live_user);
+    }
+
+    #[test]
+    fn many_blocks_survive_deletion_in_the_direct_map() {
+        many_blocks_survive_deletion(0x10_0000);
+    }
+
+    #[test]
+    fn many_blocks_survive_growth_and_deletion_in_the_cold_table() {
+        many_blocks_survive_deletion(0x10_0001);
+    }
+
+    #[test]
+    fn racing_frees_of_one_block_have_one_winner() {
+        let t = std::sync::Arc::new(BlockTable::new());
+        for round in 0..500usize {
+            let key = 0x2000_0000 + round * 64;
+            assert!(t.insert(key, live(8)));
+            let threads: Vec<_> = (0..3)
+                .map(|_| {
+                    let t = t.clone();
+                    std::thread::spawn(move || {
+                        matches!(t.release(key, state::FREED, 0, 0), Release::Was(_))
+                    })
+                })
+                .collect();
+            let winners = threads
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|w| *w)
+                .count();
+            assert_eq!(winners, 1, "round {round}");
+        }
+        assert_eq!(t.totals().live_blocks, 0);
+    }
+
+    #[test]
+    fn concurrent_inserts_and_releases_balance() {
+        let t = std::sync::Arc::new(BlockTable::new());
+        let threads: Vec<_> = (0..4)
+            .map(|tid| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for round in 0..20_000usize {
+                        let key = 0x1000_0000 + (tid * 1_000_000 + round) * 32;
+                        assert!(t.insert(key, live(8)));
+                        assert!(matches!(
+                            t.release(key, state::FREED, 0, 0),
+                            Release::Was(_)
+                        ));
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert_eq!(t.totals().live_blocks, 0);
+    }
+}
