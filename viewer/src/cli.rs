@@ -67,6 +67,14 @@ pub enum Cmd {
         #[command(flatten)]
         range: RangeArgs,
     },
+    /// Opens the desktop viewer on a trace.
+    View {
+        /// The trace file.
+        file: PathBuf,
+        /// The panel to open on.
+        #[arg(long, value_enum, default_value_t = crate::app::Tab::Overview)]
+        tab: crate::app::Tab,
+    },
     /// Writes an SVG flamegraph (through inferno).
     Flamegraph {
         /// The trace file.
@@ -202,6 +210,10 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
             write_stdout(text.as_bytes())?;
             let bad = findings.corruption + findings.leaks > 0;
             Ok(ExitCode::from(u8::from(fail_on_leak_or_corruption && bad)))
+        }
+        Cmd::View { file, tab } => {
+            crate::app::run(file, tab).map_err(CliError)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Flamegraph {
             file,
