@@ -73,23 +73,24 @@ fn freeing_everything_coalesces_back_to_the_initial_blocks() {
 fn buddies_merge_into_their_parent() {
     let mut buf = buffer(16 * 1024);
     let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
-    let mut blocks = std::collections::HashSet::new();
+    // Keyed by address, keeping the pointers (strict provenance: no integer-to-pointer casts).
+    let mut blocks = std::collections::HashMap::new();
     while let Some(p) = buddy.allocate_bytes(32, 32) {
-        blocks.insert(p.as_ptr() as usize);
+        blocks.insert(p.as_ptr() as usize, p);
     }
     let a = *blocks
-        .iter()
-        .find(|&&p| blocks.contains(&(p ^ 32)))
+        .keys()
+        .find(|&&p| blocks.contains_key(&(p ^ 32)))
         .expect("a split pair");
     // SAFETY: live blocks (a and its buddy).
     unsafe {
-        buddy.deallocate_bytes(NonNull::new(a as *mut u8).unwrap(), 32, 32);
+        buddy.deallocate_bytes(blocks[&a], 32, 32);
         assert_eq!(
             buddy.allocate_bytes(64, 64),
             None,
             "half a pair is not enough"
         );
-        buddy.deallocate_bytes(NonNull::new((a ^ 32) as *mut u8).unwrap(), 32, 32);
+        buddy.deallocate_bytes(blocks[&(a ^ 32)], 32, 32);
     }
     let c = buddy.allocate_bytes(64, 64).unwrap();
     assert_eq!(

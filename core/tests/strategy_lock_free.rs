@@ -20,7 +20,7 @@ fn every_block_once_then_none_through_the_shared_list() {
     for _ in 0..cap {
         let p = pool.allocate_bytes(48, 16).unwrap();
         assert_eq!(p.as_ptr() as usize % 16, 0);
-        assert!(seen.insert(p.as_ptr() as usize));
+        assert!(seen.insert(p));
     }
     assert_eq!(pool.allocate_bytes(1, 1), None);
     let s = pool.stats();
@@ -30,7 +30,7 @@ fn every_block_once_then_none_through_the_shared_list() {
     );
     for &p in &seen {
         // SAFETY: live blocks.
-        unsafe { pool.deallocate_bytes(NonNull::new(p as *mut u8).unwrap(), 48, 16) };
+        unsafe { pool.deallocate_bytes(p, 48, 16) };
     }
     assert_eq!(pool.stats().used_bytes, 0);
     assert_eq!(pool.stats().peak_used_bytes, cap * 48);

@@ -265,7 +265,7 @@ fn magazines_move_half_batches_and_give_everything_back_on_drop() {
 fn magazines_on_two_threads_exchange_objects() {
     let os = HeapOs::default();
     let cache = SlabCache::<[u64; 4]>::with_os(&os);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, u64)>(64);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Sent<[u64; 4]>, u64)>(64);
     let rounds = if cfg!(miri) { 200 } else { 20_000 };
     std::thread::scope(|s| {
         let cache = &cache;
@@ -275,13 +275,12 @@ fn magazines_on_two_threads_exchange_objects() {
                 let p = mag.allocate::<[u64; 4]>(1).unwrap();
                 // SAFETY: a fresh object.
                 unsafe { p.as_ptr().write([i; 4]) };
-                tx.send((p.as_ptr() as usize, i)).unwrap();
+                tx.send((Sent(p), i)).unwrap();
             }
         });
         s.spawn(move || {
             let mag = cache.magazine();
-            for (addr, i) in rx.iter() {
-                let p = NonNull::new(addr as *mut [u64; 4]).unwrap();
+            for (Sent(p), i) in rx.iter() {
                 // SAFETY: the producer wrote it before sending and no longer touches it.
                 assert_eq!(unsafe { p.as_ptr().read() }, [i; 4]);
                 // SAFETY: a live object of this cache, freed through another magazine.

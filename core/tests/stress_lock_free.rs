@@ -13,6 +13,12 @@ use allocscope_core::typed::TypedAlloc;
 
 const BLOCK: usize = 96;
 
+/// A block handed to the consumer (which then owns it).
+struct Sent(NonNull<u8>);
+
+// SAFETY: the producer sends a block only when it stops using it.
+unsafe impl Send for Sent {}
+
 fn stamp(p: NonNull<u8>, tag: u64) {
     for i in 0..BLOCK / 8 {
         // SAFETY: a live block of BLOCK bytes, 8-aligned.
@@ -34,7 +40,7 @@ fn producers_consumers_and_churners_never_share_a_block() {
     std::thread::scope(|s| {
         let pool = &pool;
         for pair in 0..2u64 {
-            let (tx, rx) = mpsc::sync_channel::<(usize, u64)>(512);
+            let (tx, rx) = mpsc::sync_channel::<(Sent, u64)>(512);
             // Producer: allocates through its cache, stamps, sends.
             s.spawn(move || {
                 let cache = pool.cache();
@@ -47,15 +53,14 @@ fn producers_consumers_and_churners_never_share_a_block() {
                         }
                     };
                     stamp(p, tag);
-                    tx.send((p.as_ptr() as usize, tag)).unwrap();
+                    tx.send((Sent(p), tag)).unwrap();
                 }
             });
             // Consumer: checks and frees; pair 0 through a cache, pair 1 without one.
             s.spawn(move || {
                 let cache = pool.cache();
-                for (addr, tag) in rx {
-                    let p = NonNull::new(addr as *mut u8).unwrap();
-                    assert!(stamped(p, tag), "block {addr:#x} changed in flight");
+                for (Sent(p), tag) in rx {
+                    assert!(stamped(p, tag), "block {p:?} changed in flight");
                     // SAFETY: a live block the producer no longer touches.
                     unsafe {
                         if pair == 0 {

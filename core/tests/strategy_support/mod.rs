@@ -80,6 +80,12 @@ impl Os for HeapOs {
     }
 }
 
+/// A block pointer handed to another thread (which then owns the block).
+pub struct Sent<T>(pub NonNull<T>);
+
+// SAFETY: tests send a block only when the sender stops using it.
+unsafe impl<T> Send for Sent<T> {}
+
 /// A caller buffer of `len` bytes.
 pub fn buffer(len: usize) -> Vec<MaybeUninit<u8>> {
     vec![MaybeUninit::uninit(); len]
