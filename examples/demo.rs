@@ -7,6 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::time::Instant;
 
+use allocscope::typed::TypedAlloc;
 use allocscope::Allocscope;
 
 struct Rng(u64);

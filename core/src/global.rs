@@ -1,16 +1,15 @@
 //! The type users install: `#[global_allocator] static A: Allocscope = Allocscope::new();`.
 //! It is a zero-sized handle onto the process-wide thread-caching heap ([`crate::heap`]), usable
 //! as a `GlobalAlloc`, as an `allocator_api2::alloc::Allocator` (`Vec<T, Allocscope>`), and
-//! through typed calls.
+//! through the typed calls of [`TypedAlloc`] (`allocate::<T>(count)`, `allocate_bytes`, ...).
 //!
 //! May touch: [`crate::heap`], [`crate::error`].
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 
-use allocator_api2::alloc::{AllocError, Allocator};
-
 use crate::heap;
+use crate::typed::{impl_allocator_api2, TypedAlloc};
 
 /// The allocscope heap: lock-free, thread-caching, returns memory to the OS after peaks.
 #[derive(Clone, Copy, Debug, Default)]
@@ -21,49 +20,38 @@ impl Allocscope {
     pub const fn new() -> Self {
         Allocscope
     }
+}
 
-    /// Allocates room for `count` values of `T` (uninitialised). `None` when out of memory or
-    /// when `count * size_of::<T>()` overflows. A zero-sized request gives a dangling pointer.
-    pub fn allocate<T>(&self, count: usize) -> Option<NonNull<T>> {
-        let layout = Layout::array::<T>(count).ok()?;
-        if layout.size() == 0 {
-            return Some(NonNull::dangling());
-        }
-        self.allocate_bytes(layout.size(), layout.align())
-            .map(NonNull::cast)
-    }
-
-    /// Frees what [`Allocscope::allocate`] gave.
-    ///
-    /// # Safety
-    /// `ptr` came from `allocate::<T>(count)` on this heap with the same `count`, and is not
-    /// used afterwards.
-    pub unsafe fn deallocate<T>(&self, ptr: NonNull<T>, count: usize) {
-        if core::mem::size_of::<T>() == 0 || count == 0 {
-            return;
-        }
-        // SAFETY: the caller guarantees `ptr` is a live allocation of this heap.
-        unsafe { heap::free(ptr.as_ptr().cast()) }
-    }
-
-    /// Allocates `size` bytes aligned to `align` (a power of two). `None` when out of memory or
-    /// when the request is invalid; [`crate::error::last_error`] says which.
-    pub fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+// SAFETY: blocks come from the heap, which returns blocks of at least the requested size and
+// alignment, disjoint from every live block, valid until freed (the heap is never torn down);
+// `resize_in_place` reports success only when the block's usable size covers the new size.
+unsafe impl TypedAlloc for Allocscope {
+    /// Allocates `size` bytes aligned to `align` (a power of two). `None` when out of memory
+    /// or when the request is invalid; [`crate::error::last_error`] says which.
+    #[inline]
+    fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
         if !align.is_power_of_two() {
             crate::error::record(crate::error::AllocErrorKind::InvalidRequest);
             return None;
         }
-        NonNull::new(heap::alloc(size.max(1), align))
+        NonNull::new(heap::alloc(size, align))
     }
 
-    /// Frees what [`Allocscope::allocate_bytes`] gave.
-    ///
-    /// # Safety
-    /// `ptr` came from `allocate_bytes(size, align)` on this heap and is not used afterwards.
-    pub unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, size: usize, align: usize) {
-        let _ = (size, align);
+    #[inline]
+    unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
         // SAFETY: the caller guarantees `ptr` is a live allocation of this heap.
         unsafe { heap::free(ptr.as_ptr()) }
+    }
+
+    unsafe fn resize_in_place(
+        &self,
+        ptr: NonNull<u8>,
+        _old_size: usize,
+        new_size: usize,
+        _align: usize,
+    ) -> bool {
+        // SAFETY: the caller guarantees `ptr` is a live block of this heap.
+        new_size <= unsafe { heap::usable_size(ptr.as_ptr()) }
     }
 }
 
@@ -93,26 +81,4 @@ unsafe impl GlobalAlloc for Allocscope {
     }
 }
 
-// SAFETY: blocks stay valid until deallocated (the heap is process-wide and never torn down);
-// copies of the zero-sized handle share the same heap.
-unsafe impl Allocator for Allocscope {
-    #[inline]
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if layout.size() == 0 {
-            let dangling = layout.align() as *mut u8;
-            // SAFETY: align is non-zero.
-            let p = unsafe { NonNull::new_unchecked(dangling) };
-            return Ok(NonNull::slice_from_raw_parts(p, 0));
-        }
-        let p = NonNull::new(heap::alloc(layout.size(), layout.align())).ok_or(AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
-    }
-
-    #[inline]
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() != 0 {
-            // SAFETY: Allocator's contract: `ptr` is currently allocated by this allocator.
-            unsafe { heap::free(ptr.as_ptr()) }
-        }
-    }
-}
+impl_allocator_api2!([] Allocscope);

@@ -269,3 +269,24 @@ fn freed_large_spans_are_reused_and_huge_ones_released() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn typed_calls_and_collections_in_the_heap() {
+    use allocscope_core::typed::TypedAlloc;
+    let a = Allocscope::new();
+    let p = a.allocate::<u64>(1000).expect("allocate");
+    // SAFETY: room for 1000 u64.
+    unsafe { p.as_ptr().write_bytes(7, 1000) };
+    // SAFETY: allocated above with the same count.
+    unsafe { a.deallocate(p, 1000) };
+    let owned = a.boxed(String::from("allocscope")).expect("boxed");
+    assert_eq!(owned.len(), 10);
+    drop(owned);
+    let mut v: allocator_api2::vec::Vec<u32, Allocscope> = allocator_api2::vec::Vec::new_in(a);
+    v.extend(0..10_000u32);
+    assert_eq!(v.iter().map(|&x| x as u64).sum::<u64>(), 49_995_000);
+    assert!(
+        a.allocate::<u64>(usize::MAX).is_none(),
+        "overflowing count is refused"
+    );
+}
