@@ -275,6 +275,7 @@ fn buddy_benches(c: &mut Criterion) {
         "glibc",
         // SAFETY: non-zero layouts; pointers freed once with their layout.
         |s| NonNull::new(unsafe { System.alloc(layout(s)) }).unwrap(),
+        // SAFETY: pointers from the closure above, freed once with their layout.
         |p, s| unsafe { System.dealloc(p.as_ptr(), layout(s)) },
     );
     let heap = Allocscope::new();
@@ -283,6 +284,7 @@ fn buddy_benches(c: &mut Criterion) {
         "allocscope_heap",
         // SAFETY: as above.
         |s| NonNull::new(unsafe { heap.alloc(layout(s)) }).unwrap(),
+        // SAFETY: as above.
         |p, s| unsafe { heap.dealloc(p.as_ptr(), layout(s)) },
     );
     let buddy = Buddy::new(ARENA).unwrap();
