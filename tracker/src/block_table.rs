@@ -10,10 +10,11 @@
 //! what makes two racing frees of one pointer resolve to exactly one winner. Addresses close
 //! together have their words close together, so the map's cache footprint follows the heap's.
 //!
-//! What a word cannot hold — stacks, a thread id above 4095, a size of 1 TiB or more — goes to
-//! the hashed [`ColdTable`] beside it (the word's `COLD` bit says so); so do whole entries for
-//! addresses the map does not cover (not 8-aligned, as guard-slot blocks often are, or above
-//! 2^47). Only sampled, guarded and unusual blocks pay for the cold table's locks.
+//! What a word cannot hold — free stacks, stack ids above 65535, thread ids above 4095, sizes
+//! of 16 MiB or more — goes to the hashed [`ColdTable`] beside it (the word's `COLD` bit says
+//! so); so do whole entries for addresses the map does not cover (not 8-aligned, as guard-slot
+//! blocks often are, or above 2^47). Only blocks freed with a recorded stack, guarded and
+//! unusual blocks pay for the cold table's locks.
 //!
 //! A freed block's word stays (state `Freed`, with the freeing thread in place of the allocating
 //! one) until the address is handed out again: that is how a second free of the same pointer is
@@ -122,17 +123,20 @@ const REGION_MAP_BYTES: usize = WORDS_PER_REGION * 8;
 /// Regions remembered in creation order, for walks (beyond this, walks scan the top level).
 const LISTED_REGIONS: usize = 1 << 16;
 
-/// Word layout: state (2 bits), flags (3), cold (1), align_log2 (6), thread (12), size (40).
+/// Word layout: state (2 bits), flags (3), cold (1), align_log2 (6), allocation stack (16),
+/// thread (12), size (24). Most sampled blocks fit too: their stack id is in the word.
 mod word {
     pub(super) const STATE_MASK: u64 = 0b11;
     pub(super) const FLAGS_SHIFT: u32 = 2;
     pub(super) const FLAGS_MASK: u64 = 0b111 << FLAGS_SHIFT;
     pub(super) const COLD: u64 = 1 << 5;
     pub(super) const ALIGN_SHIFT: u32 = 6;
-    pub(super) const THREAD_SHIFT: u32 = 12;
+    pub(super) const STACK_SHIFT: u32 = 12;
+    pub(super) const STACK_LIMIT: u32 = 1 << 16;
+    pub(super) const THREAD_SHIFT: u32 = 28;
     pub(super) const THREAD_LIMIT: u32 = 1 << 12;
-    pub(super) const SIZE_SHIFT: u32 = 24;
-    pub(super) const SIZE_LIMIT: usize = 1 << 40;
+    pub(super) const SIZE_SHIFT: u32 = 40;
+    pub(super) const SIZE_LIMIT: usize = 1 << 24;
 }
 
 /// Packs what fits in a word; `cold` says whether the rest needs a cold entry.
@@ -142,27 +146,24 @@ fn pack(info: &BlockInfo) -> (u64, bool) {
     } else {
         info.free_thread
     };
-    let cold = info.alloc_stack != 0
+    let cold = info.alloc_stack >= word::STACK_LIMIT
         || info.free_stack != 0
         || thread >= word::THREAD_LIMIT
         || (info.state != state::LIVE && info.alloc_thread != 0)
         || info.size >= word::SIZE_LIMIT;
-    let thread = if thread >= word::THREAD_LIMIT {
-        0
-    } else {
-        thread
-    };
+    let fit = |v: u32, limit: u32| if v >= limit { 0 } else { u64::from(v) };
     let size = if info.size >= word::SIZE_LIMIT {
         0
     } else {
-        info.size
+        info.size as u64
     };
     let w = u64::from(info.state)
         | (u64::from(info.flags & 0b111) << word::FLAGS_SHIFT)
         | if cold { word::COLD } else { 0 }
         | (u64::from(info.align_log2 & 63) << word::ALIGN_SHIFT)
-        | (u64::from(thread) << word::THREAD_SHIFT)
-        | ((size as u64) << word::SIZE_SHIFT);
+        | (fit(info.alloc_stack, word::STACK_LIMIT) << word::STACK_SHIFT)
+        | (fit(thread, word::THREAD_LIMIT) << word::THREAD_SHIFT)
+        | (size << word::SIZE_SHIFT);
     (w, cold)
 }
 
@@ -181,7 +182,7 @@ fn unpack(w: u64) -> BlockInfo {
         align_log2: ((w >> word::ALIGN_SHIFT) & 63) as u8,
         state,
         flags: ((w & word::FLAGS_MASK) >> word::FLAGS_SHIFT) as u8,
-        alloc_stack: 0,
+        alloc_stack: ((w >> word::STACK_SHIFT) as u32) & (word::STACK_LIMIT - 1),
         free_stack: 0,
         alloc_thread,
         free_thread,
@@ -795,7 +796,7 @@ mod tests {
         let t = BlockTable::new();
         let big = BlockInfo {
             size: 1 << 41,
-            alloc_stack: 9,
+            alloc_stack: 70_000,
             alloc_thread: 70_000,
             ..live(0)
         };
@@ -822,7 +823,7 @@ mod tests {
         let freed = t.get(0x4000).unwrap();
         assert_eq!(
             (freed.state, freed.alloc_stack, freed.free_thread),
-            (state::FREED, 9, 3)
+            (state::FREED, 70_000, 3)
         );
         // Handing the address out again as a plain block drops the stale cold entry.
         assert!(t.insert(0x4000, live(8)));

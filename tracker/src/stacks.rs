@@ -52,36 +52,49 @@ impl Captured {
 }
 
 /// Captures the current stack (at most `depth` frames).
-#[inline(never)]
+#[inline]
 pub(crate) fn capture(depth: usize, unwinder: Unwinder, local: Option<&Local>) -> Captured {
     let mut out = Captured {
         frames: [0; MAX_FRAMES],
         len: 0,
     };
-    let depth = depth.min(MAX_FRAMES);
-    let done = match (unwinder, local) {
-        (Unwinder::FramePointers, Some(local)) => capture_frame_pointers(&mut out, depth, local),
-        _ => false,
-    };
-    if !done {
-        let mut n = 0;
-        // SAFETY: `trace_unsynchronized` is unsafe only where unwinding needs a process-wide
-        // lock (Windows' dbghelp); on Unix it calls `_Unwind_Backtrace`, which is thread-safe.
-        // The callback only stores into our array.
-        unsafe {
-            backtrace::trace_unsynchronized(|frame| {
-                let ip = frame.ip() as usize;
-                if ip == 0 {
-                    return false;
-                }
-                out.frames[n] = ip;
-                n += 1;
-                n < depth
-            })
-        };
-        out.len = n;
-    }
+    out.len = capture_into(&mut out.frames, depth, unwinder, local);
     out
+}
+
+/// Captures the current stack into `frames` (at most `depth` frames and its length); returns
+/// how many were written. Writing into a buffer the caller keeps (the thread's, for sampled
+/// allocations) spares zeroing and copying a 2 KiB array per capture.
+#[inline(never)]
+pub(crate) fn capture_into(
+    frames: &mut [usize],
+    depth: usize,
+    unwinder: Unwinder,
+    local: Option<&Local>,
+) -> usize {
+    let depth = depth.min(frames.len());
+    if let (Unwinder::FramePointers, Some(local)) = (unwinder, local) {
+        let n = capture_frame_pointers(frames, depth, local);
+        if n > 0 {
+            return n;
+        }
+    }
+    let mut n = 0;
+    // SAFETY: `trace_unsynchronized` is unsafe only where unwinding needs a process-wide
+    // lock (Windows' dbghelp); on Unix it calls `_Unwind_Backtrace`, which is thread-safe.
+    // The callback only stores into our array.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            let ip = frame.ip() as usize;
+            if ip == 0 || n >= depth {
+                return false;
+            }
+            frames[n] = ip;
+            n += 1;
+            n < depth
+        })
+    };
+    n
 }
 
 /// Walks the frame-pointer chain. Returns `false` when not supported here.
@@ -89,10 +102,10 @@ pub(crate) fn capture(depth: usize, unwinder: Unwinder, local: Option<&Local>) -
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-fn capture_frame_pointers(out: &mut Captured, depth: usize, local: &Local) -> bool {
+fn capture_frame_pointers(frames: &mut [usize], depth: usize, local: &Local) -> usize {
     let (low, high) = stack_bounds(local);
     if high == 0 {
-        return false;
+        return 0;
     }
     let mut fp: usize;
     // SAFETY: reads the frame-pointer register; no memory is touched.
@@ -112,23 +125,22 @@ fn capture_frame_pointers(out: &mut Captured, depth: usize, local: &Local) -> bo
         if ret == 0 {
             break;
         }
-        out.frames[n] = ret;
+        frames[n] = ret;
         n += 1;
         if next <= fp {
             break;
         }
         fp = next;
     }
-    out.len = n;
-    n > 0
+    n
 }
 
 #[cfg(not(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
-fn capture_frame_pointers(_out: &mut Captured, _depth: usize, _local: &Local) -> bool {
-    false
+fn capture_frame_pointers(_frames: &mut [usize], _depth: usize, _local: &Local) -> usize {
+    0
 }
 
 /// The current thread's stack range, read once per thread.

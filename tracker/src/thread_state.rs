@@ -85,6 +85,8 @@ pub(crate) struct Local {
     pub(crate) guard_countdown: Cell<u32>,
     /// xorshift64* state (0 = not seeded).
     rng: Cell<u64>,
+    /// Scratch space for a captured stack (see [`crate::stacks::capture_into`]).
+    pub(crate) frames: RefCell<[usize; crate::stacks::MAX_FRAMES]>,
     /// Stack hash -> stack id, to skip the global table for stacks seen before.
     pub(crate) stack_cache: RefCell<[(u64, u32); STACK_CACHE]>,
     /// This thread's bounds for the frame-pointer walk ((0, 0) = not read yet).
@@ -101,6 +103,7 @@ impl Local {
             sample_countdown: Cell::new(0),
             guard_countdown: Cell::new(0),
             rng: Cell::new(0),
+            frames: RefCell::new([0; crate::stacks::MAX_FRAMES]),
             stack_cache: RefCell::new([(0, 0); STACK_CACHE]),
             stack_bounds: Cell::new((0, 0)),
             events: RefCell::new(None),

@@ -508,13 +508,15 @@ impl<A: GlobalAlloc> Tracker<A> {
     fn evict(&self, state: &'static State, local: Option<&Local>, held: Held) {
         // SAFETY: a held block stays ours until this function frees it.
         let damaged = unsafe { canary::first_unpoisoned(held.ptr, held.size) };
-        let info = state.table.get(held.ptr).unwrap_or(BlockInfo {
+        let info = BlockInfo {
             size: held.size,
             align_log2: held.align_log2,
             flags: held.flags,
             ..Default::default()
-        });
+        };
         if let Some(addr) = damaged {
+            // The table's entry (stacks, threads) only for the report.
+            let info = state.table.get(held.ptr).unwrap_or(info);
             let facts = state.facts_for(
                 ReportKind::UseAfterFree,
                 Detection::QuarantineExit,
@@ -527,12 +529,6 @@ impl<A: GlobalAlloc> Tracker<A> {
         state
             .table
             .transition(held.ptr, block_state::QUARANTINED, block_state::FREED);
-        let info = BlockInfo {
-            size: held.size,
-            align_log2: held.align_log2,
-            flags: held.flags,
-            ..info
-        };
         self.release_memory(state, held.ptr, &info);
     }
 
