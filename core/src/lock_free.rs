@@ -50,13 +50,16 @@ use crate::strategy_stats::{ratio, StrategyStats};
 use crate::sync::{spin_hint, AtomicU32, AtomicUsize, Ordering};
 use crate::typed::{impl_allocator_api2, TypedAlloc};
 
-#[cfg(target_has_atomic = "64")]
+// The head word: 64 bits where the target has 64-bit atomics, else 32. `--cfg
+// allocscope_narrow_word` forces the 32-bit layout on any target, so the host's tests cover the
+// layout thumbv7em uses.
+#[cfg(all(target_has_atomic = "64", not(allocscope_narrow_word)))]
 type Word = u64;
-#[cfg(target_has_atomic = "64")]
+#[cfg(all(target_has_atomic = "64", not(allocscope_narrow_word)))]
 type AtomicWord = crate::sync::AtomicU64;
-#[cfg(not(target_has_atomic = "64"))]
+#[cfg(any(not(target_has_atomic = "64"), allocscope_narrow_word))]
 type Word = u32;
-#[cfg(not(target_has_atomic = "64"))]
+#[cfg(any(not(target_has_atomic = "64"), allocscope_narrow_word))]
 type AtomicWord = AtomicU32;
 
 /// Bits of the head word holding `index + 1`; the rest is the ABA tag.

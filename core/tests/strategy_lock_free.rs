@@ -266,3 +266,28 @@ proptest! {
         prop_assert_eq!(all.len(), cap);
     }
 }
+
+/// The head word packs a block index and an ABA tag: 32/32 bits with 64-bit atomics, 16/16
+/// with only 32-bit ones (thumbv7em, or `--cfg allocscope_narrow_word` on any target).
+#[cfg(not(miri))]
+#[test]
+fn capacity_fits_the_head_word() {
+    let mut buf = buffer(3 << 20);
+    let pool = LockFreePool::from_buffer(&mut buf, 16, 8).unwrap();
+    let narrow = cfg!(allocscope_narrow_word) || !cfg!(target_has_atomic = "64");
+    if narrow {
+        assert_eq!(
+            pool.capacity(),
+            65_534,
+            "16 bits of index, one value meaning none"
+        );
+    } else {
+        assert!(pool.capacity() > 65_534);
+    }
+    let cache = pool.cache();
+    let all: HashSet<_> = (0..pool.capacity())
+        .map(|_| cache.allocate_bytes(16, 8).unwrap())
+        .collect();
+    assert_eq!(all.len(), pool.capacity());
+    assert_eq!(cache.allocate_bytes(16, 8), None);
+}
