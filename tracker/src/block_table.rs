@@ -207,6 +207,24 @@ fn mappable(key: usize) -> bool {
     key != 0 && key & ((1 << GRANULE_SHIFT) - 1) == 0 && (key as u64) < (1u64 << ADDRESS_BITS)
 }
 
+/// Starts loading the cache line holding `addr` (a hint: never faults, whatever `addr` is).
+#[inline]
+pub(crate) fn prefetch(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and cannot fault, even for an unmapped
+    // address.
+    unsafe {
+        core::arch::asm!("prefetcht0 [{}]", in(reg) addr, options(nostack, readonly, preserves_flags));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above (PRFM never faults).
+    unsafe {
+        core::arch::asm!("prfm pldl1keep, [{}]", in(reg) addr, options(nostack, readonly, preserves_flags));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = addr;
+}
+
 // -------------------------------------------------------------------------------------------
 // Per-thread figures
 // -------------------------------------------------------------------------------------------
@@ -611,6 +629,13 @@ impl BlockTable {
                 }
                 Err(now) => w = now,
             }
+        }
+    }
+
+    /// Starts loading the word for `key` into the cache (a hint; never faults).
+    pub(crate) fn prefetch(&self, key: usize) {
+        if let Some(slot) = self.covers(key).then(|| self.word(key, false)).flatten() {
+            prefetch(slot as *const AtomicU64 as usize);
         }
     }
 

@@ -92,6 +92,14 @@ impl Quarantine {
         Self::pop(&mut ring)
     }
 
+    /// The block that leaves next, if any (left in place).
+    pub(crate) fn oldest(&self) -> Option<Held> {
+        let ring = self.ring.lock();
+        let buf = ring.buf.as_ref()?;
+        // SAFETY: `head < capacity`; the lock is held.
+        (ring.len > 0).then(|| unsafe { *buf.as_ptr().add(ring.head) })
+    }
+
     /// Takes the oldest block whatever the budget (to empty the quarantine).
     #[cfg(test)]
     pub(crate) fn pop_oldest(&self) -> Option<Held> {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use allocscope_core::sync::{AtomicPtr, AtomicU32, Ordering};
 use allocscope_core::Allocscope;
 
-use crate::block_table::{flag, state as block_state, BlockInfo, Release};
+use crate::block_table::{flag, prefetch, state as block_state, BlockInfo, Release};
 use crate::canary;
 use crate::options::{LeakCheck, Options};
 use crate::quarantine::Held;
@@ -498,6 +498,15 @@ impl<A: GlobalAlloc> Tracker<A> {
                 }
                 while let Some(old) = q.pop_excess() {
                     self.evict(state, local, old);
+                }
+                if let Some(next) = q.oldest() {
+                    // The next block to leave was freed long ago and is out of cache: start
+                    // loading it and its table word now, so the next free finds them there.
+                    let end = next.ptr + next.size;
+                    for line in (next.ptr & !63..end).step_by(64).take(8) {
+                        prefetch(line);
+                    }
+                    state.table.prefetch(next.ptr);
                 }
             }
             _ => self.release_memory(state, ptr, &info),
