@@ -123,82 +123,109 @@ const REGION_MAP_BYTES: usize = WORDS_PER_REGION * 8;
 /// Regions remembered in creation order, for walks (beyond this, walks scan the top level).
 const LISTED_REGIONS: usize = 1 << 16;
 
-/// Word layout: state (2 bits), flags (3), cold (1), align_log2 (6), allocation stack (16),
-/// thread (12), size (24). Most sampled blocks fit too: their stack id is in the word.
+/// Word layouts. Both start with state (2 bits), flags (3), cold (1). A live block's word
+/// goes on with align_log2 (6), allocation stack (16), allocating thread (12), size (24); a
+/// freed block's with allocation stack (16), free stack (16), freeing thread (12), size (14) —
+/// its alignment and allocating thread are not kept (unless in a cold entry). So most sampled
+/// blocks, freed with their stack recorded or not, never touch the cold table.
 mod word {
     pub(super) const STATE_MASK: u64 = 0b11;
     pub(super) const FLAGS_SHIFT: u32 = 2;
     pub(super) const FLAGS_MASK: u64 = 0b111 << FLAGS_SHIFT;
     pub(super) const COLD: u64 = 1 << 5;
+    pub(super) const STACK_LIMIT: u32 = 1 << 16;
+    pub(super) const THREAD_LIMIT: u32 = 1 << 12;
+    // Live layout.
     pub(super) const ALIGN_SHIFT: u32 = 6;
     pub(super) const STACK_SHIFT: u32 = 12;
-    pub(super) const STACK_LIMIT: u32 = 1 << 16;
     pub(super) const THREAD_SHIFT: u32 = 28;
-    pub(super) const THREAD_LIMIT: u32 = 1 << 12;
     pub(super) const SIZE_SHIFT: u32 = 40;
     pub(super) const SIZE_LIMIT: usize = 1 << 24;
+    // Freed layout.
+    pub(super) const FREED_STACK_SHIFT: u32 = 6;
+    pub(super) const FREE_STACK_SHIFT: u32 = 22;
+    pub(super) const FREED_THREAD_SHIFT: u32 = 38;
+    pub(super) const FREED_SIZE_SHIFT: u32 = 50;
+    pub(super) const FREED_SIZE_LIMIT: usize = 1 << 14;
 }
 
-/// Packs what fits in a word; `cold` says whether the rest needs a cold entry.
-fn pack(info: &BlockInfo) -> (u64, bool) {
-    let thread = if info.state == state::LIVE {
-        info.alloc_thread
+/// `v` if it is below `limit`, else 0 (the field then lives in a cold entry).
+fn fit(v: u32, limit: u32) -> u64 {
+    if v < limit {
+        u64::from(v)
     } else {
-        info.free_thread
-    };
-    let cold = info.alloc_stack >= word::STACK_LIMIT
-        || info.free_stack != 0
-        || thread >= word::THREAD_LIMIT
-        || (info.state != state::LIVE && info.alloc_thread != 0)
-        || info.size >= word::SIZE_LIMIT;
-    let fit = |v: u32, limit: u32| if v >= limit { 0 } else { u64::from(v) };
-    let size = if info.size >= word::SIZE_LIMIT {
         0
-    } else {
-        info.size as u64
-    };
-    let w = u64::from(info.state)
-        | (u64::from(info.flags & 0b111) << word::FLAGS_SHIFT)
-        | if cold { word::COLD } else { 0 }
-        | (u64::from(info.align_log2 & 63) << word::ALIGN_SHIFT)
-        | (fit(info.alloc_stack, word::STACK_LIMIT) << word::STACK_SHIFT)
-        | (fit(thread, word::THREAD_LIMIT) << word::THREAD_SHIFT)
-        | (size << word::SIZE_SHIFT);
-    (w, cold)
-}
-
-/// What a word says on its own (the thread is the allocating one while live, the freeing one
-/// after).
-fn unpack(w: u64) -> BlockInfo {
-    let state = (w & word::STATE_MASK) as u8;
-    let thread = ((w >> word::THREAD_SHIFT) as u32) & (word::THREAD_LIMIT - 1);
-    let (alloc_thread, free_thread) = if state == state::LIVE {
-        (thread, 0)
-    } else {
-        (0, thread)
-    };
-    BlockInfo {
-        size: (w >> word::SIZE_SHIFT) as usize,
-        align_log2: ((w >> word::ALIGN_SHIFT) & 63) as u8,
-        state,
-        flags: ((w & word::FLAGS_MASK) >> word::FLAGS_SHIFT) as u8,
-        alloc_stack: ((w >> word::STACK_SHIFT) as u32) & (word::STACK_LIMIT - 1),
-        free_stack: 0,
-        alloc_thread,
-        free_thread,
     }
 }
 
-fn with_state(w: u64, new_state: u8, thread: u32) -> u64 {
-    let thread = if thread >= word::THREAD_LIMIT {
-        0
+/// Packs what fits in a word (with the cold bit set if needed); `cold` says whether the rest
+/// needs a cold entry. A freed entry's alignment and allocating thread are dropped.
+fn pack(info: &BlockInfo) -> (u64, bool) {
+    let head = u64::from(info.state) | (u64::from(info.flags & 0b111) << word::FLAGS_SHIFT);
+    let (w, cold) = if info.state == state::LIVE {
+        let cold = info.alloc_stack >= word::STACK_LIMIT
+            || info.free_stack != 0
+            || info.alloc_thread >= word::THREAD_LIMIT
+            || info.size >= word::SIZE_LIMIT;
+        let size = if info.size >= word::SIZE_LIMIT {
+            0
+        } else {
+            info.size as u64
+        };
+        let w = head
+            | (u64::from(info.align_log2 & 63) << word::ALIGN_SHIFT)
+            | (fit(info.alloc_stack, word::STACK_LIMIT) << word::STACK_SHIFT)
+            | (fit(info.alloc_thread, word::THREAD_LIMIT) << word::THREAD_SHIFT)
+            | (size << word::SIZE_SHIFT);
+        (w, cold)
     } else {
-        thread
+        let cold = info.alloc_stack >= word::STACK_LIMIT
+            || info.free_stack >= word::STACK_LIMIT
+            || info.free_thread >= word::THREAD_LIMIT
+            || info.size >= word::FREED_SIZE_LIMIT;
+        let size = if info.size >= word::FREED_SIZE_LIMIT {
+            0
+        } else {
+            info.size as u64
+        };
+        let w = head
+            | (fit(info.alloc_stack, word::STACK_LIMIT) << word::FREED_STACK_SHIFT)
+            | (fit(info.free_stack, word::STACK_LIMIT) << word::FREE_STACK_SHIFT)
+            | (fit(info.free_thread, word::THREAD_LIMIT) << word::FREED_THREAD_SHIFT)
+            | (size << word::FREED_SIZE_SHIFT);
+        (w, cold)
     };
-    let thread_mask = u64::from(word::THREAD_LIMIT - 1) << word::THREAD_SHIFT;
-    (w & !word::STATE_MASK & !thread_mask)
-        | u64::from(new_state)
-        | (u64::from(thread) << word::THREAD_SHIFT)
+    (w | if cold { word::COLD } else { 0 }, cold)
+}
+
+/// What a word says on its own.
+fn unpack(w: u64) -> BlockInfo {
+    let state = (w & word::STATE_MASK) as u8;
+    let flags = ((w & word::FLAGS_MASK) >> word::FLAGS_SHIFT) as u8;
+    let field = |shift: u32, limit: u32| ((w >> shift) as u32) & (limit - 1);
+    if state == state::LIVE {
+        BlockInfo {
+            size: (w >> word::SIZE_SHIFT) as usize,
+            align_log2: ((w >> word::ALIGN_SHIFT) & 63) as u8,
+            state,
+            flags,
+            alloc_stack: field(word::STACK_SHIFT, word::STACK_LIMIT),
+            free_stack: 0,
+            alloc_thread: field(word::THREAD_SHIFT, word::THREAD_LIMIT),
+            free_thread: 0,
+        }
+    } else {
+        BlockInfo {
+            size: (w >> word::FREED_SIZE_SHIFT) as usize,
+            align_log2: 0,
+            state,
+            flags,
+            alloc_stack: field(word::FREED_STACK_SHIFT, word::STACK_LIMIT),
+            free_stack: field(word::FREE_STACK_SHIFT, word::STACK_LIMIT),
+            alloc_thread: 0,
+            free_thread: field(word::FREED_THREAD_SHIFT, word::THREAD_LIMIT),
+        }
+    }
 }
 
 /// Whether a direct map can hold `key`.
@@ -527,7 +554,7 @@ impl BlockTable {
         };
         // Acquire: see the cold entry of a word with the COLD bit.
         let mut w = slot.load(Ordering::Acquire);
-        let (old, next) = loop {
+        let (old, next, freed) = loop {
             if w == 0 {
                 return Release::Unknown;
             }
@@ -536,21 +563,37 @@ impl BlockTable {
             }
             let old = self.info(key, w);
             let next = new_state(&old);
+            let freed = BlockInfo {
+                state: next,
+                free_stack: 0,
+                free_thread,
+                ..old
+            };
             let new = if old.is_internal() {
                 0
             } else {
-                with_state(w, next, free_thread)
+                // A word that had a cold entry keeps it (updated below); one that did not gets
+                // one below if the freed layout cannot hold the entry.
+                pack(&freed).0 | (w & word::COLD)
             };
             // SeqCst: ordered with the load of `walking` below against a walk's store of it
             // and its load of this word (either the walk sees the block freed, or we see the
             // walk and wait). AcqRel would allow both to miss each other.
             match slot.compare_exchange_weak(w, new, Ordering::SeqCst, Ordering::Acquire) {
-                Ok(_) => break (old, next),
+                Ok(_) => break (old, next, freed),
                 Err(now) => w = now,
             }
         };
         self.count(old.flags, old.size, -1);
-        if w & word::COLD != 0 {
+        if w & word::COLD == 0 && !old.is_internal() && pack(&freed).1 {
+            let shadow = BlockInfo {
+                flags: old.flags | flag::SHADOW,
+                ..freed
+            };
+            // A failed insert leaves the word's own (partial) account; the cold bit then only
+            // makes lookups try the cold table and fall back to the word.
+            self.cold.insert(key, shadow);
+        } else if w & word::COLD != 0 {
             if old.is_internal() {
                 self.cold.remove(key);
             } else {
@@ -586,6 +629,18 @@ impl BlockTable {
         if w == 0 {
             return;
         }
+        if w & word::COLD == 0
+            && w & word::STATE_MASK != u64::from(state::LIVE)
+            && free_stack < word::STACK_LIMIT
+        {
+            let field = u64::from(word::STACK_LIMIT - 1) << word::FREE_STACK_SHIFT;
+            let new = (w & !field) | (u64::from(free_stack) << word::FREE_STACK_SHIFT);
+            // Relaxed: only the freeing thread writes a freed word's stack, and the address
+            // cannot be handed out again (changing the word) before this free ends; a failed
+            // CAS would mean the word is no longer this block's, and the stack not its.
+            let _ = slot.compare_exchange(w, new, Ordering::Relaxed, Ordering::Relaxed);
+            return;
+        }
         if w & word::COLD != 0 && self.cold.update(key, |c| c.free_stack = free_stack) {
             return;
         }
@@ -600,8 +655,10 @@ impl BlockTable {
         }
     }
 
-    /// Moves the block at `key` from `from` to `to` state; `false` if it was not in `from`.
+    /// Moves the block at `key` from `from` to `to` state (both freed states: a live word has
+    /// another layout); `false` if it was not in `from`.
     pub(crate) fn transition(&self, key: usize, from: u8, to: u8) -> bool {
+        debug_assert!(from != state::LIVE && to != state::LIVE);
         let Some(slot) = self.covers(key).then(|| self.word(key, false)).flatten() else {
             return !self.covers(key) && self.cold.transition(key, from, to);
         };
@@ -611,17 +668,10 @@ impl BlockTable {
             if w == 0 || w & word::STATE_MASK != u64::from(from) {
                 return false;
             }
-            let thread = unpack(w);
             let new = (w & !word::STATE_MASK) | u64::from(to);
             // AcqRel: orders the state change with the cold entry's update below.
             match slot.compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => {
-                    if from == state::LIVE {
-                        self.count(thread.flags, thread.size, -1);
-                    }
-                    if to == state::LIVE {
-                        self.count(thread.flags, thread.size, 1);
-                    }
                     if w & word::COLD != 0 {
                         self.cold.update(key, |c| c.state = to);
                     }
@@ -897,6 +947,53 @@ mod tests {
     #[test]
     fn many_blocks_survive_growth_and_deletion_in_the_cold_table() {
         many_blocks_survive_deletion(0x10_0001);
+    }
+
+    #[test]
+    fn freed_words_keep_both_stacks_and_large_freed_blocks_go_cold() {
+        let t = BlockTable::new();
+        let sampled = BlockInfo {
+            alloc_stack: 12,
+            ..live(40)
+        };
+        assert!(t.insert(0x8000, sampled));
+        assert_eq!(
+            t.release(0x8000, state::FREED, 34, 6),
+            Release::Was(sampled)
+        );
+        let freed = t.get(0x8000).unwrap();
+        assert_eq!(
+            (
+                freed.size,
+                freed.alloc_stack,
+                freed.free_stack,
+                freed.free_thread
+            ),
+            (40, 12, 34, 6)
+        );
+        // 1 MiB fits a live word but not a freed one: the freed entry keeps it in the cold table.
+        let large = BlockInfo {
+            alloc_stack: 5,
+            ..live(1 << 20)
+        };
+        assert!(t.insert(0x9000, large));
+        assert_eq!(
+            t.release(0x9000, state::FREED, 77_000, 6),
+            Release::Was(large)
+        );
+        match t.release(0x9000, state::FREED, 0, 7) {
+            Release::AlreadyFreed(info) => assert_eq!(
+                (
+                    info.size,
+                    info.alloc_stack,
+                    info.free_stack,
+                    info.alloc_thread
+                ),
+                (1 << 20, 5, 77_000, 5)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.totals().live_blocks, 0);
     }
 
     #[test]
