@@ -2,9 +2,9 @@
 //! An Object-Caching Kernel Memory Allocator", USENIX 1994; magazines from Bonwick & Adams,
 //! "Magazines and Vmem", USENIX 2001).
 //!
-//! * **Slabs**: aligned, `slab_size`-byte pieces of memory (from an [`Os`] or a caller buffer)
-//!   holding a header, a free-index table and `objects_per_slab` objects. An object's slab is
-//!   found from its address (`address & !(slab_size - 1)`).
+//! * **Slabs**: aligned, `slab_size`-byte pieces of memory holding a header, a free-index
+//!   table and `objects_per_slab` objects; an object's slab starts at
+//!   `address & !(slab_size - 1)`.
 //! * **Lists**: every slab is on exactly one of *partial* (some objects free), *full* or
 //!   *empty*. Allocation takes from a partial slab first, then an empty one, then a new slab,
 //!   which keeps memory compact and leaves whole slabs empty to give back.
@@ -20,10 +20,16 @@
 //!   a burst that empties slabs and the next one that refills them cause no OS traffic);
 //!   [`SlabCache::shrink`] gives back every empty slab at once.
 //!
-//! Misuse: every object's entry in its slab's index table says whether it is allocated, so a
-//! double free through the cache is refused ([`AllocErrorKind::DoubleFree`]) in every build; in
-//! debug builds magazines check it too, and a pointer outside the cache's slabs is refused
-//! ([`AllocErrorKind::InvalidFree`]).
+//! * **Arenas**: slabs are carved from the caller's buffer or from arenas reserved from the OS
+//!   (each twice the previous one), so a slab is found from an object's address by a short
+//!   scan of the arenas, with a pointer derived from the arena (never from the caller's). An
+//!   empty slab given back is decommitted past its first page, which links it for reuse.
+//!
+//! Misuse: a pointer that is not an object slot of the cache's arenas is refused
+//! ([`AllocErrorKind::InvalidFree`]), and every object's entry in its slab's index table says
+//! whether it is allocated, so a double free through the cache is refused
+//! ([`AllocErrorKind::DoubleFree`]) — both in every build; in debug builds magazines check
+//! double frees too, and frees check the slab is live.
 //!
 //! The lists are guarded by a [`SpinLock`]: the fast path is the magazine, without a lock.
 //!
@@ -47,8 +53,10 @@ use crate::typed::{impl_allocator_api2, TypedAlloc};
 pub const MAGAZINE_SLOTS: usize = 32;
 /// Objects moved between a magazine and the slabs at once.
 pub const MAGAZINE_BATCH: usize = MAGAZINE_SLOTS / 2;
-/// The smallest slab.
+/// The smallest slab: small over a caller buffer; over an OS several pages, so that giving an
+/// empty slab back (all but its first page) frees memory.
 const MIN_SLAB: usize = 4096;
+const MIN_OS_SLAB: usize = 16 * 1024;
 /// A slab holds at least this many objects (when the type is large the slab grows).
 const MIN_OBJECTS: usize = 8;
 /// Objects moved in and out of slabs between two reaps of idle empty slabs (at least; the
@@ -82,21 +90,36 @@ struct SlabHeader {
     free_head: u32,
 }
 
-/// Slabs carved from a caller buffer.
-struct BufferSlabs {
-    /// The buffer; its base pointer carries the provenance of every slab.
+/// A region slabs are carved from: the caller's buffer, or one reserved from the OS. Every
+/// slab pointer is derived from its arena's base (strict provenance: never from a pointer a
+/// caller hands back).
+#[derive(Clone, Copy)]
+struct Arena {
     region: Region,
-    /// Offset of the next never-used slab.
+    /// Offsets of the first slab (aligned) and of the next never-used one.
+    first: usize,
     fresh: usize,
-    /// Slabs given back, linked through their first word.
+}
+
+/// Where slabs come from and go back to.
+struct Source {
+    arenas: [Option<Arena>; MAX_ARENAS],
+    count: usize,
+    /// Slabs given back (decommitted past their first page when OS-backed), linked through
+    /// their first word; reused before a fresh slab is carved.
     returned: *mut u8,
 }
+
+/// Arenas a cache reserves at most (each twice the size of the previous one).
+const MAX_ARENAS: usize = 24;
+/// Slabs in the first arena reserved from an OS.
+const FIRST_ARENA_SLABS: usize = 16;
 
 /// Everything behind the lock.
 struct Lists {
     heads: [*mut SlabHeader; 3],
     counts: [usize; 3],
-    buffer: Option<BufferSlabs>,
+    source: Source,
     /// Objects out of slabs (allocated or in magazines), objects in magazines.
     out: usize,
     in_magazines: usize,
@@ -137,7 +160,7 @@ unsafe impl<T: Send> Send for SlabCache<'_, T> {}
 impl<'a, T> SlabCache<'a, T> {
     fn build(os: Option<&'a dyn Os>, buffer: Option<Region>, ctor: Option<fn() -> T>) -> Self {
         let stride = align_up(size_of::<T>().max(1), align_of::<T>());
-        let mut slab_size = MIN_SLAB;
+        let mut slab_size = if os.is_some() { MIN_OS_SLAB } else { MIN_SLAB };
         let layout = |slab: usize| {
             let header = size_of::<SlabHeader>();
             // n objects need header + 4n bytes of table, padding to T, then n * stride.
@@ -154,19 +177,26 @@ impl<'a, T> SlabCache<'a, T> {
             slab_size *= 2;
         }
         let (per_slab, objects_at) = layout(slab_size);
-        let buffer = buffer.map(|region| {
+        let mut source = Source {
+            arenas: [None; MAX_ARENAS],
+            count: 0,
+            returned: ptr::null_mut(),
+        };
+        if let Some(region) = buffer {
             let start = region.base.as_ptr() as usize;
-            BufferSlabs {
+            let first = align_up(start, slab_size) - start;
+            source.arenas[0] = Some(Arena {
                 region,
-                fresh: align_up(start, slab_size) - start,
-                returned: ptr::null_mut(),
-            }
-        });
+                first,
+                fresh: first,
+            });
+            source.count = 1;
+        }
         SlabCache {
             lists: SpinLock::new(Lists {
                 heads: [ptr::null_mut(); 3],
                 counts: [0; 3],
-                buffer,
+                source,
                 out: 0,
                 in_magazines: 0,
                 peak_used: 0,
@@ -319,23 +349,36 @@ impl<'a, T> SlabCache<'a, T> {
             .wrapping_add(self.objects_at + index * self.stride)
     }
 
-    /// The slab and index of an object address, without checking it is ours.
-    fn locate(&self, obj: *mut u8) -> (*mut SlabHeader, usize) {
-        let offset = obj as usize & (self.slab_size - 1);
-        let slab = obj.wrapping_sub(offset).cast::<SlabHeader>();
-        (slab, (offset.wrapping_sub(self.objects_at)) / self.stride)
+    /// The slab and index of the object at `obj`, with the slab pointer derived from its
+    /// arena; `None` when the address is not an object slot of this cache's arenas.
+    fn locate(&self, lists: &Lists, obj: *mut u8) -> Option<(*mut SlabHeader, usize)> {
+        let addr = obj as usize;
+        let offset = addr & (self.slab_size - 1);
+        if offset < self.objects_at || (offset - self.objects_at) % self.stride != 0 {
+            return None;
+        }
+        let index = (offset - self.objects_at) / self.stride;
+        if index >= self.per_slab {
+            return None;
+        }
+        let source = &lists.source;
+        for arena in source.arenas[..source.count].iter().flatten() {
+            let base = arena.region.base.as_ptr() as usize;
+            let at = addr.wrapping_sub(base);
+            if at >= arena.first && at < arena.fresh {
+                // SAFETY: the slab starts below `fresh` <= the arena's length.
+                let slab = unsafe { arena.region.at(at - offset) };
+                return Some((slab.as_ptr().cast(), index));
+            }
+        }
+        None
     }
 
-    /// Debug check: `obj` is an object slot of one of our slabs.
+    /// Debug check: `obj` is an object slot of one of our live slabs (not a returned one).
     fn owns(&self, lists: &Lists, obj: *mut u8) -> bool {
-        let (slab, index) = self.locate(obj);
-        let offset = obj as usize & (self.slab_size - 1);
-        if offset < self.objects_at
-            || (offset - self.objects_at) % self.stride != 0
-            || index >= self.per_slab
-        {
+        let Some((slab, _)) = self.locate(lists, obj) else {
             return false;
-        }
+        };
         for head in lists.heads {
             let mut s = head;
             while !s.is_null() {
@@ -401,27 +444,7 @@ impl<'a, T> SlabCache<'a, T> {
     /// A fresh slab from the source, objects constructed, on the empty list.
     #[cold]
     fn new_slab(&self, lists: &mut Lists) -> Option<*mut SlabHeader> {
-        let raw = match (&mut lists.buffer, self.os) {
-            (Some(buf), _) => {
-                if !buf.returned.is_null() {
-                    let slab = buf.returned;
-                    // SAFETY: a returned slab's first word links the next returned slab.
-                    buf.returned = unsafe { slab.cast::<*mut u8>().read() };
-                    slab
-                } else if buf.fresh + self.slab_size <= buf.region.len {
-                    // SAFETY: fresh + slab_size <= len: inside the buffer.
-                    let slab = unsafe { buf.region.at(buf.fresh) }.as_ptr();
-                    buf.fresh += self.slab_size;
-                    slab
-                } else {
-                    return None;
-                }
-            }
-            (None, Some(os)) => Region::reserve(os, self.slab_size, self.slab_size)?
-                .base
-                .as_ptr(),
-            (None, None) => return None,
-        };
+        let raw = self.take_slab(&mut lists.source)?;
         let slab = raw.cast::<SlabHeader>();
         let table = self.table(slab);
         // SAFETY: `raw` is a slab-sized, slab-aligned piece of memory that is ours alone; the
@@ -450,9 +473,55 @@ impl<'a, T> SlabCache<'a, T> {
         Some(slab)
     }
 
-    /// Drops a slab's constructed objects and gives its memory back. The slab is on no list.
-    #[cold]
-    fn release_slab(&self, lists: &mut Lists, slab: *mut SlabHeader) {
+    /// Slab memory: a returned slab (recommitted), a fresh one from the newest arena, or a
+    /// fresh one from a new arena.
+    fn take_slab(&self, source: &mut Source) -> Option<*mut u8> {
+        if !source.returned.is_null() {
+            let slab = source.returned;
+            if let Some(os) = self.os {
+                let page = os.page_size();
+                if self.slab_size > page {
+                    let rest = NonNull::new(slab.wrapping_add(page))?;
+                    // SAFETY: the slab's pages past the first lie in one of our arenas.
+                    if !unsafe { os.commit(rest, self.slab_size - page) } {
+                        record(AllocErrorKind::OutOfMemory);
+                        return None;
+                    }
+                }
+            }
+            // SAFETY: a returned slab's first word (its first page stays committed) links the
+            // next returned slab.
+            source.returned = unsafe { slab.cast::<*mut u8>().read() };
+            return Some(slab);
+        }
+        if source.count != 0 {
+            if let Some(arena) = source.arenas[source.count - 1].as_mut() {
+                if arena.fresh + self.slab_size <= arena.region.len {
+                    // SAFETY: fresh + slab_size <= len: inside the arena.
+                    let slab = unsafe { arena.region.at(arena.fresh) }.as_ptr();
+                    arena.fresh += self.slab_size;
+                    return Some(slab);
+                }
+            }
+        }
+        let os = self.os?;
+        if source.count == MAX_ARENAS {
+            record(AllocErrorKind::OutOfMemory);
+            return None;
+        }
+        let slabs = FIRST_ARENA_SLABS << source.count;
+        let region = Region::reserve(os, slabs.checked_mul(self.slab_size)?, self.slab_size)?;
+        source.arenas[source.count] = Some(Arena {
+            region,
+            first: 0,
+            fresh: self.slab_size,
+        });
+        source.count += 1;
+        Some(region.base.as_ptr())
+    }
+
+    /// Drops a slab's constructed objects. The slab is on no list.
+    fn drop_objects(&self, slab: *mut SlabHeader) {
         if self.ctor.is_some() {
             let table = self.table(slab);
             for i in 0..self.per_slab {
@@ -465,25 +534,27 @@ impl<'a, T> SlabCache<'a, T> {
                 }
             }
         }
-        match (&mut lists.buffer, self.os) {
-            (Some(buf), _) => {
-                // SAFETY: the slab's first word is free now (the header is dead).
-                unsafe { slab.cast::<*mut u8>().write(buf.returned) };
-                buf.returned = slab.cast();
+    }
+
+    /// Drops a slab's constructed objects and gives its memory back: to the OS (all but the
+    /// first page, which links the returned slabs) or, over a buffer, to the returned slabs.
+    #[cold]
+    fn release_slab(&self, lists: &mut Lists, slab: *mut SlabHeader) {
+        self.drop_objects(slab);
+        let raw = slab.cast::<u8>();
+        if let Some(os) = self.os {
+            let page = os.page_size();
+            if let (true, Some(rest)) =
+                (self.slab_size > page, NonNull::new(raw.wrapping_add(page)))
+            {
+                // SAFETY: the slab's pages past the first lie in one of our arenas and hold
+                // nothing any more (its objects were dropped above).
+                unsafe { os.decommit(rest, self.slab_size - page) };
             }
-            (None, Some(os)) => {
-                if let Some(base) = NonNull::new(slab.cast()) {
-                    let region = Region {
-                        base,
-                        len: self.slab_size,
-                    };
-                    // SAFETY: the slab came from Region::reserve(os, slab_size, ..) and
-                    // nothing uses it any more.
-                    unsafe { region.release(os) };
-                }
-            }
-            (None, None) => {}
         }
+        // SAFETY: the slab's first word is free now (the header is dead).
+        unsafe { raw.cast::<*mut u8>().write(lists.source.returned) };
+        lists.source.returned = raw;
     }
 
     /// Takes up to `out.len()` objects into `out` under one lock; returns how many. A
@@ -525,7 +596,7 @@ impl<'a, T> SlabCache<'a, T> {
         }
         if taken == 0 {
             lists.failures += 1;
-            if lists.buffer.is_some() {
+            if self.os.is_none() {
                 record(AllocErrorKind::Exhausted);
             }
         }
@@ -550,12 +621,16 @@ impl<'a, T> SlabCache<'a, T> {
         let mut lists = self.lists.lock();
         let mut accepted = 0;
         for &obj in objects {
-            if cfg!(debug_assertions) && !self.owns(&lists, obj) {
+            let located = if cfg!(debug_assertions) && !self.owns(&lists, obj) {
+                None
+            } else {
+                self.locate(&lists, obj)
+            };
+            let Some((slab, index)) = located else {
                 lists.misuse += 1;
                 record(AllocErrorKind::InvalidFree);
                 continue;
-            }
-            let (slab, index) = self.locate(obj);
+            };
             let table = self.table(slab);
             // SAFETY: `obj` is an object of one of our slabs (checked in debug builds; the
             // caller's contract otherwise), which is valid under the lock.
@@ -650,7 +725,14 @@ impl<T> Drop for SlabCache<'_, T> {
                 while !(*lists).heads[list].is_null() {
                     let slab = (*lists).heads[list];
                     self.unlink(&mut *lists, slab);
-                    self.release_slab(&mut *lists, slab);
+                    self.drop_objects(slab);
+                }
+            }
+            if let Some(os) = self.os {
+                let source = &(*lists).source;
+                for arena in source.arenas[..source.count].iter().flatten() {
+                    // SAFETY: each arena came from Region::reserve on this OS, once.
+                    arena.region.release(os);
                 }
             }
         }
@@ -841,7 +923,9 @@ impl<T> Magazine<'_, '_, T> {
         if !cache.owns(&lists, obj) {
             return false;
         }
-        let (slab, index) = cache.locate(obj);
+        let Some((slab, index)) = cache.locate(&lists, obj) else {
+            return false;
+        };
         let entry = cache.table(slab).wrapping_add(index);
         // SAFETY: the object is ours (checked) and its slab valid under the lock.
         unsafe {
