@@ -366,8 +366,10 @@ unsafe impl TypedAlloc for Stack<'_> {
             return false;
         }
         self.note_peak();
+        let offset = addr - self.start.as_ptr() as usize + grain(new);
         // SAFETY: addr + new <= end (end is on the grain) and addr >= start (a live block).
-        self.top.set(unsafe { ptr.as_ptr().add(grain(new)) });
+        // Derived from `start`, never from the caller's pointer (strict provenance).
+        self.top.set(unsafe { self.start.as_ptr().add(offset) });
         true
     }
 }
