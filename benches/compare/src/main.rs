@@ -9,6 +9,7 @@
 mod allocator;
 mod child;
 mod machine;
+mod patterns;
 mod preload;
 mod report;
 mod rng;
@@ -60,14 +61,20 @@ struct Common {
     /// Workloads to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<Workload>,
-    /// Thread counts (default: 1,2; 2 for prodcons, which runs producer/consumer pairs).
+    /// Thread counts for the multi-threaded workloads (default: 1,2; 2 for prodcons, which
+    /// runs producer/consumer pairs; --quick: 1,2,4,8,16). fifo64 and realloc run on 1 only.
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
-    /// Repetitions of every run; medians are reported.
-    #[arg(long, default_value_t = 5)]
-    reps: u32,
+    /// A few minutes in all: half the default length, 5 repetitions, and the
+    /// contention sweep 1,2,4,8,16 threads unless --threads says otherwise.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of every run; medians are reported (default 5, --quick 5 of shorter runs).
+    #[arg(long)]
+    reps: Option<u32>,
     /// Malloc+free pairs per thread (per producer), for every workload (default: per workload,
-    /// 0.1–0.2 s on glibc, times --scale).
+    /// 0.1–0.2 s on glibc, times --scale, shared out over the threads so every thread count
+    /// does the same total work).
     #[arg(long)]
     ops: Option<u64>,
     /// Multiplies the default number of pairs: 10 for a longer, steadier run.
@@ -195,6 +202,21 @@ fn c_contenders(args: &CArgs) -> Result<(Vec<Contender>, Vec<String>), String> {
     Ok((contenders, notes))
 }
 
+/// The thread counts of the contention sweep (--quick).
+const CONTENTION: [usize; 5] = [1, 2, 4, 8, 16];
+/// How much of the default length a --quick run does.
+const QUICK_SCALE: f64 = 0.5;
+
+/// The repetitions asked for (3 with --quick unless --reps was given).
+fn reps(common: &Common) -> u32 {
+    common
+        .reps
+        .unwrap_or(if common.quick { 5 } else { DEFAULT_REPS })
+}
+
+/// Repetitions of a default run.
+const DEFAULT_REPS: u32 = 5;
+
 /// The cases the common arguments ask for, or why one cannot run.
 fn cases(common: &Common) -> Result<Vec<Case>, String> {
     if !common.scale.is_finite() || common.scale <= 0.0 {
@@ -207,19 +229,28 @@ fn cases(common: &Common) -> Result<Vec<Case>, String> {
     };
     let mut cases = Vec::new();
     for w in workloads {
-        let threads = if common.threads.is_empty() {
-            w.default_threads().to_vec()
-        } else {
+        let threads = if !w.multi_threaded() {
+            vec![1]
+        } else if !common.threads.is_empty() {
             common.threads.clone()
+        } else if common.quick {
+            CONTENTION.to_vec()
+        } else {
+            w.default_threads().to_vec()
         };
         for t in threads {
             if let Err(e) = w.check_threads(t) {
                 eprintln!("note: skipping {e}");
                 continue;
             }
+            let scale = common.scale * if common.quick { QUICK_SCALE } else { 1.0 };
+            // Producer/consumer pairs share the work by pairs, the others by threads.
+            let sharers = if w == Workload::Prodcons { t / 2 } else { t };
             let ops = common
                 .ops
-                .unwrap_or_else(|| (w.default_ops() as f64 * common.scale).ceil() as u64)
+                .unwrap_or_else(|| {
+                    (w.default_ops() as f64 * scale / sharers.max(1) as f64).ceil() as u64
+                })
                 .max(1);
             cases.push(Case {
                 workload: w,
@@ -247,7 +278,8 @@ fn compare(
             return ExitCode::FAILURE;
         }
     };
-    if common.reps == 0 || contenders.is_empty() {
+    let reps = reps(common);
+    if reps == 0 || contenders.is_empty() {
         eprintln!("allocscope-bench: nothing to run (no repetitions or no allocators)");
         return ExitCode::FAILURE;
     }
@@ -257,12 +289,12 @@ fn compare(
     println!(
         "[{harness}] allocators: {}; {} repetitions, interleaved, each run a child process",
         names.join(", "),
-        common.reps
+        reps
     );
     for note in &notes {
         println!("note: {note}");
     }
-    let (runs, failures) = runner::run_all(&contenders, &cases, common.reps, common.seed);
+    let (runs, failures) = runner::run_all(&contenders, &cases, reps, common.seed);
     // The benchmark itself keeps one or two CPUs busy; more than that means company.
     let load_at_end = machine::load_average();
     if machine.load_at_start > 0.5 || load_at_end > 2.5 {

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::machine::Machine;
 use crate::runner::{Case, Failure, Run};
+use crate::workload::Workload;
 
 /// The medians of one allocator's runs of one case.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -89,6 +90,22 @@ impl Metric {
             Metric::PeakRss => cell.peak_rss_kib,
         }
     }
+}
+
+impl Cell {
+    /// Million malloc+free pairs per second over all threads.
+    pub fn throughput(&self) -> f64 {
+        1e3 / self.ns_per_op
+    }
+}
+
+/// The relative change of throughput per thread added, from `before` at `from` threads to
+/// `now` at `to` threads.
+pub fn loss_per_thread(before: f64, from: usize, now: f64, to: usize) -> f64 {
+    if to <= from || before <= 0.0 {
+        return 0.0;
+    }
+    (now / before - 1.0) / (to - from) as f64
 }
 
 /// The system allocator's name in either harness.
@@ -206,6 +223,53 @@ impl Summary {
         }
         for line in self.bar_check() {
             let _ = writeln!(s, "{line}");
+        }
+        s.push_str(&self.render_scaling());
+        s
+    }
+
+    /// Throughput (million pairs per second) of every allocator at every thread count, per
+    /// workload measured at more than one, and its change per added thread against the count
+    /// before (e.g. -12%/thread: each thread added cost 12% of the throughput).
+    pub fn render_scaling(&self) -> String {
+        let mut s = String::new();
+        let mut workloads: Vec<Workload> = self.rows.iter().map(|r| r.case.workload).collect();
+        workloads.dedup();
+        for w in workloads {
+            let rows: Vec<&Row> = self.rows.iter().filter(|r| r.case.workload == w).collect();
+            if rows.len() < 2 {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "\n[{}] {}: throughput in million pairs/s (change per added thread)",
+                self.harness,
+                w.name()
+            );
+            let _ = write!(s, "{:<10}|", "threads");
+            for a in &self.allocators {
+                let _ = write!(s, "{a:>22}");
+            }
+            s.push('\n');
+            for (i, row) in rows.iter().enumerate() {
+                let _ = write!(s, "{:<10}|", row.case.threads);
+                for (col, cell) in row.cells.iter().enumerate() {
+                    let now = cell.map(|c| c.throughput());
+                    let before = i.checked_sub(1).and_then(|j| {
+                        rows[j].cells[col].map(|c| (c.throughput(), rows[j].case.threads))
+                    });
+                    let text = match (now, before) {
+                        (Some(t), Some((b, bt))) => format!(
+                            "{t:.2} ({:+.0}%/thr)",
+                            loss_per_thread(b, bt, t, row.case.threads) * 100.0
+                        ),
+                        (Some(t), None) => format!("{t:.2}"),
+                        _ => "-".to_string(),
+                    };
+                    let _ = write!(s, "{text:>22}");
+                }
+                s.push('\n');
+            }
         }
         s
     }
@@ -396,13 +460,19 @@ pub fn write_files(
 mod tests {
     use super::*;
     use crate::child::Report;
-    use crate::workload::Workload;
 
     #[test]
     fn median_of_odd_and_even_counts() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn loss_per_added_thread() {
+        assert!((loss_per_thread(10.0, 1, 15.0, 2) - 0.5).abs() < 1e-12);
+        assert!((loss_per_thread(10.0, 2, 8.0, 4) + 0.1).abs() < 1e-12);
+        assert_eq!(loss_per_thread(10.0, 2, 8.0, 2), 0.0);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread;
 use std::time::Instant;
 
+use crate::patterns;
 use crate::rng::Rng;
 
 /// One of the benchmark's allocation patterns.
@@ -28,6 +29,17 @@ pub enum Workload {
     /// Producer/consumer pairs: one thread allocates batches of 256 objects (16–256 B), the other
     /// frees them, so every free is remote.
     Prodcons,
+    /// Fixed 64 B, bursts of 1000 allocated then freed oldest first (glibc's bench-malloc-simple).
+    Fifo64,
+    /// mstress: threads started and ended between 10 phases, each freeing what a thread of the
+    /// last phase left it; sizes 8–1024 B.
+    Mstress,
+    /// cache-scratch: passive false sharing of 8-byte blocks handed out by one thread.
+    Scratch,
+    /// alloc-test: random replacement with Pareto-distributed sizes of 8 B–1 KiB.
+    Pareto,
+    /// Buffers grown by realloc from 1 KiB to 32 MiB, a quarter at a time.
+    Realloc,
 }
 
 /// Objects live at once in [`Workload::Random`].
@@ -46,11 +58,16 @@ const ALIGN: usize = 8;
 
 impl Workload {
     /// Every workload, in the order tables list them.
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Random,
         Workload::Lifo64,
         Workload::Larson,
         Workload::Prodcons,
+        Workload::Fifo64,
+        Workload::Mstress,
+        Workload::Scratch,
+        Workload::Pareto,
+        Workload::Realloc,
     ];
 
     /// The name used on the command line, in the C harness and in result files.
@@ -60,6 +77,11 @@ impl Workload {
             Workload::Lifo64 => "lifo64",
             Workload::Larson => "larson",
             Workload::Prodcons => "prodcons",
+            Workload::Fifo64 => "fifo64",
+            Workload::Mstress => "mstress",
+            Workload::Scratch => "scratch",
+            Workload::Pareto => "pareto",
+            Workload::Realloc => "realloc",
         }
     }
 
@@ -78,6 +100,11 @@ impl Workload {
             Workload::Lifo64 => 10_000_000,
             Workload::Larson => 8_000_000,
             Workload::Prodcons => 1_000_000,
+            Workload::Fifo64 => 10_000_000,
+            Workload::Mstress => 2_000_000,
+            Workload::Scratch => 2_000_000,
+            Workload::Pareto => 8_000_000,
+            Workload::Realloc => 2_000,
         }
     }
 
@@ -85,14 +112,23 @@ impl Workload {
     pub fn default_threads(self) -> &'static [usize] {
         match self {
             Workload::Prodcons => &[2],
+            Workload::Fifo64 | Workload::Realloc => &[1],
             _ => &[1, 2],
         }
+    }
+
+    /// Whether the workload runs several threads at all (the contention sweep skips the others).
+    pub fn multi_threaded(self) -> bool {
+        !matches!(self, Workload::Fifo64 | Workload::Realloc)
     }
 
     /// Whether every block is small (at most 256 bytes): the workloads where issue 2 asks for
     /// 2.5× the system allocator's speed.
     pub fn small_sizes(self) -> bool {
-        matches!(self, Workload::Random | Workload::Lifo64)
+        matches!(
+            self,
+            Workload::Random | Workload::Lifo64 | Workload::Fifo64 | Workload::Scratch
+        )
     }
 
     /// Whether the workload can run on `threads` threads; producer/consumer needs pairs.
@@ -128,7 +164,26 @@ pub fn run<A: GlobalAlloc + Sync>(
 ) -> Result<Outcome, String> {
     workload.check_threads(threads)?;
     let start = Instant::now();
-    let pairs = thread::scope(|s| {
+    let pairs = match workload {
+        Workload::Mstress => patterns::mstress(a, threads, ops, seed)?,
+        Workload::Scratch => patterns::scratch(a, threads, ops)?,
+        _ => per_thread(a, workload, threads, ops, seed)?,
+    };
+    Ok(Outcome {
+        pairs,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The workloads whose threads run the same loop side by side, each on its own generator.
+fn per_thread<A: GlobalAlloc + Sync>(
+    a: &A,
+    workload: Workload,
+    threads: usize,
+    ops: u64,
+    seed: u64,
+) -> Result<u64, String> {
+    thread::scope(|s| {
         let mut handles = Vec::with_capacity(threads);
         for t in 0..threads as u64 {
             let mut rng = Rng::new(seed.wrapping_add(t));
@@ -151,33 +206,46 @@ pub fn run<A: GlobalAlloc + Sync>(
                     handles.push(s.spawn(move || consume(a, full_rx, empty_tx)));
                 }
                 Workload::Prodcons => {}
+                Workload::Fifo64 => handles.push(s.spawn(move || patterns::fifo_bursts(a, ops))),
+                Workload::Pareto => {
+                    handles.push(s.spawn(move || patterns::pareto(a, &mut rng, ops)))
+                }
+                Workload::Realloc => handles.push(s.spawn(move || patterns::grow_buffers(a, ops))),
+                Workload::Mstress | Workload::Scratch => {}
             }
         }
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("a workload thread panicked".to_string()))
-            })
-            .sum::<Result<u64, String>>()
-    })?;
-    Ok(Outcome {
-        pairs,
-        seconds: start.elapsed().as_secs_f64(),
+        join_sum(handles)
     })
+}
+
+/// The pairs every workload thread counted, or the first error (a panic is one).
+pub(crate) fn join_sum(
+    handles: Vec<thread::ScopedJoinHandle<'_, Result<u64, String>>>,
+) -> Result<u64, String> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err("a workload thread panicked".to_string()))
+        })
+        .sum()
 }
 
 /// The layout of every block of `size` bytes.
 #[inline(always)]
-fn layout(size: usize) -> Layout {
-    // SAFETY: ALIGN is a non-zero power of two and every size here is at most a few KiB, far
+pub(crate) fn layout(size: usize) -> Layout {
+    // SAFETY: ALIGN is a non-zero power of two and every size here is at most 32 MiB, far
     // from overflowing isize when rounded up to ALIGN.
     unsafe { Layout::from_size_align_unchecked(size, ALIGN) }
 }
 
 /// Allocates `size` (> 0) bytes and writes their first and last byte.
 #[inline(always)]
-fn alloc_touched<A: GlobalAlloc>(a: &A, size: usize, tag: u8) -> Result<*mut u8, String> {
+pub(crate) fn alloc_touched<A: GlobalAlloc>(
+    a: &A,
+    size: usize,
+    tag: u8,
+) -> Result<*mut u8, String> {
     // SAFETY: every workload asks for at least 8 bytes, so the layout is not zero-sized.
     let p = unsafe { a.alloc(layout(size)) };
     if p.is_null() {
@@ -192,6 +260,27 @@ fn alloc_touched<A: GlobalAlloc>(a: &A, size: usize, tag: u8) -> Result<*mut u8,
     Ok(p)
 }
 
+/// Resizes the live block `p` of `old` bytes to `new` (> 0) bytes and writes its last byte;
+/// on failure the old block is freed and the error returned.
+#[inline(always)]
+pub(crate) fn realloc_touched<A: GlobalAlloc>(
+    a: &A,
+    p: *mut u8,
+    old: usize,
+    new: usize,
+) -> Result<*mut u8, String> {
+    // SAFETY: `p` is a live block of `a` with layout(old); `new` is non-zero and at most 32 MiB.
+    let q = unsafe { a.realloc(p, layout(old), new) };
+    if q.is_null() {
+        // SAFETY: a failed realloc leaves the old block live and ours to free.
+        unsafe { free(a, p, old) };
+        return Err(out_of_memory(new));
+    }
+    // SAFETY: `q` is a block of `new >= 1` writable bytes.
+    unsafe { q.add(new - 1).write_volatile(1) };
+    Ok(q)
+}
+
 #[cold]
 #[inline(never)]
 fn out_of_memory(size: usize) -> String {
@@ -203,7 +292,7 @@ fn out_of_memory(size: usize) -> String {
 /// # Safety
 /// `p` came from `a.alloc(layout(size))` and is not used afterwards.
 #[inline(always)]
-unsafe fn free<A: GlobalAlloc>(a: &A, p: *mut u8, size: usize) {
+pub(crate) unsafe fn free<A: GlobalAlloc>(a: &A, p: *mut u8, size: usize) {
     // SAFETY: the caller passes a live block of `a` with this size.
     unsafe { a.dealloc(p, layout(size)) }
 }
