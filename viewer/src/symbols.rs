@@ -131,6 +131,7 @@ impl Symbolizer {
         ];
         let named = f.function.as_deref().is_some_and(|name| {
             is_allocator_frame(name)
+                || name.starts_with("__rustc::")
                 || C_ENTRY_POINTS
                     .iter()
                     .any(|c| name == *c || name.starts_with(&format!("{c}(")))
@@ -143,6 +144,32 @@ impl Symbolizer {
                         .any(|s| s.start <= f.address as u64 && (f.address as u64) < s.end)
             })
     }
+}
+
+/// The frame to name an allocation site by: the first one outside the standard library's
+/// containers and plumbing (`Vec::with_capacity` says less than the function that called it),
+/// else the first frame.
+pub fn site_frame(frames: &[SymbolizedFrame]) -> Option<&SymbolizedFrame> {
+    const LIBRARY: &[&str] = &[
+        "alloc::",
+        "<alloc::",
+        "core::",
+        "<core::",
+        "std::",
+        "<std::",
+        "hashbrown::",
+        "<hashbrown::",
+        "<u8 as alloc::",
+        "<T as alloc::",
+    ];
+    frames
+        .iter()
+        .find(|f| {
+            f.function
+                .as_deref()
+                .is_some_and(|n| !LIBRARY.iter().any(|l| n.starts_with(l)))
+        })
+        .or_else(|| frames.first())
 }
 
 /// A frame's display name: the function, else the address.
@@ -256,6 +283,31 @@ mod tests {
                 .is_some_and(|n| n.ends_with("marker_function"))),
             "{frames:?}"
         );
+    }
+
+    #[test]
+    fn the_site_is_the_first_frame_outside_the_standard_library() {
+        let f = |name: &str| SymbolizedFrame {
+            address: 1,
+            function: Some(name.into()),
+            file: None,
+            line: None,
+        };
+        let frames = [
+            f("alloc::raw_vec::RawVecInner<A>::with_capacity_in"),
+            f("<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"),
+            f("demo::leak_buffer"),
+            f("demo::main"),
+        ];
+        assert_eq!(
+            site_frame(&frames).unwrap().function.as_deref(),
+            Some("demo::leak_buffer")
+        );
+        assert_eq!(
+            site_frame(&frames[..1]).unwrap().function,
+            frames[0].function
+        );
+        assert!(site_frame(&[]).is_none());
     }
 
     #[inline(never)]

@@ -71,7 +71,7 @@ impl LeaksPanel {
                     _ => (s.leaked_bytes, s.leaked_count),
                 };
                 let frames = data.symbols.stack(p.frames(stack));
-                let site = frames.first().map_or_else(
+                let site = crate::symbols::site_frame(&frames).map_or_else(
                     || crate::export::stack_names(p, &mut data.symbols, stack).join(";"),
                     frame_label,
                 );

@@ -23,7 +23,9 @@ pub fn bin_label(bin: usize) -> String {
         0 => "0".to_owned(),
         1 => "1".to_owned(),
         b if b >= 64 => ">= 8 EiB".to_owned(),
-        b => format!("{}–{}", short(1u64 << (b - 1)), short((1u64 << b) - 1)),
+        // Small bins name their exact bounds; larger ones the half-open [low, high) in K/M/G.
+        b if b <= 10 => format!("{}–{}", 1u64 << (b - 1), (1u64 << b) - 1),
+        b => format!("{}–{}", short(1u64 << (b - 1)), short(1u64 << b)),
     }
 }
 
@@ -118,8 +120,11 @@ impl SizesPanel {
                 .into_iter()
                 .take(20)
                 .map(|(id, s)| {
-                    let names = crate::export::stack_names(p, &mut data.symbols, id);
-                    let site = names.last().cloned().unwrap_or_default();
+                    let frames = data.symbols.stack(p.frames(id));
+                    let site = crate::symbols::site_frame(&frames).map_or_else(
+                        || crate::export::stack_names(p, &mut data.symbols, id).join(";"),
+                        crate::symbols::frame_label,
+                    );
                     (site, s.temporary_count, s.temporary_bytes)
                 })
                 .collect();
@@ -138,5 +143,20 @@ impl SizesPanel {
                     ui.end_row();
                 }
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bin_label;
+
+    #[test]
+    fn bins_are_labelled_by_their_sizes() {
+        assert_eq!(bin_label(0), "0");
+        assert_eq!(bin_label(1), "1");
+        assert_eq!(bin_label(6), "32–63");
+        assert_eq!(bin_label(11), "1K–2K");
+        assert_eq!(bin_label(21), "1M–2M");
+        assert_eq!(bin_label(64), ">= 8 EiB");
     }
 }
