@@ -67,10 +67,14 @@ pub enum Cmd {
         #[command(flatten)]
         range: RangeArgs,
     },
-    /// Opens the desktop viewer on a trace.
+    /// Opens the desktop viewer on a trace file, or attached to a running process's socket.
     View {
         /// The trace file.
-        file: PathBuf,
+        #[arg(required_unless_present = "attach")]
+        file: Option<PathBuf>,
+        /// A running instrumented process's socket (its `socket=` option) to watch live.
+        #[arg(long, conflicts_with = "file")]
+        attach: Option<PathBuf>,
         /// The panel to open on.
         #[arg(long, value_enum, default_value_t = crate::app::Tab::Overview)]
         tab: crate::app::Tab,
@@ -211,8 +215,19 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
             let bad = findings.corruption + findings.leaks > 0;
             Ok(ExitCode::from(u8::from(fail_on_leak_or_corruption && bad)))
         }
-        Cmd::View { file, tab } => {
-            crate::app::run(file, tab).map_err(CliError)?;
+        Cmd::View { file, attach, tab } => {
+            let source = match (file, attach) {
+                (_, Some(socket)) => {
+                    crate::app::Source::Live(crate::app::Live::attach(&socket).map_err(CliError)?)
+                }
+                (Some(file), None) => crate::app::Source::File(file),
+                (None, None) => {
+                    return Err(CliError(
+                        "view needs a trace FILE or --attach SOCKET".into(),
+                    ))
+                }
+            };
+            crate::app::run(source, tab).map_err(CliError)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Flamegraph {

@@ -248,13 +248,21 @@ pub struct Profile {
     work: Work,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct Work {
     live: HashMap<u64, Block>,
     /// Frees read before their allocation (another thread's batch came later): addr -> (time, size).
     early_frees: HashMap<u64, (u64, u64)>,
     current_bytes: u64,
     peak_epoch: u64,
+}
+
+/// The working state is not part of a profile's value: a clone starts without it (so that
+/// [`Profile::finished`] does not copy every live block).
+impl Clone for Work {
+    fn clone(&self) -> Self {
+        Work::default()
+    }
 }
 
 impl Profile {
@@ -267,14 +275,9 @@ impl Profile {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Profile, TraceError> {
         let mut reader = TraceReader::new(input)?;
-        let mut profile = Profile {
-            options,
-            timeline: Timeline::new(),
-            size_histogram: vec![(0, 0); SIZE_BINS],
-            ..Profile::default()
-        };
+        let mut profile = Profile::new(options);
         while let Some(record) = reader.next_record()? {
-            profile.add(record);
+            profile.push(record);
             if profile.records % 256 == 0 {
                 progress(reader.offset());
             }
@@ -283,6 +286,25 @@ impl Profile {
         profile.ending = reader.ending();
         profile.finish();
         Ok(profile)
+    }
+
+    /// An empty profile to [`Profile::push`] records into (live mode); [`Profile::load`] is
+    /// this plus reading and [`Profile::finished`].
+    pub fn new(options: LoadOptions) -> Profile {
+        Profile {
+            options,
+            timeline: Timeline::new(),
+            size_histogram: vec![(0, 0); SIZE_BINS],
+            ..Profile::default()
+        }
+    }
+
+    /// A finished copy of a profile still being pushed to (per-stack live and peak figures
+    /// as of now), without the working state of live blocks.
+    pub fn finished(&self) -> Profile {
+        let mut copy = self.clone();
+        copy.settle_figures(self.work.peak_epoch, self.work.early_frees.len());
+        copy
     }
 
     /// Reads a trace file (see [`Profile::load`]).
@@ -307,7 +329,8 @@ impl Profile {
         self.options.range.is_none_or(|r| t <= r.end_ns)
     }
 
-    fn add(&mut self, record: Record) {
+    /// Adds one record, in stream order.
+    pub fn push(&mut self, record: Record) {
         self.records += 1;
         match record {
             Record::Start(s) => self.start = Some(s),
@@ -491,7 +514,12 @@ impl Profile {
     }
 
     fn finish(&mut self) {
-        let epoch = self.work.peak_epoch;
+        self.settle_figures(self.work.peak_epoch, self.work.early_frees.len());
+        self.work = Work::default();
+    }
+
+    /// Turns the running per-stack counters into the published figures.
+    fn settle_figures(&mut self, epoch: u64, early_frees: usize) {
         for s in self.stack_stats.values_mut() {
             s.live_bytes = s.current_bytes;
             s.live_count = s.current_count;
@@ -501,8 +529,7 @@ impl Profile {
                 s.current_bytes
             };
         }
-        self.unmatched_frees += self.work.early_frees.len() as u64;
-        self.work = Work::default();
+        self.unmatched_frees += early_frees as u64;
     }
 
     /// Total bytes still allocated when the trace ended (allocated in range).
@@ -775,6 +802,26 @@ mod tests {
             .collect();
         assert_eq!(order, [1, 2]);
         assert!(p.top_stacks(Metric::Leaked).iter().all(|s| s.0 == 1));
+    }
+
+    #[test]
+    fn pushing_records_one_by_one_and_finishing_matches_loading() {
+        let mut live = Profile::new(LoadOptions::default());
+        let records = two_stacks();
+        for r in records.iter().take(4).cloned() {
+            live.push(r);
+        }
+        let now = live.finished();
+        assert_eq!(now.stack_stats[&1].live_bytes, 200);
+        assert_eq!(now.end, None);
+        live.push(records[4].clone());
+        let loaded = load(&records, LoadOptions::default());
+        let done = live.finished();
+        assert_eq!(done.stack_stats, loaded.stack_stats);
+        assert_eq!(
+            (done.peak_bytes, done.events),
+            (loaded.peak_bytes, loaded.events)
+        );
     }
 
     #[test]

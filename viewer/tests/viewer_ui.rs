@@ -228,3 +228,60 @@ fn dragging_across_the_chart_filters_every_panel_to_the_range() {
     assert_eq!(h.state().data.range, None);
     h.get_by_label("5 (1.3 KiB)");
 }
+
+/// Live mode on a real tracker's socket in this process: events arrive while it runs, and
+/// when it ends the viewer says it is disconnected and keeps what it received.
+#[test]
+fn a_live_stream_fills_the_panels_and_is_kept_after_the_process_ends() {
+    use allocscope_core::Allocscope;
+    use allocscope_tracker::{LeakCheck, Options, Tracker};
+    use allocscope_viewer::app::Live;
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::time::{Duration, Instant};
+
+    let dir = std::env::temp_dir().join(format!("allocscope-viewer-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("live.sock");
+    let options = Options::builder()
+        .socket_path(&socket)
+        .print_reports(false)
+        .leak_check(LeakCheck::Off)
+        .sample_bytes(1)
+        .build()
+        .unwrap();
+    let tracker = Tracker::with_options(Allocscope::new(), options);
+    let layout = Layout::from_size_align(40, 8).unwrap();
+    // SAFETY: the first allocation starts the tracker and its socket; freed at once.
+    unsafe { tracker.dealloc(tracker.alloc(layout), layout) };
+    let live = Live::attach(&socket).unwrap();
+    let data = TraceData::load(Source::Live(live.clone())).unwrap();
+    let mut h = Harness::builder()
+        .with_size(Vec2::new(1200.0, 800.0))
+        .build_ui_state(|ui, app: &mut ViewerApp| app.ui(ui), ViewerApp::new(data));
+    h.step();
+    std::thread::sleep(Duration::from_millis(100)); // the writer accepts the client
+    let mut kept = Vec::new();
+    for _ in 0..25 {
+        // SAFETY: plain allocations, never freed: they stay live until the tracker ends.
+        kept.push(unsafe { tracker.alloc(layout) });
+    }
+    drop(tracker); // ends the stream with its End record
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while live.state().connected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !live.state().connected,
+        "the stream closed when the tracker ended"
+    );
+    h.step();
+    h.step();
+    let p = &h.state().data.full;
+    assert!(p.end.is_some(), "the End record arrived");
+    assert!(p.leaked_count() >= 25, "{} blocks live", p.leaked_count());
+    h.get_by_label_contains("disconnected (the stream ended); the data received are kept");
+    h.get_by_label("Leaks").click();
+    h.step();
+    h.step();
+    assert!(h.state().leaks.rows().iter().map(|r| r.blocks).sum::<u64>() >= 25);
+}

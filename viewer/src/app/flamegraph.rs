@@ -239,7 +239,7 @@ impl FlamegraphPanel {
     fn export_svg(&self, data: &mut TraceData) -> String {
         let path = match &data.source {
             Source::File(p) => p.with_extension(format!("{}.svg", self.metric.name())),
-            Source::Bytes(_) => std::env::temp_dir()
+            Source::Bytes(_) | Source::Live(_) => std::env::temp_dir()
                 .join(format!("allocscope-flamegraph.{}.svg", self.metric.name())),
         };
         let result = std::fs::File::create(&path).and_then(|f| {

@@ -12,12 +12,12 @@ mod leaks;
 mod overview;
 mod sizes;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use eframe::egui;
-use std::sync::Arc;
 
-use allocscope_tracker::trace_format::TraceError;
+use allocscope_tracker::trace_format::{Ending, TraceError, TraceReader};
 
 pub use corruption::CorruptionPanel;
 pub use flamegraph::{FlameNode, FlamegraphPanel, ROW_HEIGHT};
@@ -36,6 +36,8 @@ pub enum Source {
     File(PathBuf),
     /// A trace in memory.
     Bytes(Arc<[u8]>),
+    /// A running process's live stream.
+    Live(Arc<Live>),
 }
 
 impl Source {
@@ -43,6 +45,10 @@ impl Source {
         match self {
             Source::File(path) => Profile::load_file(path, options, &mut |_| {}),
             Source::Bytes(bytes) => Profile::load(&bytes[..], options, &mut |_| {}),
+            Source::Live(live) if options.range.is_none() => Ok(live.state().profile.finished()),
+            Source::Live(_) => Err(TraceError::Io(std::io::Error::other(
+                "a time range needs a trace file (a live stream is not kept)",
+            ))),
         }
     }
 
@@ -51,7 +57,99 @@ impl Source {
         match self {
             Source::File(path) => path.display().to_string(),
             Source::Bytes(_) => "(trace in memory)".to_owned(),
+            Source::Live(live) => {
+                let state = live.state();
+                let what = if state.connected {
+                    "attached".to_owned()
+                } else {
+                    format!(
+                        "disconnected ({}); the data received are kept",
+                        state.note.as_deref().unwrap_or("the stream ended")
+                    )
+                };
+                format!(
+                    "live {}: {what}, {} events",
+                    live.socket.display(),
+                    state.profile.events
+                )
+            }
         }
+    }
+}
+
+/// A live stream from a running instrumented process (the tracker's `socket=` option), read
+/// on a thread of its own into a profile that keeps growing.
+#[derive(Debug)]
+pub struct Live {
+    /// The socket attached to.
+    pub socket: PathBuf,
+    state: Mutex<LiveState>,
+}
+
+/// What the reading thread has gathered so far.
+#[derive(Debug)]
+pub struct LiveState {
+    /// The profile, records pushed as they arrive.
+    pub profile: Profile,
+    /// Bumped per record.
+    pub generation: u64,
+    /// Whether the stream is still open.
+    pub connected: bool,
+    /// Why it closed, if it did.
+    pub note: Option<String>,
+}
+
+impl Live {
+    /// Connects to a tracker's socket and starts reading.
+    pub fn attach(socket: &Path) -> Result<Arc<Live>, String> {
+        let stream = std::os::unix::net::UnixStream::connect(socket)
+            .map_err(|e| format!("cannot attach to {}: {e}", socket.display()))?;
+        let live = Arc::new(Live {
+            socket: socket.to_path_buf(),
+            state: Mutex::new(LiveState {
+                profile: Profile::new(LoadOptions::default()),
+                generation: 0,
+                connected: true,
+                note: None,
+            }),
+        });
+        let reader_side = Arc::clone(&live);
+        std::thread::Builder::new()
+            .name("allocscope-live".into())
+            .spawn(move || reader_side.read(std::io::BufReader::new(stream)))
+            .map_err(|e| format!("cannot start the reading thread: {e}"))?;
+        Ok(live)
+    }
+
+    /// The shared state (a poisoned lock still holds good data: records are pushed whole).
+    pub fn state(&self) -> MutexGuard<'_, LiveState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self, input: impl std::io::Read) {
+        let note = match TraceReader::new(input) {
+            Err(e) => e.to_string(),
+            Ok(mut reader) => loop {
+                match reader.next_record() {
+                    Ok(Some(record)) => {
+                        let mut state = self.state();
+                        state.profile.push(record);
+                        state.generation += 1;
+                    }
+                    Ok(None) => {
+                        break match reader.ending() {
+                            Some(Ending::Truncated { .. }) => "cut inside a frame".to_owned(),
+                            _ => "the stream ended".to_owned(),
+                        };
+                    }
+                    Err(e) => break e.to_string(),
+                }
+            },
+        };
+        let mut state = self.state();
+        state.connected = false;
+        state.note = Some(note);
+        state.generation += 1;
     }
 }
 
@@ -69,6 +167,8 @@ pub struct TraceData {
     pub symbols: Symbolizer,
     /// Bumped whenever `filtered` changes, so panels know to rebuild what they derived.
     pub generation: u64,
+    /// The live state's generation last taken in.
+    live_seen: u64,
 }
 
 impl TraceData {
@@ -83,7 +183,36 @@ impl TraceData {
             range: None,
             symbols,
             generation: 1,
+            live_seen: 0,
         })
+    }
+
+    /// Takes in what a live stream brought since the last call; `true` if anything changed.
+    pub fn poll(&mut self) -> bool {
+        let Source::Live(live) = &self.source else {
+            return false;
+        };
+        let fresh = {
+            let state = live.state();
+            if state.generation == self.live_seen {
+                return false;
+            }
+            self.live_seen = state.generation;
+            state.profile.finished()
+        };
+        if fresh.modules.len() != self.full.modules.len() {
+            self.symbols = Symbolizer::new(&fresh.modules);
+        }
+        self.filtered = fresh.clone();
+        self.full = fresh;
+        self.range = None;
+        self.generation += 1;
+        true
+    }
+
+    /// Whether this is a live stream still open.
+    pub fn is_live_and_connected(&self) -> bool {
+        matches!(&self.source, Source::Live(l) if l.state().connected)
     }
 
     /// Filters every panel to `range` (`None`: the whole trace).
@@ -192,6 +321,11 @@ impl ViewerApp {
 
     /// Draws the viewer.
     pub fn ui(&mut self, ui: &mut egui::Ui) {
+        self.data.poll();
+        if self.data.is_live_and_connected() {
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(250));
+        }
         egui::Panel::top("allocscope-tabs").show(ui, |ui| {
             ui.horizontal(|ui| {
                 for tab in Tab::ALL {
@@ -215,7 +349,7 @@ impl ViewerApp {
         egui::Panel::bottom("allocscope-status").show(ui, |ui| {
             let p = &self.data.full;
             let mut status = self.data.source.name();
-            if p.end.is_none() {
+            if p.end.is_none() && !matches!(self.data.source, Source::Live(_)) {
                 status.push_str(" — no end marker: the process died before finishing its trace");
             }
             if let Some(e) = &self.error {
@@ -245,16 +379,17 @@ impl eframe::App for ViewerApp {
     }
 }
 
-/// Opens the viewer window on a trace file at `tab`; returns when the window closes.
-pub fn run(path: PathBuf, tab: Tab) -> Result<(), String> {
-    let data = TraceData::load(Source::File(path.clone()))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+/// Opens the viewer window on a trace file or a live stream at `tab`; returns when the window
+/// closes.
+pub fn run(source: Source, tab: Tab) -> Result<(), String> {
+    let name = source.name();
+    let data = TraceData::load(source).map_err(|e| format!("{name}: {e}"))?;
     let mut app = ViewerApp::new(data);
     app.tab = tab;
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_inner_size([1280.0, 800.0])
-            .with_title(format!("allocscope — {}", path.display())),
+            .with_title(format!("allocscope - {name}")),
         ..eframe::NativeOptions::default()
     };
     eframe::run_native("allocscope", options, Box::new(|_cc| Ok(Box::new(app))))
