@@ -415,6 +415,10 @@ impl<A: GlobalAlloc> Tracker<A> {
         detection: Detection,
         emit: bool,
     ) {
+        // The block's memory is about to be read (red zones, poison) or written (the inner
+        // allocator's free list), likely from far out of cache: start loading it now, so that
+        // miss overlaps with the table word's instead of waiting behind its compare-and-swap.
+        prefetch(ptr);
         let tid = thread_id();
         let quarantine = state.quarantine.as_ref();
         let released = state.table.release_with(ptr, tid, |info| {
