@@ -83,10 +83,15 @@ impl Symbolizer {
             }
         }
         if out.iter().all(|f| f.function.is_none()) {
-            // No DWARF for this address: the symbol table still names the function.
-            let symbol = loader
-                .find_symbol(probe)
-                .map(|name| format!("{:#}", rustc_demangle::demangle(name)));
+            // No DWARF for this address: the nearest symbol before it, with the offset (in a
+            // stripped library that is the nearest exported name, not always the function).
+            let symbol = loader.find_symbol_info(probe).map(|sym| {
+                format!(
+                    "{:#}+{:#x}",
+                    rustc_demangle::demangle(sym.name()),
+                    (probe + 1).saturating_sub(sym.address())
+                )
+            });
             return vec![unknown(symbol.or(Some(fallback)))];
         }
         out
@@ -132,9 +137,11 @@ impl Symbolizer {
         let named = f.function.as_deref().is_some_and(|name| {
             is_allocator_frame(name)
                 || name.starts_with("__rustc::")
-                || C_ENTRY_POINTS
-                    .iter()
-                    .any(|c| name == *c || name.starts_with(&format!("{c}(")))
+                || C_ENTRY_POINTS.iter().any(|c| {
+                    // `free+0x12` when named from the symbol table.
+                    let bare = name.split('+').next().unwrap_or(name);
+                    bare == *c || name.starts_with(&format!("{c}("))
+                })
         });
         named
             || self.modules.iter().any(|m| {
