@@ -107,6 +107,36 @@ fn a_cxx_program_gives_the_same_output() {
     assert_eq!(with.stdout, without.stdout);
 }
 
+/// A Rust program (rustc) under the instrumented library: Rust's runtime asks glibc for the
+/// main thread's stack before `main`, with its lock held while glibc allocates.
+#[test]
+fn a_rust_program_runs_under_the_instrumented_library() {
+    let lib = library().with_file_name("liballocscope_debug.so");
+    let mut child = Command::new("rustc")
+        .arg("--version")
+        .env("LD_PRELOAD", &lib)
+        .env("ALLOCSCOPE_OPTIONS", "leak_check=0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A hang (the failure this guards against) is turned into a failure, not a stuck suite.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("rustc hung under {}", lib.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.starts_with("rustc "), "{out}");
+}
+
 const PYTHON_WORKLOAD: &str = r#"
 import json, random, re, threading, collections
 random.seed(7)

@@ -150,6 +150,18 @@ pub(crate) fn stack_bounds(local: &Local) -> (usize, usize) {
     if cached.1 != 0 {
         return cached;
     }
+    // The main thread: glibc's pthread_getattr_np reads /proc/self/maps with stdio (malloc)
+    // while holding the thread's lock, and Rust's runtime calls it for the main thread before
+    // `main`: a malloc from inside it would call it again and deadlock. Read the mapping of
+    // the stack ourselves, without allocating.
+    // SAFETY: getpid and gettid have no preconditions.
+    if unsafe { libc::getpid() == libc::gettid() } {
+        let marker = 0u8;
+        let sp = core::hint::black_box(&marker) as *const u8 as usize;
+        let bounds = main_stack_from_maps(sp).unwrap_or((0, 0));
+        local.stack_bounds.set(bounds);
+        return bounds;
+    }
     // SAFETY: pthread_getattr_np fills an attribute object for the calling thread, which we
     // query and destroy; all pointers are to locals.
     let bounds = unsafe {
@@ -169,6 +181,65 @@ pub(crate) fn stack_bounds(local: &Local) -> (usize, usize) {
     };
     local.stack_bounds.set(bounds);
     bounds
+}
+
+/// The mapping of /proc/self/maps that contains `addr` (the main thread's stack), read with
+/// raw `open`/`read` into a stack buffer: no allocation.
+#[cfg(target_os = "linux")]
+fn main_stack_from_maps(addr: usize) -> Option<(usize, usize)> {
+    // SAFETY: the path is NUL-terminated.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    let mut len = 0usize;
+    let mut found = None;
+    loop {
+        // SAFETY: reads into the unused tail of our stack buffer; fd is ours.
+        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+        // Parse every complete line; keep the partial last one for the next read.
+        let mut start = 0;
+        while let Some(nl) = buf[start..len].iter().position(|&b| b == b'\n') {
+            if let Some((lo, hi)) = parse_range(&buf[start..start + nl]) {
+                if lo <= addr && addr < hi {
+                    found = Some((lo, hi));
+                }
+            }
+            start += nl + 1;
+        }
+        buf.copy_within(start..len, 0);
+        len -= start;
+        if found.is_some() || len == buf.len() {
+            break;
+        }
+    }
+    // SAFETY: fd is open and ours.
+    unsafe { libc::close(fd) };
+    found
+}
+
+/// `lo-hi ...` at the start of a maps line, in hex.
+#[cfg(target_os = "linux")]
+fn parse_range(line: &[u8]) -> Option<(usize, usize)> {
+    let end = line.iter().position(|&b| b == b' ')?;
+    let dash = line[..end].iter().position(|&b| b == b'-')?;
+    let hex = |s: &[u8]| {
+        s.iter().try_fold(0usize, |acc, &b| {
+            let d = (b as char).to_digit(16)? as usize;
+            acc.checked_mul(16)?.checked_add(d)
+        })
+    };
+    Some((hex(&line[..dash])?, hex(&line[dash + 1..end])?))
 }
 
 #[cfg(not(target_os = "linux"))]
