@@ -49,6 +49,9 @@ pub enum Cmd {
         /// Extra tracker options in ALLOCSCOPE_OPTIONS syntax (`sample=1,canary=16`).
         #[arg(long)]
         options: Option<String>,
+        /// Also open the viewer on the process as it runs (through a socket).
+        #[arg(long)]
+        live: bool,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
@@ -191,6 +194,7 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
         Cmd::Record {
             output,
             options,
+            live,
             command,
         } => {
             let lib = find_library(TRACKER_PRELOAD_LIB).ok_or_else(|| {
@@ -200,7 +204,7 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
                      `cargo build --release -p allocscope-preload-debug`)"
                 ))
             })?;
-            record(&lib, &output, options.as_deref(), &command)
+            record(&lib, &output, options.as_deref(), live, &command)
         }
         Cmd::Report {
             file,
@@ -293,15 +297,24 @@ fn record(
     lib: &Path,
     output: &Path,
     extra_options: Option<&str>,
+    live: bool,
     command: &[OsString],
 ) -> Result<ExitCode, CliError> {
     let mut opts = format!("trace={}", output.display());
+    let socket = std::env::temp_dir().join("allocscope-live.%p.sock");
+    if live {
+        opts.push_str(&format!(",socket={}", socket.display()));
+    }
     if let Some(extra) = extra_options {
         opts.push(',');
         opts.push_str(extra);
     }
     let mut child = preloaded(lib, command, &[("ALLOCSCOPE_OPTIONS", &opts)])?.spawn()?;
     let pid = child.id();
+    if live {
+        let socket = PathBuf::from(socket.display().to_string().replace("%p", &pid.to_string()));
+        watch_live(&socket, &mut child);
+    }
     let status = child.wait()?;
     let trace = PathBuf::from(output.display().to_string().replace("%p", &pid.to_string()));
     match Profile::load_file(&trace, LoadOptions::default(), &mut |_| {}) {
@@ -324,6 +337,28 @@ fn record(
         Err(e) => eprintln!("allocscope: cannot read the trace {}: {e}", trace.display()),
     }
     Ok(exit_code_of(status))
+}
+
+/// Opens the viewer on the child's socket once the tracker has made it (at the child's first
+/// allocation); returns when the window closes, or at once if the child ends first.
+fn watch_live(socket: &Path, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        if std::time::Instant::now() > deadline || !matches!(child.try_wait(), Ok(None)) {
+            eprintln!(
+                "allocscope: no live socket appeared at {}",
+                socket.display()
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let opened = crate::app::Live::attach(socket).and_then(|live| {
+        crate::app::run(crate::app::Source::Live(live), crate::app::Tab::Overview)
+    });
+    if let Err(e) = opened {
+        eprintln!("allocscope: {e}");
+    }
 }
 
 /// Loads a trace with a progress bar on standard error (hidden when it is not a terminal).
