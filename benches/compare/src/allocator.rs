@@ -4,6 +4,8 @@
 //!
 //! May touch: [`crate::workload`], the allocator crates.
 
+use std::alloc::GlobalAlloc;
+
 use crate::workload::{self, Outcome, Workload};
 
 /// An allocator linked into this binary.
@@ -51,23 +53,31 @@ impl RustAllocator {
         ops: u64,
         seed: u64,
     ) -> Result<Outcome, String> {
+        struct Run(Workload, usize, u64, u64);
+        impl WithAlloc for Run {
+            type Out = Result<Outcome, String>;
+            fn call<A: GlobalAlloc + Sync>(self, a: &A) -> Self::Out {
+                workload::run(a, self.0, self.1, self.2, self.3)
+            }
+        }
+        self.with(Run(workload, threads, ops, seed))
+    }
+
+    /// Calls `v` with this allocator, monomorphised for it.
+    pub fn with<V: WithAlloc>(self, v: V) -> V::Out {
         match self {
-            RustAllocator::System => {
-                workload::run(&std::alloc::System, workload, threads, ops, seed)
-            }
-            RustAllocator::Mimalloc => {
-                workload::run(&mimalloc::MiMalloc, workload, threads, ops, seed)
-            }
-            RustAllocator::Jemalloc => {
-                workload::run(&tikv_jemallocator::Jemalloc, workload, threads, ops, seed)
-            }
-            RustAllocator::Allocscope => workload::run(
-                &allocscope_core::Allocscope::new(),
-                workload,
-                threads,
-                ops,
-                seed,
-            ),
+            RustAllocator::System => v.call(&std::alloc::System),
+            RustAllocator::Mimalloc => v.call(&mimalloc::MiMalloc),
+            RustAllocator::Jemalloc => v.call(&tikv_jemallocator::Jemalloc),
+            RustAllocator::Allocscope => v.call(&allocscope_core::Allocscope::new()),
         }
     }
+}
+
+/// Code to run on whichever allocator [`RustAllocator::with`] picks.
+pub trait WithAlloc {
+    /// What the code returns.
+    type Out;
+    /// Runs the code on `a`.
+    fn call<A: GlobalAlloc + Sync>(self, a: &A) -> Self::Out;
 }

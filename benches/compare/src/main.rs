@@ -7,13 +7,22 @@
 //! May touch: everything below it; this file only parses the command line and wires the parts.
 
 mod allocator;
+mod analysis;
+mod cachegrind;
+mod check;
 mod child;
+mod latency;
 mod machine;
+mod memory;
 mod patterns;
 mod preload;
+mod probe;
+mod programs;
 mod report;
 mod rng;
 mod runner;
+mod suite;
+mod svg;
 mod workload;
 
 use std::path::PathBuf;
@@ -44,6 +53,30 @@ enum Command {
     /// The C program (benches/c/workloads.c) on glibc and under LD_PRELOAD of mimalloc,
     /// jemalloc, tcmalloc and liballocscope.so.
     C(CArgs),
+    /// The whole suite: both harnesses with the contention sweep, memory and latency probes,
+    /// real programs under LD_PRELOAD, cachegrind; writes a suite JSON file and
+    /// docs/performance_analysis.md with its SVG plots.
+    Suite(suite::SuiteArgs),
+    /// Regenerates the analysis document from a saved suite JSON file.
+    Analyse {
+        /// The suite's result file.
+        #[arg(default_value = "bench-results/suite.json")]
+        results: PathBuf,
+        /// Where the document goes (plots beside it in perf/).
+        #[arg(long, default_value = "docs/performance_analysis.md")]
+        doc: PathBuf,
+    },
+    /// Fails (exit status 1) when allocscope got slower relative to its peers than in a baseline
+    /// suite run, by more than the margin.
+    Check(check::CheckArgs),
+    /// One probe in this process (what `suite` starts as its child processes).
+    #[command(hide = true)]
+    ProbeChild {
+        kind: String,
+        allocator: String,
+        ops: u64,
+        seed: u64,
+    },
     /// One measurement in this process (what `rust` starts as its child processes).
     #[command(hide = true)]
     Child {
@@ -145,6 +178,42 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ProbeChild {
+            kind,
+            allocator,
+            ops,
+            seed,
+        } => {
+            let result = match (
+                probe::Kind::from_name(&kind),
+                RustAllocator::from_name(&allocator),
+            ) {
+                (Some(k), Some(a)) => probe::child(k, a, ops, seed),
+                _ => Err(format!("unknown probe {kind} or allocator {allocator}")),
+            };
+            match result {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("allocscope-bench probe: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Suite(args) => suite::run(&args),
+        Command::Analyse { results, doc } => match analysis::write_from(&results, &doc) {
+            Ok(()) => {
+                println!("wrote {}", doc.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("allocscope-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check(args) => check::run(&args),
         Command::Rust(args) => {
             let chosen = if args.allocators.is_empty() {
                 RustAllocator::ALL.to_vec()
@@ -265,23 +334,29 @@ fn cases(common: &Common) -> Result<Vec<Case>, String> {
     Ok(cases)
 }
 
-fn compare(
+/// What one harness measured.
+struct Measured {
+    /// The machine, read at the start.
+    pub machine: Machine,
+    /// Medians.
+    pub summary: Summary,
+    /// Every run.
+    pub runs: Vec<runner::Run>,
+    /// Runs without a report.
+    pub failures: Vec<runner::Failure>,
+}
+
+/// Runs the cases on the contenders and prints the tables (see [`compare`]).
+fn measure(
     harness: &'static str,
     contenders: Vec<Contender>,
     common: &Common,
-    notes: Vec<String>,
-) -> ExitCode {
-    let cases = match cases(common) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("allocscope-bench: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    notes: &[String],
+) -> Result<Measured, String> {
+    let cases = cases(common)?;
     let reps = reps(common);
     if reps == 0 || contenders.is_empty() {
-        eprintln!("allocscope-bench: nothing to run (no repetitions or no allocators)");
-        return ExitCode::FAILURE;
+        return Err("nothing to run (no repetitions or no allocators)".into());
     }
     let machine = Machine::read();
     println!("{}", machine.describe());
@@ -291,7 +366,7 @@ fn compare(
         names.join(", "),
         reps
     );
-    for note in &notes {
+    for note in notes {
         println!("note: {note}");
     }
     let (runs, failures) = runner::run_all(&contenders, &cases, reps, common.seed);
@@ -315,6 +390,32 @@ fn compare(
             f.error
         );
     }
+    Ok(Measured {
+        machine,
+        summary,
+        runs,
+        failures,
+    })
+}
+
+fn compare(
+    harness: &'static str,
+    contenders: Vec<Contender>,
+    common: &Common,
+    notes: Vec<String>,
+) -> ExitCode {
+    let Measured {
+        machine,
+        summary,
+        runs,
+        failures,
+    } = match measure(harness, contenders, common, &notes) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("allocscope-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let jsonl = common
         .out
         .clone()

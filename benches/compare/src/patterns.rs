@@ -120,14 +120,19 @@ pub fn mstress<A: GlobalAlloc + Sync>(
     ops: u64,
     seed: u64,
 ) -> Result<u64, String> {
-    let inherit: Vec<Mutex<Vec<Handed>>> = (0..threads).map(|_| Mutex::new(Vec::new())).collect();
+    let lists =
+        || -> Vec<Mutex<Vec<Handed>>> { (0..threads).map(|_| Mutex::new(Vec::new())).collect() };
+    // What this phase's threads free, and (apart, so no thread of this phase overwrites a list
+    // another has not taken yet) what they leave to the next.
+    let mut inherit = lists();
     let per_phase = ops.div_ceil(MSTRESS_PHASES);
     let mut pairs = 0;
     for phase in 0..MSTRESS_PHASES {
+        let leave = lists();
         pairs += thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
-                    let inherit = &inherit;
+                    let (inherit, leave) = (&inherit, &leave);
                     s.spawn(move || {
                         let mut rng = Rng::new(seed.wrapping_add(phase * 1000 + t as u64));
                         let old = std::mem::take(&mut *lock(&inherit[t]));
@@ -149,13 +154,14 @@ pub fn mstress<A: GlobalAlloc + Sync>(
                             unsafe { free(a, p, old) };
                         }
                         // The next phase's thread t+1 frees them: always another thread.
-                        *lock(&inherit[(t + 1) % threads]) = slots;
+                        *lock(&leave[(t + 1) % threads]) = slots;
                         Ok::<u64, String>(per_phase + MSTRESS_WINDOW as u64)
                     })
                 })
                 .collect();
             join_sum(handles)
         })?;
+        inherit = leave;
     }
     for slot in &inherit {
         for Handed(p, size) in std::mem::take(&mut *lock(slot)) {
