@@ -35,4 +35,12 @@ else
   exit 1
 fi
 
+if command -v xvfb-run >/dev/null; then
+  step "the viewer binary under Xvfb: a recorded trace, its report, a screenshot of every panel"
+  bash viewer/screenshots.sh "$target/screenshots"
+else
+  echo "xvfb-run is missing (apt-get install xvfb): the viewer screenshot step cannot run" >&2
+  exit 1
+fi
+
 step "done in $(( $(date +%s) - start ))s"
