@@ -176,7 +176,7 @@ fn os_backed_pool_and_allocator_api2() {
 fn caches_on_several_threads_share_the_pool() {
     let mut buf = buffer(256 * 1024);
     let pool = LockFreePool::from_buffer(&mut buf, 64, 64).unwrap();
-    let rounds = if cfg!(miri) { 100 } else { 20_000 };
+    let rounds = if cfg!(miri) { 30 } else { 20_000 };
     std::thread::scope(|s| {
         for t in 0..3u64 {
             let pool = &pool;

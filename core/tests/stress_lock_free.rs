@@ -34,7 +34,10 @@ fn stamped(p: NonNull<u8>, tag: u64) -> bool {
 #[test]
 fn producers_consumers_and_churners_never_share_a_block() {
     let rounds: u64 = if cfg!(miri) { 300 } else { 100_000 };
-    let mut buf = vec![MaybeUninit::<u8>::uninit(); 1 << 20];
+    let len = if cfg!(miri) { 64 << 10 } else { 1 << 20 };
+    let mut buf: Vec<MaybeUninit<u8>> = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit<u8> needs no initialisation.
+    unsafe { buf.set_len(len) };
     let pool = LockFreePool::from_buffer(&mut buf, BLOCK, 8).unwrap();
     let capacity = pool.capacity();
     std::thread::scope(|s| {

@@ -91,7 +91,11 @@ unsafe impl<T> Send for Sent<T> {}
 
 /// A caller buffer of `len` bytes.
 pub fn buffer(len: usize) -> Vec<MaybeUninit<u8>> {
-    vec![MaybeUninit::uninit(); len]
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit<u8> needs no initialisation (and writing `len` of them one by one
+    // is what makes `vec![..; len]` slow under miri).
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// The byte offsets the patterns cover: all of a block natively; under miri (which runs
