@@ -469,9 +469,9 @@ fn left_out(v: &Value, s: &mut String) {
     let _ = writeln!(
         s,
         "## Peers left out, and notes from the run\n\n\
-         - **snmalloc** and **rpmalloc**: not measured. Their crates build C/C++ sources with \
-           cmake or cc at build time; on this shared 2-core machine that was not done within \
-           the suite's budget, and Debian ships no preload library for either.\n\
+         - **snmalloc** and **rpmalloc**: not measured yet. Debian ships no preload library \
+           for either, and their crates (snmalloc-rs builds C++ with cmake, rpmalloc builds C \
+           with cc) were not tried on this shared 2-core machine in this round.\n\
          - **nedmalloc**: unmaintained since 2014; left out on purpose.\n\
          - Peers: glibc (the system allocator), mimalloc and jemalloc (as crates in the Rust \
            harness, as Debian libraries in the C harness), tcmalloc (Debian's \
@@ -495,7 +495,9 @@ fn reproduce(s: &mut String) {
          OLD.json --current bench-results/suite.json --margin 0.10\n```\n\n`check` compares \
          allocscope's time ÷ each peer's in the new run with the same ratio in the baseline \
          (geometric mean over the shared cases) and exits with status 1 when allocscope lost \
-         more than the margin against any peer."
+         more than the margin against any peer. The results this document was generated \
+         from are kept in `docs/perf/suite.json`, which serves as a baseline: \
+         `allocscope-bench check --baseline docs/perf/suite.json`."
     );
 }
 
