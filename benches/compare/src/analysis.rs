@@ -286,22 +286,24 @@ fn memory(v: &Value, s: &mut String, plots: &mut Vec<(String, String)>) {
          for, every byte written), frees three quarters at random, then the rest (medians of \
          the runs, Rust harness). Overhead = resident ÷ requested at the peak; fragmentation = \
          resident ÷ still-requested after the random frees; retained = resident once all was \
-         freed (memory not given back to the OS), also as a share of the peak.\n\n| allocator | \
-         overhead | fragmentation | retained MiB | retained ÷ peak | peak RSS MiB |\n|---|---|---|---|---|---|"
+         freed (memory not given back to the OS), also as a share of the peak, and once more after \
+         a 200 ms pause and 64 more malloc/free calls (for allocators that purge on a delay).\n\n| allocator | \
+         overhead | fragmentation | retained MiB | retained ÷ peak | after pause MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|"
     );
     let mut series = Vec::new();
     for (a, r) in mem {
         if let Some(e) = r["error"].as_str() {
-            let _ = writeln!(s, "| {a} | failed: {e} | | | | |");
+            let _ = writeln!(s, "| {a} | failed: {e} | | | | | |");
             continue;
         }
         let _ = writeln!(
             s,
-            "| {a} | {:.3} | {:.3} | {:.1} | {:.2} | {:.1} |",
+            "| {a} | {:.3} | {:.3} | {:.1} | {:.2} | {:.1} | {:.1} |",
             f(&r["overhead"]).unwrap_or(f64::NAN),
             f(&r["fragmentation"]).unwrap_or(f64::NAN),
             f(&r["retained_kib"]).unwrap_or(f64::NAN) / 1024.0,
             f(&r["retained_share"]).unwrap_or(f64::NAN),
+            f(&r["retained_after_pause_kib"]).unwrap_or(f64::NAN) / 1024.0,
             f(&r["peak_rss_kib"]).unwrap_or(f64::NAN) / 1024.0
         );
         let pts: Vec<(f64, f64)> = r["timeline_kib"]
@@ -325,6 +327,7 @@ fn memory(v: &Value, s: &mut String, plots: &mut Vec<(String, String)>) {
             (16.0, "peak".into()),
             (32.0, "3/4 freed".into()),
             (48.0, "all freed".into()),
+            (49.0, "pause".into()),
         ],
     };
     plots.push(("rss-over-time.svg".into(), chart.render()));
