@@ -90,15 +90,22 @@ impl State {
             counts: Default::default(),
             exited: AtomicBool::new(false),
         }));
-        if state.options.streams() {
-            let snapshot = Box::new(move |time_ns| snapshot::take(time_ns, state.figures()));
-            let stream = Stream::start(&state.options, snapshot)?;
-            let _ = state.stream.set(stream);
-        }
         if state.guard.is_some() {
             crate::fault::install();
         }
         Ok(state)
+    }
+
+    /// Starts the event stream (when tracing). Called once the state is published, so that
+    /// what starting it allocates — the writer thread's start-up box, which that thread frees
+    /// itself — is recorded as the tracker's own (a free of it is then no invalid free).
+    pub(crate) fn start_stream(&'static self) -> Result<(), String> {
+        if self.options.streams() {
+            let snapshot = Box::new(move |time_ns| snapshot::take(time_ns, self.figures()));
+            let stream = Stream::start(&self.options, snapshot)?;
+            let _ = self.stream.set(stream);
+        }
+        Ok(())
     }
 
     /// The event stream, when tracing to a file or socket.

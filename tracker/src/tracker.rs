@@ -151,6 +151,12 @@ impl<A: GlobalAlloc> Tracker<A> {
                 self.state
                     .store(state as *const State as *mut State, Ordering::Release);
                 self.init.store(READY, Ordering::Release);
+                if let Err(message) = state.start_stream() {
+                    print_line(&format!("allocscope: {message}"));
+                    if self.given.is_none() {
+                        std::process::abort();
+                    }
+                }
                 Some(state)
             }
             Err(message) => {
