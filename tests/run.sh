@@ -35,6 +35,29 @@ else
   exit 1
 fi
 
+step "no_std: the strategy allocators build for thumbv7em-none-eabihf (32-bit atomics only)"
+cargo build -p allocscope-core --no-default-features --target thumbv7em-none-eabihf
+
+step "32-bit: the strategy allocators' tests on i686-unknown-linux-gnu (release)"
+cargo test -p allocscope-core --release --target i686-unknown-linux-gnu \
+  --test strategy_pool --test strategy_stack --test strategy_buddy --test strategy_slab \
+  --test strategy_lock_free --test stress_lock_free
+
+step "loom: the lock-free pool's tagged Treiber stack, batch splits and per-thread caches"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$target/loom" \
+  cargo test -p allocscope-core --release --test loom_lock_free
+
+step "32-bit atomics: the lock-free pool's 16/16 head word (--cfg allocscope_narrow_word)"
+RUSTFLAGS="--cfg allocscope_narrow_word" CARGO_TARGET_DIR="$target/narrow" \
+  cargo test -p allocscope-core --release --test strategy_lock_free --test stress_lock_free
+
+# The proptest models are skipped here (minutes each under miri); they run natively above.
+step "miri (strict provenance): every strategy allocator's tests but the proptest models"
+MIRIFLAGS="-Zmiri-strict-provenance" CARGO_TARGET_DIR="$target/miri" \
+  cargo +nightly miri test -p allocscope-core \
+  --test strategy_pool --test strategy_stack --test strategy_buddy --test strategy_slab \
+  --test strategy_lock_free --test stress_lock_free -- --skip matches_model
+
 if command -v xvfb-run >/dev/null; then
   step "the viewer binary under Xvfb: a recorded trace, its report, a screenshot of every panel"
   bash viewer/screenshots.sh "$target/screenshots"
