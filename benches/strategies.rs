@@ -372,6 +372,31 @@ where
 fn lock_free_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("lock_free_producer_consumer");
     group.throughput(Throughput::Elements(1));
+    // The harness alone: blocks come from a fixed array, frees do nothing.
+    let homes: &'static mut [u64] = Box::leak(vec![0u64; 8 * 8192].into_boxed_slice());
+    let homes_base = homes.as_mut_ptr() as usize;
+    group.bench_function(BenchmarkId::from_parameter("harness_floor"), |b| {
+        b.iter_custom(|iters| {
+            producer_consumer(
+                iters,
+                move || {
+                    let mut next = 0;
+                    Box::new(move || {
+                        next = (next + 1) % 8192;
+                        let p = (homes_base + next * 64) as *mut u8;
+                        // SAFETY: a 64-byte slot of the leaked array.
+                        unsafe { p.write(1) };
+                        p as usize
+                    })
+                },
+                || {
+                    Box::new(|p| {
+                        black_box(p);
+                    })
+                },
+            )
+        })
+    });
     group.bench_function(BenchmarkId::from_parameter("glibc"), |b| {
         b.iter_custom(|iters| {
             producer_consumer(
