@@ -19,14 +19,20 @@ pub enum RustAllocator {
     Jemalloc,
     /// `allocscope_core::Allocscope`: the allocator this project builds.
     Allocscope,
+    /// `snmalloc_rs::SnMalloc` (snmalloc built from the crate's bundled sources with cc).
+    Snmalloc,
+    /// `rpmalloc::RpMalloc` (rpmalloc built from the crate's bundled sources).
+    Rpmalloc,
 }
 
 impl RustAllocator {
     /// Every allocator, in the order tables list them.
-    pub const ALL: [RustAllocator; 4] = [
+    pub const ALL: [RustAllocator; 6] = [
         RustAllocator::System,
         RustAllocator::Mimalloc,
         RustAllocator::Jemalloc,
+        RustAllocator::Snmalloc,
+        RustAllocator::Rpmalloc,
         RustAllocator::Allocscope,
     ];
 
@@ -37,6 +43,8 @@ impl RustAllocator {
             RustAllocator::Mimalloc => "mimalloc",
             RustAllocator::Jemalloc => "jemalloc",
             RustAllocator::Allocscope => "allocscope",
+            RustAllocator::Snmalloc => "snmalloc",
+            RustAllocator::Rpmalloc => "rpmalloc",
         }
     }
 
@@ -70,6 +78,8 @@ impl RustAllocator {
             RustAllocator::Mimalloc => v.call(&mimalloc::MiMalloc),
             RustAllocator::Jemalloc => v.call(&tikv_jemallocator::Jemalloc),
             RustAllocator::Allocscope => v.call(&allocscope_core::Allocscope::new()),
+            RustAllocator::Snmalloc => v.call(&snmalloc_rs::SnMalloc),
+            RustAllocator::Rpmalloc => v.call(&rpmalloc::RpMalloc),
         }
     }
 }

@@ -472,12 +472,14 @@ fn left_out(v: &Value, s: &mut String) {
     let _ = writeln!(
         s,
         "## Peers left out, and notes from the run\n\n\
-         - **snmalloc** and **rpmalloc**: not measured yet. Debian ships no preload library \
-           for either, and their crates (snmalloc-rs builds C++ with cmake, rpmalloc builds C \
-           with cc) were not tried on this shared 2-core machine in this round.\n\
+         - **snmalloc** and **rpmalloc**: measured in the Rust harness and the memory and \
+           latency probes only, from their crates (snmalloc-rs built with cc, rpmalloc); Debian \
+           ships no preload library for either, so they are not in the C harness, the real \
+           programs or cachegrind.\n\
          - **nedmalloc**: unmaintained since 2014; left out on purpose.\n\
          - Peers: glibc (the system allocator), mimalloc and jemalloc (as crates in the Rust \
-           harness, as Debian libraries in the C harness), tcmalloc (Debian's \
+           harness, as Debian libraries in the C harness), snmalloc and rpmalloc (crates, Rust \
+           harness), tcmalloc (Debian's \
            libtcmalloc_minimal, C harness and programs only)."
     );
     for n in v["notes"].as_array().into_iter().flatten() {
