@@ -933,6 +933,25 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     if new_size <= usable && new_size >= usable / 2 {
         return ptr;
     }
+    // A large block grows by moving its pages, not its bytes.
+    #[cfg(target_os = "linux")]
+    if new_size > usable {
+        let seg = Segment::of(ptr);
+        // SAFETY: `ptr` is live, so its header is; a large block's pointer is its start.
+        unsafe {
+            // Relaxed: fixed for the segment's life.
+            if (*seg).kind.load(Ordering::Relaxed) == KIND_LARGE
+                && (*seg).pages[0].start == ptr
+                && (ptr as usize) % align == 0
+            {
+                // The block keeps its offset from a 4 MiB-aligned base: still aligned.
+                let grown = large::grow(seg, new_size);
+                if !grown.is_null() {
+                    return grown;
+                }
+            }
+        }
+    }
     let new = alloc(new_size, align);
     if !new.is_null() {
         // SAFETY: both blocks are live and distinct; we copy what both hold.

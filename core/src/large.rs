@@ -240,3 +240,52 @@ pub(crate) unsafe fn free(seg: *mut Segment, heap: *mut Heap) {
         }
     }
 }
+
+/// Grows a large block to hold `new_size` bytes without copying it: a new 4 MiB-aligned
+/// region is reserved (with half as much again of headroom, which costs address space only)
+/// and the old pages are moved to its start with `mremap`. Null when that fails (the caller
+/// then copies); the old block is untouched in that case.
+///
+/// # Safety
+/// `seg` is the header of a live large block; on success the old address is not used again.
+#[cfg(target_os = "linux")]
+pub(crate) unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut u8 {
+    let os = SystemOs;
+    // SAFETY: the caller guarantees `seg` is a live large block's header.
+    unsafe {
+        // Relaxed: fixed while the block is live, and we own it.
+        let old_mapped = (*seg).mapping_size.load(Ordering::Relaxed);
+        let offset = (*seg).pages[0].start as usize - seg as usize;
+        let Some(needed) = offset
+            .checked_add(new_size)
+            .filter(|&t| t <= isize::MAX as usize / 2)
+        else {
+            return null_mut();
+        };
+        let total = align_up(needed.max(old_mapped + old_mapped / 2), os.page_size());
+        let Some(new_base) = os.reserve(total, SEGMENT_SIZE) else {
+            return null_mut();
+        };
+        let moved = libc::mremap(
+            seg.cast(),
+            old_mapped,
+            old_mapped,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            new_base.as_ptr().cast::<libc::c_void>(),
+        );
+        if moved == libc::MAP_FAILED {
+            os.release(new_base, total);
+            return null_mut();
+        }
+        let seg = new_base.as_ptr().cast::<Segment>();
+        // Relaxed: the block is ours alone until we return it.
+        (*seg).mapping_size.store(total, Ordering::Relaxed);
+        let page = &mut (*seg).pages[0];
+        page.start = new_base.as_ptr().add(offset);
+        page.block_size.store(total - offset, Ordering::Relaxed);
+        // Relaxed: statistics.
+        MAPPED_BYTES.fetch_add(total - old_mapped, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(total - old_mapped, Ordering::Relaxed);
+        page.start
+    }
+}

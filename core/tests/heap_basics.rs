@@ -290,3 +290,38 @@ fn typed_calls_and_collections_in_the_heap() {
         "overflowing count is refused"
     );
 }
+
+#[test]
+fn large_blocks_grow_by_realloc_keeping_their_contents() {
+    let mut size = 100_000usize;
+    let mut p = heap::alloc(size, 4096);
+    fill(p, size, 9);
+    while size < 40 << 20 {
+        let new = size + size / 4;
+        // SAFETY: p is live with `size` bytes, allocated with alignment 4096.
+        let q = unsafe { heap::realloc(p, new, 4096) };
+        assert!(!q.is_null());
+        assert_eq!(q as usize % 4096, 0);
+        // The old bytes are all there (first and last 4 KiB checked, plus a sample).
+        for i in (0..4096)
+            .chain(size - 4096..size)
+            .chain((0..size).step_by(65_521))
+        {
+            // SAFETY: q is live with at least `new` > i bytes.
+            let byte = unsafe { *q.add(i) };
+            assert_eq!(
+                byte,
+                9u8.wrapping_add(i as u8),
+                "byte {i} after growing to {new}"
+            );
+        }
+        for i in size..new {
+            // SAFETY: q is live with `new` bytes.
+            unsafe { *q.add(i) = 9u8.wrapping_add(i as u8) };
+        }
+        p = q;
+        size = new;
+    }
+    // SAFETY: live, freed once.
+    unsafe { heap::free(p) };
+}
