@@ -63,6 +63,9 @@ pub struct Tracker<A: GlobalAlloc = Allocscope> {
     inner: A,
     given: Option<Options>,
     state: AtomicPtr<State>,
+    /// The state while it is being finished (its event stream starting), before `state` is
+    /// published: blocks the tracker allocates for itself meanwhile are recorded in its table.
+    building: AtomicPtr<State>,
     init: AtomicU32,
 }
 
@@ -87,6 +90,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             inner,
             given: None,
             state: AtomicPtr::new(null_mut()),
+            building: AtomicPtr::new(null_mut()),
             init: AtomicU32::new(UNINIT),
         }
     }
@@ -97,6 +101,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             inner,
             given: Some(options),
             state: AtomicPtr::new(null_mut()),
+            building: AtomicPtr::new(null_mut()),
             init: AtomicU32::new(UNINIT),
         }
     }
@@ -146,12 +151,20 @@ impl<A: GlobalAlloc> Tracker<A> {
         let built = options.and_then(State::create);
         match built {
             Ok(state) => {
+                // Relaxed: read only by this thread (its nested, re-entrant allocations) until
+                // `state` is published with Release below.
+                self.building
+                    .store(state as *const State as *mut State, Ordering::Relaxed);
+                // Started before publication, so no event of another thread is lost; what it
+                // allocates (the writer thread's start-up box, freed by that thread) is
+                // recorded through `building` as the tracker's own.
+                let started = state.start_stream();
                 state::register(state);
                 // Release: publishes the built state (pairs with the Acquire in `ready`).
                 self.state
                     .store(state as *const State as *mut State, Ordering::Release);
                 self.init.store(READY, Ordering::Release);
-                if let Err(message) = state.start_stream() {
+                if let Err(message) = started {
                     print_line(&format!("allocscope: {message}"));
                     if self.given.is_none() {
                         std::process::abort();
@@ -217,7 +230,14 @@ impl<A: GlobalAlloc> Tracker<A> {
         let size = size.max(1);
         let p = self.inner_alloc(size, align, zeroed);
         if !p.is_null() {
-            if let Some(state) = self.ready() {
+            // Relaxed `building`: only the initialising thread allocates re-entrantly before
+            // the state is published, and it stored the pointer itself.
+            let building = self.building.load(Ordering::Relaxed);
+            // SAFETY: a state, once built, is leaked: valid for 'static.
+            let state = self
+                .ready()
+                .or_else(|| (!building.is_null()).then(|| unsafe { &*building }));
+            if let Some(state) = state {
                 let info = BlockInfo {
                     size,
                     align_log2: align.trailing_zeros() as u8,
