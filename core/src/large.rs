@@ -163,7 +163,12 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
         return null_mut();
     };
     let total = align_up(total, os.page_size());
-    let heap = crate::thread::current();
+    // A thread whose first allocation is large gets its heap now, so that its large frees
+    // are cached too.
+    let mut heap = crate::thread::current();
+    if heap == empty_heap() {
+        heap = crate::thread::attach().unwrap_or(heap);
+    }
     let cached = if heap != empty_heap() {
         // SAFETY: the calling thread's own heap.
         unsafe { (*heap).large_cache.take(total) }
