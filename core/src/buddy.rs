@@ -15,9 +15,10 @@
 //!   (a double free, a foreign pointer, a wrong size) is refused and reported instead of
 //!   corrupting the bitmaps. One bit test, so it runs in every build.
 //!
-//! Coalescing is lazy, with a bound: up to [`DEFERRED`] freed blocks per order wait on a short
-//! list (the only use of block memory) and are handed out again first; more frees coalesce at
-//! once, and an allocation that finds nothing coalesces the waiting ones before it fails.
+//! Coalescing is lazy, with a bound: freed blocks wait on a short list per order (the only use
+//! of block memory) and are handed out again first — up to [`DEFERRED`] of them, or up to half
+//! as many as are allocated at that order, whichever is more; more frees coalesce at once, and
+//! an allocation that finds nothing coalesces the waiting ones before it fails.
 //!
 //! ```text
 //! buffer: [order 0: free L0 | L1 | .. | allocated][order 1: ...] ... [heap: start .. end]
@@ -45,9 +46,12 @@ use crate::typed::{impl_allocator_api2, TypedAlloc};
 /// The most orders a buddy allocator has (the largest block is `min_block << (MAX_ORDERS-1)`).
 pub const MAX_ORDERS: usize = if usize::BITS == 64 { 40 } else { 26 };
 
-/// Frees kept per order without coalescing (lazy buddy: Barkley & Lee, "A Lazy Buddy System
-/// Bounded by Two Coalescing Delays", SOSP 1989). A program that frees and allocates the same
-/// sizes over and over reuses them in O(1); beyond this many, frees coalesce at once.
+/// Frees kept per order without coalescing, at least (lazy buddy: Barkley & Lee, "A Lazy Buddy
+/// System Bounded by Two Coalescing Delays", SOSP 1989). A program that frees and allocates the
+/// same sizes over and over reuses them in O(1); beyond this many, frees coalesce at once —
+/// unless the order has more than twice as many blocks allocated: as in Barkley & Lee's slack
+/// rule, an order may keep up to half its allocated count waiting, so the share of frees that
+/// split or coalesce does not grow with the number of live blocks.
 pub const DEFERRED: usize = 16;
 
 /// Bits per bitmap word, and its log.
@@ -84,12 +88,15 @@ struct Geometry {
     orders: usize,
     /// The bitmaps; offsets below are in words from here.
     maps: *mut usize,
-    /// Per order: block slots (bits of the free bitmap's level 0), where the free bitmap
-    /// starts, where its top (single-word) level is, and where the allocated bitmap starts.
+    /// Per order: the address of block 0 (`start` rounded down to the block size), block
+    /// slots (bits of the free bitmap's level 0), where the free bitmap starts, where its top
+    /// (single-word) level is, and the allocated bitmap (a pointer: the free path's one
+    /// bitmap access costs no offset arithmetic).
+    origin: [usize; MAX_ORDERS],
     blocks: [usize; MAX_ORDERS],
     free_at: [usize; MAX_ORDERS],
     top_at: [usize; MAX_ORDERS],
-    allocated_at: [usize; MAX_ORDERS],
+    allocated: [*mut usize; MAX_ORDERS],
     /// The reserved region, when it came from the OS.
     os_region: Option<Region>,
 }
@@ -101,12 +108,20 @@ pub struct Buddy<'a> {
     geo: UnsafeCell<Geometry>,
     /// Bit k set: some block of order k is free in the bitmaps.
     nonempty: Cell<u64>,
-    /// Per order: freed blocks not coalesced yet (a LIFO list through their first word, 0
+    /// Per order: freed blocks not coalesced yet (a LIFO list through their first word, null
     /// ends it) and how many.
-    deferred: [Cell<usize>; MAX_ORDERS],
+    deferred: [Cell<*mut u8>; MAX_ORDERS],
     deferred_len: [Cell<usize>; MAX_ORDERS],
     heap_bytes: Cell<usize>,
+    /// Blocks out of the bitmaps (allocated, or freed and deferred) per order, their bytes and
+    /// the bytes' high-water mark. They change only where blocks leave the bitmaps (a split)
+    /// or come back (a coalesce), never on the fast paths: `used = out - deferred`.
+    out_blocks: [Cell<usize>; MAX_ORDERS],
+    out_bytes: Cell<usize>,
+    peak_out: Cell<usize>,
     os: Option<&'a dyn Os>,
+    /// Failures and misuse; with the `stats` feature allocations too (frees are
+    /// `allocations - live blocks`).
     counters: Counters,
     _buffer: PhantomData<&'a mut [MaybeUninit<u8>]>,
 }
@@ -133,16 +148,20 @@ impl<'a> Buddy<'a> {
                 end: 0,
                 orders: 0,
                 maps: ptr::null_mut(),
+                origin: [0; MAX_ORDERS],
                 blocks: [0; MAX_ORDERS],
                 free_at: [0; MAX_ORDERS],
                 top_at: [0; MAX_ORDERS],
-                allocated_at: [0; MAX_ORDERS],
+                allocated: [ptr::null_mut(); MAX_ORDERS],
                 os_region: None,
             }),
             nonempty: Cell::new(0),
-            deferred: [const { Cell::new(0) }; MAX_ORDERS],
+            deferred: [const { Cell::new(ptr::null_mut()) }; MAX_ORDERS],
             deferred_len: [const { Cell::new(0) }; MAX_ORDERS],
             heap_bytes: Cell::new(0),
+            out_blocks: [const { Cell::new(0) }; MAX_ORDERS],
+            out_bytes: Cell::new(0),
+            peak_out: Cell::new(0),
             os: None,
             counters: Counters::new(),
             _buffer: PhantomData,
@@ -194,6 +213,14 @@ impl<'a> Buddy<'a> {
         unsafe { &*self.geo.get() }
     }
 
+    /// The number of orders, which `init_region` keeps at most [`MAX_ORDERS`]; the `min`
+    /// (never taken) lets the compiler see that every order below it indexes the per-order
+    /// tables, so those reads need no bounds check and cannot panic.
+    #[inline(always)]
+    fn orders(&self) -> usize {
+        self.geo().orders.min(MAX_ORDERS)
+    }
+
     /// Lays bitmaps and the heap over `region` and frees the heap as maximal aligned blocks.
     ///
     /// # Safety
@@ -213,8 +240,12 @@ impl<'a> Buddy<'a> {
         if orders == 0 {
             return false;
         }
+        // The loop stops at MAX_ORDERS; the (never taken) `min` lets the compiler see it, so
+        // the per-order tables below are indexed without bounds checks that could panic.
+        let orders = orders.min(MAX_ORDERS);
         // Bitmaps are sized for the whole buffer: the heap is a part of it, so its block
         // indices at every order stay below these counts.
+        let mut origin = [0; MAX_ORDERS];
         let mut blocks = [0; MAX_ORDERS];
         let mut free_at = [0; MAX_ORDERS];
         let mut top_at = [0; MAX_ORDERS];
@@ -245,6 +276,11 @@ impl<'a> Buddy<'a> {
         let maps = unsafe { region.at(maps_off) }.as_ptr().cast::<usize>();
         // SAFETY: as above.
         unsafe { ptr::write_bytes(maps, 0, total) };
+        let mut allocated = [ptr::null_mut(); MAX_ORDERS];
+        for k in 0..orders {
+            origin[k] = start & !((self.min_block << k) - 1);
+            allocated[k] = maps.wrapping_add(allocated_at[k]);
+        }
         // SAFETY: start < end <= b1.
         let base = unsafe { region.at(start - b0) }.as_ptr();
         // SAFETY: no reference to the geometry is alive (see geo()).
@@ -255,19 +291,24 @@ impl<'a> Buddy<'a> {
                 end,
                 orders,
                 maps,
+                origin,
                 blocks,
                 free_at,
                 top_at,
-                allocated_at,
+                allocated,
                 os_region: None,
             };
         }
         let mut cur = start;
         while cur < end {
-            let mut k = orders - 1;
-            while cur & ((self.min_block << k) - 1) != 0 || cur + (self.min_block << k) > end {
-                k -= 1;
-            }
+            // The largest order whose block at `cur` is aligned and fits before `end` (both
+            // conditions hold for every smaller order too). `cur` and `end` are multiples of
+            // `min_block` with `0 < cur < end`, so `units >= 1` and `cur` has at least
+            // `min_shift` trailing zeros; `k <= orders - 1 < MAX_ORDERS`, in the tables.
+            let units = (end - cur) >> self.min_shift;
+            let fits = (usize::BITS - 1 - units.leading_zeros()) as usize;
+            let aligned = (cur.trailing_zeros() - self.min_shift) as usize;
+            let k = (orders - 1).min(fits).min(aligned);
             self.mark_free(k, cur);
             cur += self.min_block << k;
         }
@@ -276,28 +317,29 @@ impl<'a> Buddy<'a> {
     }
 
     /// The order serving `size` bytes aligned to `align`; `None` if none can.
-    #[inline]
+    ///
+    /// An order-`k` block holds `min_block << k` bytes, so `k` is the bit length of
+    /// `(need - 1) >> min_shift` (0 for anything up to `min_block`). No overflow check: a
+    /// need near `usize::MAX` gives `k = BITS - min_shift`, above every order (`init` keeps
+    /// `orders + min_shift < BITS - 1`).
+    #[inline(always)]
     fn order_of(&self, size: usize, align: usize) -> Option<usize> {
-        let need = size.max(align).max(self.min_block);
-        if need > 1 << (usize::BITS - 2) {
-            return None;
-        }
-        let k = (need.next_power_of_two().trailing_zeros() - self.min_shift) as usize;
-        (k < self.geo().orders).then_some(k)
+        // A need of 0 (only with an align of 0, which no caller passes) wraps to no order.
+        let units = size.max(align).wrapping_sub(1) >> self.min_shift;
+        let k = (usize::BITS - units.leading_zeros()) as usize;
+        (k < self.orders()).then_some(k)
     }
 
-    /// The index of the order-`k` block at `addr`.
+    /// The index of the order-`k` block at `addr` (`addr` a block of that order).
     #[inline(always)]
     fn index(&self, k: usize, addr: usize) -> usize {
-        let shift = self.min_shift as usize + k;
-        (addr - (self.geo().start & !((1usize << shift) - 1))) >> shift
+        (addr - self.geo().origin[k]) >> (self.min_shift as usize + k)
     }
 
     /// The address of the order-`k` block of index `index`.
     #[inline(always)]
     fn address(&self, k: usize, index: usize) -> usize {
-        let shift = self.min_shift as usize + k;
-        (self.geo().start & !((1usize << shift) - 1)) + (index << shift)
+        self.geo().origin[k] + (index << (self.min_shift as usize + k))
     }
 
     #[inline(always)]
@@ -391,14 +433,14 @@ impl<'a> Buddy<'a> {
     }
 
     /// Takes a block off order `k`'s deferred list.
-    #[inline]
-    fn pop_deferred(&self, k: usize) -> Option<usize> {
+    #[inline(always)]
+    fn pop_deferred(&self, k: usize) -> Option<*mut u8> {
         let head = self.deferred[k].get();
-        if head == 0 {
+        if head.is_null() {
             return None;
         }
         // SAFETY: deferred blocks are free blocks of ours whose first word links the list.
-        let next = unsafe { self.pointer(head).cast::<usize>().read() };
+        let next = unsafe { head.cast::<*mut u8>().read() };
         self.deferred[k].set(next);
         self.deferred_len[k].set(self.deferred_len[k].get() - 1);
         Some(head)
@@ -412,19 +454,50 @@ impl<'a> Buddy<'a> {
             return None;
         }
         let mut j = k + candidates.trailing_zeros() as usize;
+        // mark_free sets bits for existing orders only, so this never returns; it lets the
+        // compiler see that `j` indexes the per-order tables (no bounds check to panic).
+        if j >= self.orders() {
+            return None;
+        }
         let addr = self.first_free(j);
         self.mark_taken(j, addr);
         while j > k {
             j -= 1;
             self.mark_free(j, addr + (self.min_block << j));
         }
+        let out = self.out_bytes.get() + (self.min_block << k);
+        self.out_bytes.set(out);
+        self.peak_out.set(self.peak_out.get().max(out));
+        self.out_blocks[k].set(self.out_blocks[k].get() + 1);
         Some(addr)
     }
 
+    /// The slow path of allocation: no deferred free of order `k`. Splits a larger block from
+    /// the bitmaps; if there is none, coalesces the deferred frees and tries again.
+    #[cold]
+    #[inline(never)]
+    fn allocate_slow(&self, k: usize) -> Option<*mut u8> {
+        if let Some(addr) = self.split_from_bitmaps(k) {
+            return Some(self.pointer(addr));
+        }
+        // Deferred frees may coalesce into what is asked for: settle them, retry.
+        if self.settle() {
+            if let Some(addr) = self.split_from_bitmaps(k) {
+                return Some(self.pointer(addr));
+            }
+        }
+        self.counters.on_failure(AllocErrorKind::Exhausted);
+        None
+    }
+
     /// Frees an order-`k` block into the bitmaps, merging it with its free buddies.
+    #[inline]
     fn coalesce(&self, mut k: usize, mut addr: usize) {
+        self.out_bytes
+            .set(self.out_bytes.get() - (self.min_block << k));
+        self.out_blocks[k].set(self.out_blocks[k].get() - 1);
         let geo = self.geo();
-        while k + 1 < geo.orders {
+        while k + 1 < self.orders() {
             let size = self.min_block << k;
             let buddy = addr ^ size;
             if buddy < geo.start || buddy + size > geo.end || !self.is_free(k, buddy) {
@@ -441,35 +514,42 @@ impl<'a> Buddy<'a> {
     #[cold]
     fn settle(&self) -> bool {
         let mut any = false;
-        for k in 0..self.geo().orders {
-            while let Some(addr) = self.pop_deferred(k) {
-                self.coalesce(k, addr);
+        for k in 0..self.orders() {
+            while let Some(block) = self.pop_deferred(k) {
+                self.coalesce(k, block as usize);
                 any = true;
             }
         }
         any
     }
 
-    #[inline]
-    fn flip_allocated(&self, k: usize, addr: usize) {
+    /// Sets the allocated bit of the order-`k` block at `addr`, a block just taken.
+    #[inline(always)]
+    fn set_allocated(&self, k: usize, addr: usize) {
         let i = self.index(k, addr);
-        // SAFETY: as in is_allocated.
-        unsafe {
-            *self.word(self.geo().allocated_at[k] + (i >> WORD_LOG)) ^= 1 << (i & (WORD - 1))
-        };
+        // SAFETY: addr is a block of the heap, so its index lies in order k's allocated
+        // bitmap, which init sized for every block of the region.
+        unsafe { *self.geo().allocated[k].add(i >> WORD_LOG) |= 1 << (i & (WORD - 1)) };
     }
 
     /// Clears the allocated bit of a block being freed; if it was not set (or the address is
     /// not a block of this order), says why the free is wrong and changes nothing.
-    #[inline]
+    ///
+    /// The bit alone proves the block is ours, allocated at this order (so inside the heap):
+    /// the address only has to name a bit of the bitmap. One rotation does both checks — an
+    /// address off the order's block boundary rotates its low bits to the top, beyond every
+    /// index, as does one below the heap (the subtraction wraps) or above it.
+    #[inline(always)]
     fn release_block(&self, addr: usize, k: usize) -> Result<(), AllocErrorKind> {
         let geo = self.geo();
-        let size = self.min_block << k;
-        if addr < geo.start || addr >= geo.end || addr & (size - 1) != 0 || addr + size > geo.end {
+        let i = addr
+            .wrapping_sub(geo.origin[k])
+            .rotate_right(self.min_shift + k as u32);
+        if i >= geo.blocks[k] {
             return Err(AllocErrorKind::InvalidFree);
         }
-        let i = self.index(k, addr);
-        let word = self.word(geo.allocated_at[k] + (i >> WORD_LOG));
+        // SAFETY: i < blocks[k]: the word lies in order k's allocated bitmap.
+        let word = unsafe { geo.allocated[k].add(i >> WORD_LOG) };
         let bit = 1 << (i & (WORD - 1));
         // SAFETY: addr lies in the heap, so the word lies in order k's allocated bitmap.
         let was = unsafe { word.read() };
@@ -486,15 +566,16 @@ impl<'a> Buddy<'a> {
     #[cold]
     fn classify_bad_free(&self, addr: usize, k: usize) -> AllocErrorKind {
         let geo = self.geo();
-        let mut deferred = self.deferred[k].get();
-        while deferred != 0 {
-            if deferred == addr {
+        // `k` is an order (from order_of); were it not, there would be no list to search.
+        let mut deferred = self.deferred.get(k).map_or(ptr::null_mut(), Cell::get);
+        while !deferred.is_null() {
+            if deferred as usize == addr {
                 return AllocErrorKind::DoubleFree;
             }
             // SAFETY: deferred blocks are free blocks of ours whose first word links the list.
-            deferred = unsafe { self.pointer(deferred).cast::<usize>().read() };
+            deferred = unsafe { deferred.cast::<*mut u8>().read() };
         }
-        for order in k..geo.orders {
+        for order in k..self.orders() {
             let block = addr & !((self.min_block << order) - 1);
             if block >= geo.start
                 && block + (self.min_block << order) <= geo.end
@@ -508,10 +589,15 @@ impl<'a> Buddy<'a> {
 
     /// The allocator's figures. `fragmentation` is external fragmentation:
     /// `1 - largest free block / free bytes`. Deferred frees are coalesced first, so the
-    /// figure describes the heap as it can really serve requests.
+    /// figure describes the heap as it can really serve requests. `peak_used_bytes` is the
+    /// high-water mark of bytes out of the bitmaps: allocated, or freed and still deferred
+    /// (at most the deferral bound of each order above the true peak, see [`DEFERRED`]) —
+    /// kept where blocks split off, so the fast paths count nothing (allocations with the
+    /// `stats` feature only; frees follow from them).
     pub fn stats(&self) -> StrategyStats {
         self.settle();
-        let used = self.counters.used.get();
+        // Settled: every block out of the bitmaps is allocated.
+        let used = self.out_bytes.get();
         let free = self.heap_bytes.get() - used;
         let mask = self.nonempty.get();
         let largest = if mask == 0 {
@@ -524,7 +610,13 @@ impl<'a> Buddy<'a> {
         } else {
             1.0 - ratio(largest, free)
         };
-        self.counters.snapshot(free, fragmentation)
+        let mut stats = self.counters.snapshot(used, free, fragmentation);
+        stats.peak_used_bytes = self.peak_out.get();
+        // With the `stats` feature allocations are counted and frees follow from the live
+        // blocks; without it both stay 0.
+        let live: usize = self.out_blocks.iter().map(Cell::get).sum();
+        stats.deallocations = stats.allocations.saturating_sub(live as u64);
+        stats
     }
 
     /// Bytes of the heap (the region less the bitmaps).
@@ -552,27 +644,16 @@ unsafe impl TypedAlloc for Buddy<'_> {
             self.counters.on_failure(AllocErrorKind::InvalidRequest);
             return None;
         };
-        let addr = match self.pop_deferred(k) {
-            Some(addr) => addr,
-            None => match self.split_from_bitmaps(k) {
-                Some(addr) => addr,
-                None => {
-                    // Deferred frees may coalesce into what is asked for: settle them, retry.
-                    if !self.settle() {
-                        self.counters.on_failure(AllocErrorKind::Exhausted);
-                        return None;
-                    }
-                    let Some(addr) = self.split_from_bitmaps(k) else {
-                        self.counters.on_failure(AllocErrorKind::Exhausted);
-                        return None;
-                    };
-                    addr
-                }
-            },
+        // Fast path: a deferred free of this order; falls back to allocate_slow.
+        let block = match self.pop_deferred(k) {
+            Some(block) => block,
+            None => self.allocate_slow(k)?,
         };
-        self.flip_allocated(k, addr);
-        self.counters.on_alloc(self.min_block << k);
-        NonNull::new(self.pointer(addr))
+        self.set_allocated(k, block as usize);
+        // The only count on the fast paths (see `out_blocks`), the `stats` feature's.
+        #[cfg(feature = "stats")]
+        self.counters.count_allocation();
+        NonNull::new(block)
     }
 
     #[inline]
@@ -584,17 +665,16 @@ unsafe impl TypedAlloc for Buddy<'_> {
         if let Err(kind) = self.release_block(addr, k) {
             return self.counters.on_misuse(kind);
         }
-        self.counters.on_free(self.min_block << k);
         let len = self.deferred_len[k].get();
-        if len < DEFERRED {
+        // out = allocated + deferred, so 3 * deferred < out says deferred < allocated / 2.
+        if len < DEFERRED || 3 * len < self.out_blocks[k].get() {
+            // The link goes through a pointer derived from the heap's base, never from the
+            // caller's (strict provenance).
+            let block = self.pointer(addr);
             // SAFETY: the block is free and ours, at least 8 bytes and 8-aligned: its first
             // word holds the link of the deferred list.
-            unsafe {
-                self.pointer(addr)
-                    .cast::<usize>()
-                    .write(self.deferred[k].get())
-            };
-            self.deferred[k].set(addr);
+            unsafe { block.cast::<*mut u8>().write(self.deferred[k].get()) };
+            self.deferred[k].set(block);
             self.deferred_len[k].set(len + 1);
         } else {
             self.coalesce(k, addr);

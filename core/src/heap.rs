@@ -6,10 +6,12 @@
 //!   ├── queues[class]: pages of the class with (maybe) free blocks
 //!   ├── full: pages with no free block; remote freers tell us about them via `delayed`
 //!   ├── segments: every segment the heap owns; free_segments[kind]: those with free pages
-//!   └── large_cache: recently freed large spans, reused before asking the OS
+//!   ├── large_cache: recently freed large spans, reused before asking the OS
+//!   └── remote[slot]: this thread's frees into other heaps' pages, held back per page
 //! ```
 //!
-//! Glossary: a *page* is the allocator's page (64 KiB small, 512 KiB medium), an *OS page* the
+//! Glossary: a *page* is the allocator's page (64 KiB small, 512 KiB medium, a whole segment
+//! big), an *OS page* the
 //! kernel's 4 KiB one. A *local* free is by the thread owning the page, a *remote* free by any
 //! other thread.
 //!
@@ -18,8 +20,14 @@
 //!   atomic read-modify-write and no lock;
 //! * `pages[class]` is never null: an empty slot points at [`EMPTY_PAGE`], whose `free` is
 //!   null, so the fast path needs no extra check;
-//! * a thread without a heap sees [`EMPTY_HEAP`], which owns nothing: its frees are remote and
-//!   its first allocation attaches a heap (`thread::attach`);
+//! * a thread without a heap sees [`EMPTY_HEAP`], which owns nothing: its first allocation or
+//!   remote free attaches a heap (`thread::attach`); a thread whose heap was detached at exit
+//!   sees [`EXITED_HEAP`], which owns nothing either: an allocation attaches a heap again, a
+//!   free is pushed at once (a heap attached in thread teardown might never be detached, and
+//!   remote frees held back in it would be lost);
+//! * remote frees are held back per destination page in the freeing heap's `remote` batches
+//!   and pushed a whole chain per CAS (see [`RemoteBatch`]); a held block still counts in its
+//!   page's `used`, so its page cannot be given back meanwhile;
 //! * heaps are never freed, only recycled (`thread`), so a pointer to one stays valid forever.
 //!
 //! May touch: [`crate::page`], [`crate::segment`], [`crate::large`], [`crate::thread`],
@@ -33,8 +41,8 @@ use crate::page::{
     zero, Block, DelayedList, Page, PageQueue, FLAG_HAS_ALIGNED, FLAG_IN_FULL, NO_DELAYED,
     USE_DELAYED,
 };
-use crate::segment::{self, Segment, HEADER_SIZE, KIND_LARGE, KIND_MEDIUM, KIND_SMALL};
-use crate::size_class::{class_of, is_small_class, CLASS_COUNT, CLASS_SIZE, MEDIUM_MAX};
+use crate::segment::{self, Segment, HEADER_SIZE, KIND_LARGE, KIND_SMALL, PAGE_KINDS};
+use crate::size_class::{class_of, page_kind, CLASS_COUNT, CLASS_MAX, CLASS_SIZE, MEDIUM_MAX};
 use crate::sync::{AtomicUsize, Ordering};
 use crate::{large, thread};
 
@@ -45,6 +53,14 @@ const NATURAL_ALIGN: usize = 16;
 const PAGE_START_ALIGN: usize = 4096;
 /// How much of a fresh page one extension links into the free list.
 const EXTEND_BYTES: usize = 4096;
+/// Slow paths and page-emptied events per look at the purge clock (see `Heap::maybe_purge`).
+const EVENTS_PER_PURGE_CHECK: u32 = 32;
+/// Destination pages a heap holds remote frees for at once (direct-mapped by page address).
+const REMOTE_SLOTS: usize = 16;
+/// A batch of remote frees is pushed when it holds this many bytes ...
+const REMOTE_BATCH_BYTES: usize = 16 * 1024;
+/// ... or this many blocks. Blocks of 8 KiB and more are never held (one per batch).
+const REMOTE_BATCH_BLOCKS: u32 = 64;
 /// Requests up to this size use the direct page table.
 const DIRECT_MAX: usize = 1024;
 const DIRECT_SLOTS: usize = DIRECT_MAX / 8 + 1;
@@ -70,17 +86,86 @@ pub struct Heap {
     pub(crate) delayed: DelayedList,
     /// All segments the heap owns (doubly linked through `Segment::next/prev`).
     pub(crate) segments: *mut Segment,
-    /// Segments with free pages, small and medium (through `Segment::free_next/free_prev`).
-    free_segments: [*mut Segment; 2],
+    /// Segments with free pages per page kind, small, medium and big (through
+    /// `Segment::free_next/free_prev`).
+    free_segments: [*mut Segment; 3],
     /// Freed large spans kept for reuse.
     pub(crate) large_cache: large::SpanCache,
-    /// When the next purge pass may run (milliseconds), and the passes done so far.
+    /// When the next purge pass may run (milliseconds).
     next_purge: u64,
-    purge_pass: u32,
+    /// The purge clock as last read (milliseconds): what an emptied page is stamped with, so
+    /// a page needs no clock read of its own to say since when it has been empty.
+    clock_ms: u64,
+    /// Events before `maybe_purge` next looks at the clock (counts down).
+    purge_countdown: u32,
     /// Next heap in the registry of all heaps (append-only; for statistics).
     pub(crate) registry_next: *mut Heap,
     /// Next heap in the idle pool (heaps of exited threads).
     pub(crate) idle_next: *mut Heap,
+    /// Remote frees held back, per destination page.
+    remote: [RemoteBatch; REMOTE_SLOTS],
+}
+
+/// Remote frees of one destination page, held back by the freeing thread and pushed with one
+/// CAS (and one count update) when the batch is full, when a free for another page needs the
+/// slot, at a purge pass, at `collect()`, and when the thread exits.
+///
+/// A free from another thread costs its page's remote line twice over (a CAS on the list, an
+/// add on the count), and each moves the line between the two cores when the owner is taking
+/// from it; batching makes that once per batch. The link words are written as the blocks are
+/// freed (plain stores, which the store buffer absorbs even when the block's line is on the
+/// other core; a locked instruction right behind each would wait for it). The bound on what a
+/// thread holds back is `REMOTE_SLOTS × REMOTE_BATCH_BYTES` (256 KiB) of blocks, whose pages
+/// stay in use until the batch is pushed.
+///
+/// Pages move under a batch safely: a held block is still counted in its page's `used`, so
+/// the page is not given back or reused; if its heap exits or is adopted, the push reaches
+/// whoever owns the page then (a parked page's delayed list is looked up at push time, as for
+/// any remote free), the freeing heap itself included.
+#[derive(Clone, Copy)]
+struct RemoteBatch {
+    /// The destination page (null: the slot is empty).
+    page: *mut Page,
+    /// The last block held, linked to the one before, ... down to `tail`.
+    head: *mut Block,
+    /// The first block held (its link word is written by the push).
+    tail: *mut Block,
+    /// Blocks held.
+    count: u32,
+    /// Blocks at which the batch is pushed (from the page's block size).
+    limit: u32,
+}
+
+impl RemoteBatch {
+    const EMPTY: RemoteBatch = RemoteBatch {
+        page: null_mut(),
+        head: null_mut(),
+        tail: null_mut(),
+        count: 0,
+        limit: 0,
+    };
+
+    /// Pushes the blocks held and empties the slot.
+    ///
+    /// # Safety
+    /// The slot is the calling thread's (in its own heap).
+    #[inline]
+    unsafe fn push(&mut self) {
+        if !self.page.is_null() {
+            // SAFETY: the batch holds `count` live blocks of `page`, linked head to tail, that
+            // this thread freed; the page stays valid while they are held (see above).
+            unsafe { (*self.page).free_remote_chain(self.head, self.tail, self.count) };
+            self.page = null_mut();
+        }
+    }
+}
+
+/// The batch slot of `page` (descriptors are `size_of::<Page>()` apart in a segment header;
+/// the segment's address bits are folded in so that pages of different segments spread too).
+#[inline(always)]
+fn remote_slot(page: *mut Page) -> usize {
+    let a = page as usize;
+    ((a / size_of::<Page>()) ^ (a >> segment::SEGMENT_SHIFT)) % REMOTE_SLOTS
 }
 
 /// `Sync` wrappers for the two sentinels: they are only ever read (their atomics are never
@@ -97,10 +182,25 @@ pub(crate) static EMPTY_PAGE: Sentinel<Page> = Sentinel(Page::EMPTY);
 /// The heap of threads that have none yet.
 pub(crate) static EMPTY_HEAP: Sentinel<Heap> = Sentinel(Heap::new_const());
 
+/// The heap of threads whose heap was detached at exit (owns nothing, like [`EMPTY_HEAP`]).
+pub(crate) static EXITED_HEAP: Sentinel<Heap> = Sentinel(Heap::new_const());
+
 /// A pointer to [`EMPTY_HEAP`].
 #[inline(always)]
 pub(crate) const fn empty_heap() -> *mut Heap {
     addr_of!(EMPTY_HEAP.0).cast_mut()
+}
+
+/// A pointer to [`EXITED_HEAP`].
+#[inline(always)]
+pub(crate) const fn exited_heap() -> *mut Heap {
+    addr_of!(EXITED_HEAP.0).cast_mut()
+}
+
+/// Whether `heap` is one of the sentinels (owns nothing, must never be written).
+#[inline(always)]
+pub(crate) fn owns_nothing(heap: *mut Heap) -> bool {
+    heap == empty_heap() || heap == exited_heap()
 }
 
 #[inline(always)]
@@ -120,12 +220,64 @@ impl Heap {
             full: PageQueue::EMPTY,
             delayed: DelayedList::new(),
             segments: null_mut(),
-            free_segments: [null_mut(); 2],
+            free_segments: [null_mut(); 3],
             large_cache: large::SpanCache::new(),
             next_purge: 0,
-            purge_pass: 1,
+            clock_ms: 0,
+            purge_countdown: 1,
             registry_next: null_mut(),
             idle_next: null_mut(),
+            remote: [RemoteBatch::EMPTY; REMOTE_SLOTS],
+        }
+    }
+
+    /// A remote free (`block` is a block start of `page`, which another heap owns): held in
+    /// the page's batch, which is pushed when full; a free for another page that maps to the
+    /// same slot pushes the slot's batch first. Large blocks (a batch of one) go at once.
+    ///
+    /// # Safety
+    /// `heap` is the calling thread's own heap; `block` is a live block of `page`, freed once.
+    #[inline]
+    unsafe fn free_remote_batched(&mut self, page: *mut Page, block: *mut Block) {
+        let batch = &mut self.remote[remote_slot(page)];
+        // SAFETY: the block is ours to write (being freed); the batch is this thread's.
+        unsafe {
+            if batch.page == page {
+                (*block).next = batch.head;
+                batch.head = block;
+                batch.count += 1;
+                if batch.count >= batch.limit {
+                    batch.push();
+                }
+                return;
+            }
+            // Relaxed: fixed while the page has live blocks (this one). Never 0 for a page in
+            // use; `max(1)` only spares the division its panic branch.
+            let size = (*page).block_size.load(Ordering::Relaxed).max(1);
+            let limit = (REMOTE_BATCH_BYTES / size).min(REMOTE_BATCH_BLOCKS as usize) as u32;
+            if limit <= 1 {
+                (*page).free_remote(block);
+                return;
+            }
+            batch.push();
+            *batch = RemoteBatch {
+                page,
+                head: block,
+                tail: block,
+                count: 1,
+                limit,
+            };
+        }
+    }
+
+    /// Pushes every batch of remote frees held.
+    ///
+    /// # Safety
+    /// `self` is the calling thread's heap (or an idle heap held exclusively).
+    pub(crate) unsafe fn push_remote_batches(&mut self) {
+        for batch in &mut self.remote {
+            // SAFETY: forwarded.
+            unsafe { batch.push() };
         }
     }
 
@@ -216,8 +368,7 @@ impl Heap {
                 }
                 // Before claiming a segment, adopt the pages of an exited thread's heap; they may
                 // hold free blocks of this class.
-                let k = if is_small_class(class) { 0 } else { 1 };
-                if !adopted && self.free_segments[k].is_null() {
+                if !adopted && self.free_segments[page_kind(class)].is_null() {
                     adopted = true;
                     if thread::adopt_idle(self) {
                         continue 'scan;
@@ -237,15 +388,10 @@ impl Heap {
     /// Takes a free page from an owned segment, adopting an idle heap's segments or claiming a
     /// new segment when none has one.
     unsafe fn fresh_page(&mut self, class: usize) -> Option<*mut Page> {
-        let kind = if is_small_class(class) {
-            KIND_SMALL
-        } else {
-            KIND_MEDIUM
-        };
-        let k = (kind - KIND_SMALL) as usize;
+        let k = page_kind(class);
         let mut seg = self.free_segments[k];
         if seg.is_null() {
-            let segment = segment::claim(kind)?;
+            let segment = segment::claim(PAGE_KINDS[k])?;
             // SAFETY: we just claimed the segment.
             unsafe { self.add_segment(segment) };
             seg = segment;
@@ -394,7 +540,7 @@ impl Heap {
                 self.unfull(page);
             }
             if p.used_sub(1) == 0 {
-                self.page_emptied();
+                self.page_emptied(page);
             }
         }
     }
@@ -416,10 +562,14 @@ impl Heap {
         }
     }
 
-    /// A page's last block was freed: the page is released by a later purge pass if it stays
-    /// empty (so a page emptied and refilled in a loop is not thrashed).
+    /// A page's last block was freed: stamp it with the purge clock as last read (a store, no
+    /// clock read), so a purge pass at least the delay later gives it back if it stayed empty.
+    /// A page emptied and refilled in a loop is re-stamped each time it empties and reset
+    /// whenever a pass finds it in use, so it is not thrashed.
     #[cold]
-    fn page_emptied(&mut self) {
+    fn page_emptied(&mut self, page: *mut Page) {
+        // SAFETY: `page` is one of ours (the caller just freed its last block locally).
+        unsafe { (*page).freed_at = self.clock_ms.max(1) };
         self.maybe_purge();
     }
 
@@ -454,8 +604,19 @@ impl Heap {
     }
 
     /// Runs a purge pass when the purge delay has passed since the last one.
+    ///
+    /// Only every [`EVENTS_PER_PURGE_CHECK`]th call (slow paths, page-emptied events) reads the
+    /// clock: a page holding one block that a loop allocates and frees empties on every free,
+    /// and random sizes take a slow path every twenty pairs or so, while even the coarse clock
+    /// costs 8 ns here (`CLOCK_MONOTONIC_COARSE`, vDSO): as much as an alloc/free pair.
     fn maybe_purge(&mut self) {
+        self.purge_countdown = self.purge_countdown.wrapping_sub(1);
+        if self.purge_countdown != 0 {
+            return;
+        }
+        self.purge_countdown = EVENTS_PER_PURGE_CHECK;
         let now = monotonic_ms();
+        self.clock_ms = now;
         if now >= self.next_purge {
             // Set before purging: a purge frees blocks, which may call us again.
             self.next_purge = now + crate::options::purge_delay_ms();
@@ -464,41 +625,49 @@ impl Heap {
         }
     }
 
-    /// Returns memory to the OS: pages empty at two passes in a row go back to their segment
-    /// (`force`: at once), free pages not reused within the purge delay are decommitted,
+    /// Returns memory to the OS: pages seen empty by two passes at least the purge delay apart
+    /// go back to their segment (`force`: at once), free pages idle for the delay are
+    /// decommitted (in the same pass, for pages that were already idle that long),
     /// empty segments go back to their arena, old cached large spans to the OS.
     ///
     /// # Safety
     /// Called on the owning thread (or on an idle heap held exclusively).
     pub(crate) unsafe fn purge(&mut self, now: u64, force: bool) {
         let delay = crate::options::purge_delay_ms();
+        self.clock_ms = now;
         // Set first: the purge frees blocks, which may ask for a purge again.
         self.next_purge = now + delay;
-        self.purge_pass = self.purge_pass.wrapping_add(1).max(1);
-        let pass = self.purge_pass;
         // SAFETY: every page and segment reached is owned by this heap.
         unsafe {
+            // Remote frees held since the last pass go to their pages now: an active thread
+            // holds blocks back no longer than the purge delay.
+            self.push_remote_batches();
             self.process_delayed();
             for class in 0..CLASS_COUNT {
                 let mut page = self.queues[class].first;
                 while !page.is_null() {
                     let p = &mut *page;
                     let next = p.next;
-                    p.collect_remote();
+                    // The count says whether the page is empty; its blocks may stay listed
+                    // (the page's reuse starts its lists afresh).
+                    p.take_remote_count();
                     if p.used.load(Ordering::Relaxed) != 0 {
                         p.freed_at = 0;
-                    } else if force || (p.freed_at != 0 && p.freed_at as u32 != pass) {
+                    } else if force || (p.freed_at != 0 && now >= p.freed_at + delay) {
                         self.queues[class].remove(page);
                         if self.pages[class] == page {
                             let first = self.queues[class].first;
                             let current = if first.is_null() { empty_page() } else { first };
                             self.set_current(class, current);
                         }
-                        self.free_page(page, now);
-                    } else {
-                        // First pass that sees it empty: mark it (freed_at holds the pass
-                        // number while the page is in use).
-                        p.freed_at = pass as u64;
+                        // Stamped with when it emptied: a page idle for the delay is
+                        // decommitted by the loop below in this same pass, so one pass after
+                        // a quiet spell gives the memory back.
+                        let idle_since = if force { now } else { p.freed_at };
+                        self.free_page(page, idle_since);
+                    } else if p.freed_at == 0 {
+                        // Emptied by remote frees (never stamped): count from now.
+                        p.freed_at = now.max(1);
                     }
                     page = next;
                 }
@@ -544,12 +713,16 @@ impl Heap {
     pub(crate) unsafe fn collect_all(&mut self) {
         // SAFETY: forwarded.
         unsafe {
+            // Our held remote frees first: some may be for our own pages (adopted meanwhile),
+            // reaching us through the lists processed next.
+            self.push_remote_batches();
             self.process_delayed();
             // Pages parked full may have received remote frees: bring them back first.
             let mut page = self.full.first;
             while !page.is_null() {
                 let next = (*page).next;
-                if (*page).collect_remote() > 0 {
+                // A parked page's `free` and `local_free` are empty (an owner free unparks it).
+                if (*page).collect() {
                     self.unfull(page);
                 }
                 page = next;
@@ -608,7 +781,7 @@ impl Heap {
                 seg = next;
             }
             other.segments = null_mut();
-            other.free_segments = [null_mut(); 2];
+            other.free_segments = [null_mut(); 3];
             for class in 0..CLASS_COUNT {
                 let mut page = other.queues[class].first;
                 while !page.is_null() {
@@ -661,7 +834,7 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
             return alloc_slow(heap, class_of(size));
         }
     }
-    if align <= NATURAL_ALIGN && size <= MEDIUM_MAX {
+    if align <= NATURAL_ALIGN && size <= CLASS_MAX {
         // Every class from 16 B is a multiple of 16, and 8 B blocks are 8-aligned: only a
         // 16-aligned request of at most 8 bytes needs the next class.
         let size = if align > 8 && size < align {
@@ -669,7 +842,7 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
         } else {
             size
         };
-        // SAFETY: class_of(size) < CLASS_COUNT for size <= MEDIUM_MAX.
+        // SAFETY: class_of(size) < CLASS_COUNT for size <= CLASS_MAX.
         unsafe { alloc_class(thread::current(), class_of(size)) }
     } else {
         alloc_general(size, align)
@@ -715,7 +888,7 @@ unsafe fn alloc_class(heap: *mut Heap, class: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
-    let heap = if heap == empty_heap() {
+    let heap = if owns_nothing(heap) {
         match thread::attach() {
             Some(h) => h,
             None => {
@@ -770,7 +943,7 @@ fn alloc_general(size: usize, align: usize) -> *mut u8 {
     if align <= NATURAL_ALIGN {
         return large::alloc(size, align);
     }
-    if align <= PAGE_START_ALIGN && size <= MEDIUM_MAX {
+    if align <= PAGE_START_ALIGN && size <= CLASS_MAX {
         // A class whose size is a multiple of the alignment gives aligned blocks (page starts
         // are 4 KiB-aligned).
         let class = class_of(size.max(align));
@@ -781,7 +954,7 @@ fn alloc_general(size: usize, align: usize) -> *mut u8 {
     }
     // Over-allocate and align inside the block; the page is marked so frees find the start.
     match size.checked_add(align - 1) {
-        Some(padded) if padded <= MEDIUM_MAX && align <= PAGE_START_ALIGN => {
+        Some(padded) if padded <= CLASS_MAX && align <= PAGE_START_ALIGN => {
             // SAFETY: class_of(padded) < CLASS_COUNT.
             let p = unsafe { alloc_class(thread::current(), class_of(padded)) };
             if p.is_null() {
@@ -795,9 +968,14 @@ fn alloc_general(size: usize, align: usize) -> *mut u8 {
                     // Relaxed: owner-only write; remote freers get the flag through the
                     // program's hand-off of the block.
                     let flags = (*page).flags.load(Ordering::Relaxed);
-                    (*page)
-                        .flags
-                        .store(flags | FLAG_HAS_ALIGNED, Ordering::Relaxed);
+                    if flags & FLAG_HAS_ALIGNED == 0 {
+                        (*page)
+                            .flags
+                            .store(flags | FLAG_HAS_ALIGNED, Ordering::Relaxed);
+                        // The remote freers' copy, on their line (written once per page use,
+                        // so the line they read stays shared).
+                        (*page).remote_aligned.store(1, Ordering::Relaxed);
+                    }
                 }
             }
             aligned
@@ -858,7 +1036,7 @@ pub unsafe fn free(ptr: *mut u8) {
             (*page).local_free = block;
             (*heap).count_free();
             if (*page).used_sub(1) == 0 {
-                (*heap).page_emptied();
+                (*heap).page_emptied(page);
             }
             return;
         }
@@ -876,20 +1054,48 @@ unsafe fn free_slow(seg: *mut Segment, page: *mut Page, ptr: *mut u8, heap: *mut
             large::free(seg, heap);
             return;
         }
-        // Relaxed: HAS_ALIGNED was set before the block was handed out.
-        let flags = (*page).flags.load(Ordering::Relaxed);
-        let block = if flags & FLAG_HAS_ALIGNED != 0 {
-            (*page).block_start(ptr)
-        } else {
-            ptr
-        };
+        // Relaxed (both flags): HAS_ALIGNED was set before the block was handed out, and the
+        // program's hand-off of the block to this thread carries it. A remote freer reads the
+        // copy on the page's remote line, not `flags` on the owner's line (see `Page`).
         if (*seg).owner.load(Ordering::Relaxed) == heap {
+            let flags = (*page).flags.load(Ordering::Relaxed);
+            let block = if flags & FLAG_HAS_ALIGNED != 0 {
+                (*page).block_start(ptr)
+            } else {
+                ptr
+            };
             (*heap).free_local_slow(page, block.cast());
         } else {
-            (*page).free_remote(block.cast());
-            if heap != empty_heap() {
-                (*heap).count_free();
-            }
+            let block = if (*page).remote_aligned.load(Ordering::Relaxed) != 0 {
+                (*page).block_start(ptr)
+            } else {
+                ptr
+            };
+            free_remote_block(page, block.cast(), heap);
+        }
+    }
+}
+
+/// A free of a block of `page`, which another heap owns: held back in the thread's batch for
+/// the page. A thread with no heap yet gets one (a consumer thread may free and never
+/// allocate) unless the heap pool is busy; one whose heap was detached at exit pushes the
+/// block at once.
+///
+/// # Safety
+/// `block` is a live block start of `page`, freed once; `heap` is the calling thread's heap
+/// or a sentinel.
+#[inline]
+unsafe fn free_remote_block(page: *mut Page, block: *mut Block, mut heap: *mut Heap) {
+    if heap == empty_heap() {
+        heap = thread::try_attach().unwrap_or(heap);
+    }
+    // SAFETY: forwarded; a heap that is not a sentinel is the calling thread's.
+    unsafe {
+        if owns_nothing(heap) {
+            (*page).free_remote(block);
+        } else {
+            (*heap).free_remote_batched(page, block);
+            (*heap).count_free();
         }
     }
 }
@@ -952,7 +1158,13 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
             }
         }
     }
-    let new = alloc(new_size, align);
+    // A block growing past the medium classes becomes a large block at once: growing it
+    // again then moves pages (above) instead of copying it from big-page class to class.
+    let new = if cfg!(target_os = "linux") && new_size > usable && new_size > MEDIUM_MAX {
+        large::alloc(new_size, align)
+    } else {
+        alloc(new_size, align)
+    };
     if !new.is_null() {
         // SAFETY: both blocks are live and distinct; we copy what both hold.
         unsafe {
@@ -967,7 +1179,7 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
 /// cached large spans) instead of after the purge delay.
 pub fn collect() {
     let heap = thread::current();
-    if heap != empty_heap() {
+    if !owns_nothing(heap) {
         // SAFETY: the calling thread's heap.
         unsafe { (*heap).collect_all() };
     }

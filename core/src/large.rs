@@ -1,4 +1,4 @@
-//! Large blocks (over 64 KiB, or alignments pages cannot give): one OS mapping each, aligned
+//! Large blocks (over 512 KiB, or alignments pages cannot give): one OS mapping each, aligned
 //! to the segment size so that `free` finds its header by the same address arithmetic as for
 //! small blocks.
 //!
@@ -17,7 +17,7 @@
 use core::ptr::{null_mut, NonNull};
 
 use crate::error::{record, AllocErrorKind};
-use crate::heap::{empty_heap, Heap};
+use crate::heap::{empty_heap, owns_nothing, Heap};
 use crate::os::{align_up, monotonic_ms, Os, SystemOs};
 use crate::segment::{Segment, HEADER_SIZE, KIND_LARGE, SEGMENT_SHIFT, SEGMENT_SIZE};
 use crate::sync::{AtomicUsize, Ordering};
@@ -169,7 +169,7 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     if heap == empty_heap() {
         heap = crate::thread::attach().unwrap_or(heap);
     }
-    let cached = if heap != empty_heap() {
+    let cached = if !owns_nothing(heap) {
         // SAFETY: the calling thread's own heap.
         unsafe { (*heap).large_cache.take(total) }
     } else {
@@ -238,7 +238,7 @@ pub(crate) unsafe fn free(seg: *mut Segment, heap: *mut Heap) {
         LIVE_BYTES.fetch_sub(mapped, Ordering::Relaxed);
         LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
         (*seg).pages[0].used.store(0, Ordering::Relaxed);
-        if heap == empty_heap() || mapped > CACHE_MAX_SPAN {
+        if owns_nothing(heap) || mapped > CACHE_MAX_SPAN {
             release(seg.cast(), mapped);
         } else {
             (*heap).large_cache.put(seg.cast(), mapped);

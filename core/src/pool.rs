@@ -17,6 +17,14 @@
 //! every chunk or not at a block boundary is refused as [`AllocErrorKind::InvalidFree`], a block
 //! freed twice as [`AllocErrorKind::DoubleFree`]. Release builds trust the caller.
 //!
+//! Statistics cost the fast paths nothing: the peak is the number of blocks ever carved (a
+//! block is carved only when the free list is empty, that is when every carved block is in
+//! use), and [`Pool::stats`] counts the used blocks by walking the free list. Operation counts
+//! and the wasted tails (the bytes of live blocks no request asked for) need a count on every
+//! call, which costs more than the rest of an allocation and free together (a counter in memory
+//! is a dependency chain from one call to the next: 0.44 ns a pair, measured): they are kept
+//! with the `stats` feature only.
+//!
 //! May touch: [`crate::region`], [`crate::os`], [`crate::strategy_stats`], [`crate::error`].
 
 use core::cell::Cell;
@@ -27,7 +35,9 @@ use core::ptr::{self, NonNull};
 use crate::error::AllocErrorKind;
 use crate::os::{align_up, Os};
 use crate::region::Region;
-use crate::strategy_stats::{ratio, Counters, StrategyStats};
+#[cfg(feature = "stats")]
+use crate::strategy_stats::ratio;
+use crate::strategy_stats::{Counters, StrategyStats};
 use crate::typed::{impl_allocator_api2, TypedAlloc};
 
 /// How a pool backed by an [`Os`] gets its memory.
@@ -75,10 +85,13 @@ pub struct Pool<'a> {
     /// Every chunk, newest first.
     chunks: Cell<*mut Chunk>,
     capacity_blocks: Cell<usize>,
-    /// Bytes asked for by live allocations (for the wasted-tail figure).
+    /// With the `stats` feature: bytes asked for by live allocations (the wasted-tail figure).
+    #[cfg(feature = "stats")]
     requested: Cell<usize>,
     os: Option<&'a dyn Os>,
     growth: Growth,
+    /// Failures and misuse; with the `stats` feature, the operation counts too (the peak is
+    /// derived, see the module documentation).
     counters: Counters,
     _buffers: PhantomData<&'a mut [MaybeUninit<u8>]>,
 }
@@ -122,6 +135,7 @@ impl<'a> Pool<'a> {
             current: Cell::new(ptr::null_mut()),
             chunks: Cell::new(ptr::null_mut()),
             capacity_blocks: Cell::new(0),
+            #[cfg(feature = "stats")]
             requested: Cell::new(0),
             os: None,
             growth: Growth::Fixed(0),
@@ -192,13 +206,37 @@ impl<'a> Pool<'a> {
         unsafe { self.add_chunk(Region::of_buffer(buffer), false) }
     }
 
-    /// The pool's figures. `fragmentation` is the share of used bytes that no allocation asked
-    /// for (the tails of blocks larger than the requests).
+    /// The pool's figures. Walks the free list (O(free blocks)): the fast paths keep no
+    /// count. `peak_used_bytes` is the blocks ever carved, which is the peak exactly (see the
+    /// module documentation). With the `stats` feature, `allocations` and `deallocations` are
+    /// counted and `fragmentation` is the share of used bytes that no allocation asked for
+    /// (the tails of blocks larger than the requests); without it they are 0 (a free block of a
+    /// pool can always serve the next request, so the pool has no other fragmentation).
     pub fn stats(&self) -> StrategyStats {
-        let used = self.counters.used.get();
+        let mut carved = 0;
+        let mut chunk = self.chunks.get();
+        while !chunk.is_null() {
+            // SAFETY: chunk pointers stay valid until the pool is dropped.
+            let c = unsafe { &*chunk };
+            carved += c.carved;
+            chunk = c.next;
+        }
+        let mut free_listed = 0;
+        let mut block = self.free.get();
+        while !block.is_null() {
+            free_listed += 1;
+            // SAFETY: a free block's first word holds the next free block.
+            block = unsafe { block.cast::<*mut u8>().read() };
+        }
+        let used = carved.saturating_sub(free_listed) * self.block_size;
         let free = self.capacity_blocks.get() * self.block_size - used;
-        let wasted = used.saturating_sub(self.requested.get());
-        self.counters.snapshot(free, ratio(wasted, used))
+        #[cfg(feature = "stats")]
+        let fragmentation = ratio(used.saturating_sub(self.requested.get()), used);
+        #[cfg(not(feature = "stats"))]
+        let fragmentation = 0.0;
+        let mut stats = self.counters.snapshot(used, free, fragmentation);
+        stats.peak_used_bytes = carved * self.block_size;
+        stats
     }
 
     /// Lays a chunk header over `region` and links it. `false` when no block fits.
@@ -272,10 +310,20 @@ impl<'a> Pool<'a> {
         unsafe { self.add_chunk(region, true) }
     }
 
-    /// A block never handed out before (carved from a chunk), growing when all are carved.
+    /// The slow path of allocation, with the free list empty: a block never handed out before
+    /// (carved from a chunk), growing when all are carved. Counts the failure when there is
+    /// none.
     #[cold]
     #[inline(never)]
     fn carve(&self) -> Option<*mut u8> {
+        let block = self.carve_or_grow();
+        if block.is_none() {
+            self.counters.on_failure(AllocErrorKind::Exhausted);
+        }
+        block
+    }
+
+    fn carve_or_grow(&self) -> Option<*mut u8> {
         loop {
             let mut chunk = self.current.get();
             // SAFETY: chunk pointers come from add_chunk and stay valid until the pool is
@@ -345,9 +393,14 @@ impl<'a> Pool<'a> {
 // block_align (chunks place the first block aligned and block_size is a multiple of it); a
 // block is handed out again only after it was freed; chunks live until the pool is dropped.
 unsafe impl TypedAlloc for Pool<'_> {
+    /// Fast path: a compare of the size (and of the alignment, when it is above a pointer's,
+    /// which every block has: with a constant alignment up to 8 the test folds away), a pop
+    /// off the free list; falls back to `carve`. Seven instructions on x86-64 in release
+    /// builds without the `stats` feature.
     #[inline]
     fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        if size > self.block_size || align > self.block_align {
+        let over_aligned = align > align_of::<*mut u8>() && align > self.block_align;
+        if size > self.block_size || over_aligned {
             self.counters.on_failure(AllocErrorKind::InvalidRequest);
             return None;
         }
@@ -358,24 +411,23 @@ unsafe impl TypedAlloc for Pool<'_> {
             self.free.set(unsafe { head.cast::<*mut u8>().read() });
             head
         } else {
-            match self.carve() {
-                Some(block) => block,
-                None => {
-                    self.counters.on_failure(AllocErrorKind::Exhausted);
-                    return None;
-                }
-            }
+            self.carve()?
         };
         if cfg!(debug_assertions) {
             // Cannot fail: the free list holds only blocks whose live bit was cleared.
             let _ = self.set_live(block as usize, true);
         }
-        self.counters.on_alloc(self.block_size);
-        self.requested.set(self.requested.get() + size);
+        #[cfg(feature = "stats")]
+        {
+            self.counters.count_allocation();
+            self.requested.set(self.requested.get() + size);
+        }
         // SAFETY: blocks come from chunks, which are non-null memory.
         Some(unsafe { NonNull::new_unchecked(block) })
     }
 
+    /// Fast path: a push on the free list (three instructions on x86-64 in release builds
+    /// without the `stats` feature).
     #[inline]
     unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, size: usize, _align: usize) {
         if cfg!(debug_assertions) {
@@ -388,9 +440,14 @@ unsafe impl TypedAlloc for Pool<'_> {
         // more; its first word becomes the free-list link.
         unsafe { ptr.as_ptr().cast::<*mut u8>().write(self.free.get()) };
         self.free.set(ptr.as_ptr());
-        self.counters.on_free(self.block_size);
-        self.requested
-            .set(self.requested.get().saturating_sub(size));
+        #[cfg(feature = "stats")]
+        {
+            self.counters.count_deallocation();
+            self.requested
+                .set(self.requested.get().saturating_sub(size));
+        }
+        #[cfg(not(feature = "stats"))]
+        let _ = size;
     }
 
     unsafe fn resize_in_place(&self, _ptr: NonNull<u8>, old: usize, new: usize, _a: usize) -> bool {
@@ -398,8 +455,11 @@ unsafe impl TypedAlloc for Pool<'_> {
         if new > self.block_size {
             return false;
         }
+        #[cfg(feature = "stats")]
         self.requested
             .set((self.requested.get() + new).saturating_sub(old));
+        #[cfg(not(feature = "stats"))]
+        let _ = old;
         true
     }
 }

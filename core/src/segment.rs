@@ -4,9 +4,10 @@
 //! arena    256 MiB (8 segments × 4 MiB on 32-bit) reserved from the OS in one piece, bound
 //!          to the NUMA node of the thread that created it; never released (its segments are
 //!          decommitted when free), so a walk over arenas never touches unmapped memory
-//! segment  4 MiB, aligned to 4 MiB: a header (this struct) then 64 small pages of 64 KiB or
-//!          8 medium pages of 512 KiB; all pages of a segment belong to one heap
-//! large    a block over 64 KiB gets a mapping of its own, also 4 MiB-aligned, whose header
+//! segment  4 MiB, aligned to 4 MiB: a header (this struct) then 64 small pages of 64 KiB,
+//!          8 medium pages of 512 KiB, or one big page of the rest of the segment; all pages
+//!          of a segment belong to one heap
+//! large    a block over 512 KiB gets a mapping of its own, also 4 MiB-aligned, whose header
 //!          describes the one block (see `large`)
 //! ```
 //!
@@ -40,7 +41,13 @@ pub(crate) const HEADER_SIZE: usize = align_up(core::mem::size_of::<Segment>(), 
 pub(crate) const KIND_FREE: u8 = 0;
 pub(crate) const KIND_SMALL: u8 = 1;
 pub(crate) const KIND_MEDIUM: u8 = 2;
-pub(crate) const KIND_LARGE: u8 = 3;
+/// One page spanning the whole segment, for the classes above 64 KiB.
+pub(crate) const KIND_BIG: u8 = 3;
+/// A large block's own mapping (see `large`), not an arena segment.
+pub(crate) const KIND_LARGE: u8 = 4;
+
+/// The segment kind of each page kind of [`crate::size_class::page_kind`].
+pub(crate) const PAGE_KINDS: [u8; 3] = [KIND_SMALL, KIND_MEDIUM, KIND_BIG];
 
 /// Segments per arena: as many as a bitmap word has bits (64 on 64-bit, 8 on 32-bit so
 /// that an arena stays a small share of a 32-bit address space).
@@ -214,10 +221,10 @@ fn new_arena(node: Option<usize>) -> Option<usize> {
 /// Resets a claimed segment's header for `kind`. Page descriptors keep their `committed` flag
 /// (decommitted memory reads as zero, which the pages' `is_zero_init` relies on).
 fn init(seg: *mut Segment, kind: u8) -> *mut Segment {
-    let shift = if kind == KIND_SMALL {
-        SMALL_PAGE_SHIFT
-    } else {
-        MEDIUM_PAGE_SHIFT
+    let shift = match kind {
+        KIND_SMALL => SMALL_PAGE_SHIFT,
+        KIND_MEDIUM => MEDIUM_PAGE_SHIFT,
+        _ => SEGMENT_SHIFT as u8,
     };
     let count = SEGMENT_SIZE >> shift;
     // SAFETY: we just claimed the segment: nobody else touches its header; the header is
@@ -288,7 +295,7 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
 }
 
 /// The arena slot and bit of a segment.
-fn locate(seg: *mut Segment) -> Option<(usize, usize)> {
+pub(crate) fn locate(seg: *mut Segment) -> Option<(usize, usize)> {
     let addr = seg as usize;
     // Relaxed: a segment we own was claimed from a published arena.
     let count = ARENA_COUNT.load(Ordering::Relaxed).min(MAX_ARENAS);
@@ -338,7 +345,7 @@ mod tests {
     #[test]
     fn page_areas_tile_the_segment() {
         let seg = core::ptr::without_provenance_mut::<Segment>(SEGMENT_SIZE); // never dereferenced
-        for shift in [SMALL_PAGE_SHIFT, MEDIUM_PAGE_SHIFT] {
+        for shift in [SMALL_PAGE_SHIFT, MEDIUM_PAGE_SHIFT, SEGMENT_SHIFT as u8] {
             let count = SEGMENT_SIZE >> shift;
             let mut expected = seg as usize + HEADER_SIZE;
             for i in 0..count {

@@ -4,9 +4,15 @@
 //! class   0      1   2   3   4   5    6    7    8  | then 4 classes per doubling:
 //! size    8     16  32  48  64  80   96  112  128  | 160 192 224 256 | 320 384 448 512 | ...
 //!                                                 | ... 40960 49152 57344 65536
+//!                                                 | ... 327680 393216 458752 524288
 //! ```
 //!
-//! 45 classes from 8 B to 64 KiB; larger requests are "large" blocks mapped from the OS.
+//! 57 classes from 8 B to 512 KiB; larger requests are "large" blocks mapped from the OS.
+//! Classes up to 8 KiB live on small pages (64 KiB), up to 64 KiB on medium pages (512 KiB),
+//! and the twelve above on big pages (a whole 4 MiB segment each), so a program that keeps
+//! allocating and freeing blocks of a few hundred KiB reuses committed, already faulted
+//! memory instead of mapping and unmapping it (the latency probe's tail: see
+//! docs/design_document.md).
 //! Worst-case internal waste (the share of a block a request can leave unused):
 //! * up to 128 B: steps of 16, so at most 15 B — 48.4 % for a 33 B request in the 48 B class,
 //!   falling below 12 % from 128 B (requests under 16 B are below one cache-friendly step);
@@ -19,13 +25,17 @@
 //! May touch: nothing (pure functions and constants).
 
 /// Number of size classes.
-pub const CLASS_COUNT: usize = 45;
+pub const CLASS_COUNT: usize = 57;
 
 /// Largest request served from small pages (64 KiB pages, at least 8 blocks each).
 pub const SMALL_MAX: usize = 8 * 1024;
 
-/// Largest request served by a size class at all; larger ones are large blocks.
+/// Largest request served from medium pages (512 KiB pages, at least 8 blocks each).
 pub const MEDIUM_MAX: usize = 64 * 1024;
+
+/// Largest request served by a size class at all (from big pages, at least 7 blocks each);
+/// larger ones are large blocks.
+pub const CLASS_MAX: usize = 512 * 1024;
 
 /// Block size of each class.
 pub const CLASS_SIZE: [usize; CLASS_COUNT] = class_sizes();
@@ -89,7 +99,7 @@ const fn class_of_computed(size: usize) -> usize {
     8 + (b - 7) * 4 + quarter + 1
 }
 
-/// The class for a request of `size` bytes (`size <= MEDIUM_MAX`).
+/// The class for a request of `size` bytes (`size <= CLASS_MAX`).
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
     if size <= TABLE_MAX {
@@ -99,10 +109,16 @@ pub fn class_of(size: usize) -> usize {
     }
 }
 
-/// Whether class `class` lives on small pages (else medium pages).
+/// The kind of page that holds class `class`'s blocks: 0 small, 1 medium, 2 big.
 #[inline]
-pub const fn is_small_class(class: usize) -> bool {
-    CLASS_SIZE[class] <= SMALL_MAX
+pub const fn page_kind(class: usize) -> usize {
+    if CLASS_SIZE[class] <= SMALL_MAX {
+        0
+    } else if CLASS_SIZE[class] <= MEDIUM_MAX {
+        1
+    } else {
+        2
+    }
 }
 
 #[cfg(test)]
@@ -110,18 +126,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_is_increasing_and_ends_at_medium_max() {
+    fn table_is_increasing_and_ends_at_class_max() {
         for w in CLASS_SIZE.windows(2) {
             assert!(w[0] < w[1], "{} !< {}", w[0], w[1]);
         }
-        assert_eq!(CLASS_SIZE[CLASS_COUNT - 1], MEDIUM_MAX);
+        assert_eq!(CLASS_SIZE[CLASS_COUNT - 1], CLASS_MAX);
+        assert!(CLASS_SIZE.contains(&SMALL_MAX) && CLASS_SIZE.contains(&MEDIUM_MAX));
         assert_eq!(CLASS_SIZE[8], 128);
         assert_eq!(CLASS_SIZE[9], 160);
     }
 
     #[test]
     fn every_size_maps_to_the_smallest_fitting_class() {
-        for size in 0..=MEDIUM_MAX {
+        // Every size up to 64 KiB; above, every size within 64 B of a class boundary (the sweep
+        // of all 512 Ki sizes is too slow under miri).
+        let near_boundaries = CLASS_SIZE
+            .iter()
+            .filter(|&&s| s > MEDIUM_MAX)
+            .flat_map(|&s| s - 64..=(s + 64).min(CLASS_MAX));
+        for size in (0..=MEDIUM_MAX).chain(near_boundaries) {
             let c = class_of(size);
             assert!(CLASS_SIZE[c] >= size, "size {size} class {c}");
             if c > 0 {
@@ -145,7 +168,11 @@ mod tests {
     #[test]
     fn worst_case_waste_is_as_documented() {
         let mut worst_above_128: f64 = 0.0;
-        for size in 129..=MEDIUM_MAX {
+        let above = CLASS_SIZE[..CLASS_COUNT - 1]
+            .iter()
+            .filter(|&&s| s >= MEDIUM_MAX)
+            .map(|s| s + 1);
+        for size in (129..=MEDIUM_MAX).chain(above) {
             let block = CLASS_SIZE[class_of(size)];
             worst_above_128 = worst_above_128.max((block - size) as f64 / block as f64);
         }

@@ -39,6 +39,7 @@
 use core::cell::Cell;
 use core::marker::PhantomData;
 use core::mem::{align_of, size_of, MaybeUninit};
+use core::num::NonZeroUsize;
 use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
 
@@ -103,11 +104,21 @@ struct Arena {
 
 /// Where slabs come from and go back to.
 struct Source {
+    /// `arenas[..count]` are in use.
     arenas: [Option<Arena>; MAX_ARENAS],
     count: usize,
     /// Slabs given back (decommitted past their first page when OS-backed), linked through
     /// their first word; reused before a fresh slab is carved.
     returned: *mut u8,
+}
+
+impl Source {
+    /// The arenas in use. `count` never exceeds [`MAX_ARENAS`] (an arena is added only into a
+    /// free entry); the `min` is never taken, it lets the compiler see the slice is in bounds
+    /// (no check that could panic).
+    fn in_use(&self) -> &[Option<Arena>] {
+        &self.arenas[..self.count.min(MAX_ARENAS)]
+    }
 }
 
 /// Arenas a cache reserves at most (each twice the size of the previous one).
@@ -142,9 +153,8 @@ pub struct SlabCache<'a, T> {
     ctor: Option<fn() -> T>,
     slab_size: usize,
     per_slab: usize,
-    /// Offset of the first object in a slab; objects are `stride` apart.
+    /// Offset of the first object in a slab; objects are [`Self::STRIDE`] apart.
     objects_at: usize,
-    stride: usize,
     max_empty: usize,
     os: Option<&'a dyn Os>,
     _objects: PhantomData<T>,
@@ -158,8 +168,25 @@ unsafe impl<T: Send> Sync for SlabCache<'_, T> {}
 unsafe impl<T: Send> Send for SlabCache<'_, T> {}
 
 impl<'a, T> SlabCache<'a, T> {
+    /// Distance between objects: the size of `T` (at least 1) rounded up to its alignment. A
+    /// constant of `T`, so finding an object's index from its address divides by a constant
+    /// (a shift for the usual power-of-two sizes, never a division instruction), and non-zero
+    /// by type: never 0 for any T (a size of at least 1 rounded up to the alignment, which a
+    /// type's size is a multiple of, so no wrap); the `MIN` arm is never taken.
+    const STRIDE: NonZeroUsize = match NonZeroUsize::new(align_up(
+        if size_of::<T>() == 0 {
+            1
+        } else {
+            size_of::<T>()
+        },
+        align_of::<T>(),
+    )) {
+        Some(stride) => stride,
+        None => NonZeroUsize::MIN,
+    };
+
     fn build(os: Option<&'a dyn Os>, buffer: Option<Region>, ctor: Option<fn() -> T>) -> Self {
-        let stride = align_up(size_of::<T>().max(1), align_of::<T>());
+        let stride = Self::STRIDE.get();
         let mut slab_size = if os.is_some() { MIN_OS_SLAB } else { MIN_SLAB };
         let layout = |slab: usize| {
             let header = size_of::<SlabHeader>();
@@ -211,7 +238,8 @@ impl<'a, T> SlabCache<'a, T> {
             slab_size,
             per_slab: per_slab.min(IN_MAGAZINE as usize - 1),
             objects_at,
-            stride,
+            // Never 0, for any T: a size of at least 1 rounded up to the alignment, which a
+            // type's size is a multiple of (no wrap); the `unwrap_or` is never taken.
             max_empty: 1,
             os,
             _objects: PhantomData,
@@ -268,9 +296,13 @@ impl<'a, T> SlabCache<'a, T> {
     pub fn magazine(&self) -> Magazine<'_, 'a, T> {
         Magazine {
             cache: self,
-            slots: [const { Cell::new(ptr::null_mut()) }; MAGAZINE_SLOTS],
+            constructed: self.ctor.is_some(),
+            hot: Cell::new(None),
+            slots: [const { Cell::new(NonNull::dangling()) }; MAGAZINE_SLOTS],
             len: Cell::new(0),
+            #[cfg(feature = "stats")]
             allocations: Cell::new(0),
+            #[cfg(feature = "stats")]
             deallocations: Cell::new(0),
             published_len: Cell::new(0),
         }
@@ -307,8 +339,10 @@ impl<'a, T> SlabCache<'a, T> {
 
     /// The cache's figures. `fragmentation` is the share of free object slots that sit in
     /// partial slabs (memory that cannot be given back until those slabs empty). Objects in
-    /// magazines count as free and operations count once published: both as of each
-    /// magazine's last batch move.
+    /// magazines count as free, as of each magazine's last batch move. Operations through the
+    /// cache itself are counted (under its lock); those through magazines only with the
+    /// `stats` feature (a count on the magazine's fast path costs as much as the rest of it),
+    /// once published at a batch move.
     pub fn stats(&self) -> StrategyStats {
         let lists = self.lists.lock();
         let slabs: usize = lists.counts.iter().sum();
@@ -325,9 +359,9 @@ impl<'a, T> SlabCache<'a, T> {
             }
         }
         StrategyStats {
-            used_bytes: used * self.stride,
-            free_bytes: free * self.stride,
-            peak_used_bytes: lists.peak_used * self.stride,
+            used_bytes: used * Self::STRIDE.get(),
+            free_bytes: free * Self::STRIDE.get(),
+            peak_used_bytes: lists.peak_used * Self::STRIDE.get(),
             allocations: lists.allocations,
             deallocations: lists.deallocations,
             failures: lists.failures,
@@ -346,7 +380,7 @@ impl<'a, T> SlabCache<'a, T> {
 
     fn object(&self, slab: *mut SlabHeader, index: usize) -> *mut u8 {
         slab.cast::<u8>()
-            .wrapping_add(self.objects_at + index * self.stride)
+            .wrapping_add(self.objects_at + index * Self::STRIDE.get())
     }
 
     /// The slab and index of the object at `obj`, with the slab pointer derived from its
@@ -354,15 +388,15 @@ impl<'a, T> SlabCache<'a, T> {
     fn locate(&self, lists: &Lists, obj: *mut u8) -> Option<(*mut SlabHeader, usize)> {
         let addr = obj as usize;
         let offset = addr & (self.slab_size - 1);
-        if offset < self.objects_at || (offset - self.objects_at) % self.stride != 0 {
+        if offset < self.objects_at || (offset - self.objects_at) % Self::STRIDE != 0 {
             return None;
         }
-        let index = (offset - self.objects_at) / self.stride;
+        let index = (offset - self.objects_at) / Self::STRIDE;
         if index >= self.per_slab {
             return None;
         }
         let source = &lists.source;
-        for arena in source.arenas[..source.count].iter().flatten() {
+        for arena in source.in_use().iter().flatten() {
             let base = arena.region.base.as_ptr() as usize;
             let at = addr.wrapping_sub(base);
             if at >= arena.first && at < arena.fresh {
@@ -494,29 +528,29 @@ impl<'a, T> SlabCache<'a, T> {
             source.returned = unsafe { slab.cast::<*mut u8>().read() };
             return Some(slab);
         }
-        if source.count != 0 {
-            if let Some(arena) = source.arenas[source.count - 1].as_mut() {
-                if arena.fresh + self.slab_size <= arena.region.len {
-                    // SAFETY: fresh + slab_size <= len: inside the arena.
-                    let slab = unsafe { arena.region.at(arena.fresh) }.as_ptr();
-                    arena.fresh += self.slab_size;
-                    return Some(slab);
-                }
+        let count = source.count.min(MAX_ARENAS);
+        if let Some(Some(arena)) = source.arenas[..count].last_mut() {
+            if arena.fresh + self.slab_size <= arena.region.len {
+                // SAFETY: fresh + slab_size <= len: inside the arena.
+                let slab = unsafe { arena.region.at(arena.fresh) }.as_ptr();
+                arena.fresh += self.slab_size;
+                return Some(slab);
             }
         }
         let os = self.os?;
-        if source.count == MAX_ARENAS {
+        // No free entry: every arena is reserved.
+        let Some(entry) = source.arenas.get_mut(count) else {
             record(AllocErrorKind::OutOfMemory);
             return None;
-        }
-        let slabs = FIRST_ARENA_SLABS << source.count;
+        };
+        let slabs = FIRST_ARENA_SLABS << count;
         let region = Region::reserve(os, slabs.checked_mul(self.slab_size)?, self.slab_size)?;
-        source.arenas[source.count] = Some(Arena {
+        *entry = Some(Arena {
             region,
             first: 0,
             fresh: self.slab_size,
         });
-        source.count += 1;
+        source.count = count + 1;
         Some(region.base.as_ptr())
     }
 
@@ -686,9 +720,11 @@ impl<'a, T> SlabCache<'a, T> {
         }
     }
 
-    /// Byte-level requests must fit one object.
-    fn fits(&self, size: usize, align: usize) -> bool {
-        size <= self.stride && align <= align_of::<T>()
+    /// Byte-level requests must fit one object (the stride, a constant of `T`, so this is one
+    /// compare with a constant size).
+    #[inline(always)]
+    fn fits(size: usize, align: usize) -> bool {
+        size <= Self::STRIDE.get() && align <= align_of::<T>()
     }
 
     /// Turns a constructed object into raw memory for the byte-level interface.
@@ -730,7 +766,7 @@ impl<T> Drop for SlabCache<'_, T> {
             }
             if let Some(os) = self.os {
                 let source = &(*lists).source;
-                for arena in source.arenas[..source.count].iter().flatten() {
+                for arena in source.in_use().iter().flatten() {
                     // SAFETY: each arena came from Region::reserve on this OS, once.
                     arena.region.release(os);
                 }
@@ -754,7 +790,7 @@ impl<T> core::fmt::Debug for SlabCache<'_, T> {
 // handed out only while its table entry says it is free, and marked ALLOCATED until freed.
 unsafe impl<T> TypedAlloc for SlabCache<'_, T> {
     fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        if !self.fits(size, align) {
+        if !Self::fits(size, align) {
             self.lists.lock().failures += 1;
             record(AllocErrorKind::InvalidRequest);
             return None;
@@ -778,7 +814,9 @@ impl_allocator_api2!([T] SlabCache<'_, T>);
 /// how many objects it held then and holds after this move.
 #[derive(Clone, Copy)]
 struct MagazineReport {
+    #[cfg(feature = "stats")]
     allocations: u64,
+    #[cfg(feature = "stats")]
     deallocations: u64,
     held_before: usize,
     held_after: usize,
@@ -786,8 +824,11 @@ struct MagazineReport {
 
 impl MagazineReport {
     fn publish(self, lists: &mut Lists) {
-        lists.allocations += self.allocations;
-        lists.deallocations += self.deallocations;
+        #[cfg(feature = "stats")]
+        {
+            lists.allocations += self.allocations;
+            lists.deallocations += self.deallocations;
+        }
         lists.in_magazines =
             (lists.in_magazines + self.held_after).saturating_sub(self.held_before);
     }
@@ -844,20 +885,40 @@ impl<T: core::fmt::Debug, H: ObjectHome<T>> core::fmt::Debug for Pooled<'_, T, H
 
 /// A per-thread magazine of a [`SlabCache`]: objects come and go without the lock; half a
 /// magazine moves at once. Dropping it returns its objects to their slabs.
+///
+/// The newest free object sits in `hot`, a fixed place in front of the array: a free followed
+/// by an allocation (the commonest pattern: a temporary object) passes the object through one
+/// field, a store and a load the processor forwards at once, where through `slots[len]` the
+/// load would wait for the index. The array holds the older objects, the newest on top.
 pub struct Magazine<'c, 'a, T> {
     cache: &'c SlabCache<'a, T>,
-    slots: [Cell<*mut u8>; MAGAZINE_SLOTS],
+    /// The cache has a constructor (copied here: one load on the fast paths, not two).
+    constructed: bool,
+    hot: Cell<Option<NonNull<u8>>>,
+    slots: [Cell<NonNull<u8>>; MAGAZINE_SLOTS],
     len: Cell<usize>,
-    /// Operations since the last batch move, and the fill level published then.
+    /// With the `stats` feature: operations since the last batch move.
+    #[cfg(feature = "stats")]
     allocations: Cell<u64>,
+    #[cfg(feature = "stats")]
     deallocations: Cell<u64>,
+    /// Objects held (array and `hot`) as published at the last batch move.
     published_len: Cell<usize>,
 }
 
 impl<T> Magazine<'_, '_, T> {
     /// Objects held.
     pub fn cached(&self) -> usize {
-        self.len.get()
+        self.len.get() + usize::from(self.hot.get().is_some())
+    }
+
+    /// `len`, which every store keeps at most [`MAGAZINE_SLOTS`] (a refill takes at most a
+    /// batch into an empty magazine, a push into a full one flushes first). The `min` is never
+    /// taken; it lets the compiler see that `slots[..len]` is in bounds, so the slot accesses
+    /// have no check that could panic.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len.get().min(MAGAZINE_SLOTS)
     }
 
     /// A constructed object (see [`SlabCache::get`]).
@@ -866,27 +927,38 @@ impl<T> Magazine<'_, '_, T> {
             record(AllocErrorKind::InvalidRequest);
             return None;
         }
-        let ptr = NonNull::new(self.pop()?.cast())?;
+        let ptr = self.pop()?.cast();
         Some(Pooled { ptr, home: self })
     }
 
+    /// Fast path: `hot`, else the top of the array; falls back to `refill`.
     #[inline]
-    fn pop(&self) -> Option<*mut u8> {
-        let mut len = self.len.get();
+    fn pop(&self) -> Option<NonNull<u8>> {
+        let obj = match self.hot.take() {
+            Some(obj) => obj,
+            None => self.pop_slot()?,
+        };
+        if cfg!(debug_assertions) {
+            self.mark(obj.as_ptr(), IN_MAGAZINE, ALLOCATED);
+        }
+        #[cfg(feature = "stats")]
+        self.allocations.set(self.allocations.get() + 1);
+        Some(obj)
+    }
+
+    #[inline]
+    fn pop_slot(&self) -> Option<NonNull<u8>> {
+        let mut len = self.len();
         if len == 0 {
-            len = self.refill();
+            self.refill();
+            len = self.len();
             if len == 0 {
                 return None;
             }
         }
         len -= 1;
         self.len.set(len);
-        let obj = self.slots[len].get();
-        if cfg!(debug_assertions) {
-            self.mark(obj, IN_MAGAZINE, ALLOCATED);
-        }
-        self.allocations.set(self.allocations.get() + 1);
-        Some(obj)
+        Some(self.slots[len].get())
     }
 
     /// Debug builds: checks `obj` is an object of ours in use and marks it as in a magazine;
@@ -902,17 +974,27 @@ impl<T> Magazine<'_, '_, T> {
         true
     }
 
-    /// Adds an accepted object.
+    /// Adds an accepted object: into `hot`, the one there (if any) onto the array.
     #[inline]
-    fn push(&self, obj: *mut u8) {
-        let mut len = self.len.get();
-        if len == MAGAZINE_SLOTS {
+    fn push(&self, obj: NonNull<u8>) {
+        if let Some(older) = self.hot.replace(Some(obj)) {
+            self.push_slot(older);
+        }
+        #[cfg(feature = "stats")]
+        self.deallocations.set(self.deallocations.get() + 1);
+    }
+
+    #[inline]
+    fn push_slot(&self, obj: NonNull<u8>) {
+        let mut len = self.len();
+        // Full: make room (one flush of a batch does; the loop lets the compiler see that
+        // `len` indexes a slot).
+        while len == MAGAZINE_SLOTS {
             self.flush(MAGAZINE_BATCH);
-            len = self.len.get();
+            len = self.len();
         }
         self.slots[len].set(obj);
         self.len.set(len + 1);
-        self.deallocations.set(self.deallocations.get() + 1);
     }
 
     /// Debug builds: moves an object's table entry from `from` to `to`; `false` if it did not
@@ -940,7 +1022,9 @@ impl<T> Magazine<'_, '_, T> {
     /// The report of a batch move that leaves `held_after` objects here.
     fn report(&self, held_after: usize) -> MagazineReport {
         let report = MagazineReport {
+            #[cfg(feature = "stats")]
             allocations: self.allocations.replace(0),
+            #[cfg(feature = "stats")]
             deallocations: self.deallocations.replace(0),
             held_before: self.published_len.get(),
             held_after,
@@ -949,31 +1033,38 @@ impl<T> Magazine<'_, '_, T> {
         report
     }
 
+    /// Refills an empty magazine (`hot` empty too: `pop` tried it first).
     #[cold]
     #[inline(never)]
-    fn refill(&self) -> usize {
+    fn refill(&self) {
         let mut batch = [ptr::null_mut(); MAGAZINE_BATCH];
         // The fill level after the move is not known before it: `take` adds what it took.
         let report = self.report(0);
+        // `take` fills `got <= MAGAZINE_BATCH` entries of the batch, with non-null objects.
         let got = self.cache.take(&mut batch, Some(report));
-        for (i, obj) in batch[..got].iter().enumerate() {
-            self.slots[i].set(*obj);
+        let mut len = 0;
+        for (slot, obj) in self.slots.iter().zip(batch.iter().take(got)) {
+            if let Some(obj) = NonNull::new(*obj) {
+                slot.set(obj);
+                len += 1;
+            }
         }
-        self.len.set(got);
-        self.published_len.set(got);
-        got
+        self.len.set(len);
+        self.published_len.set(len);
     }
 
+    /// Moves the `count` oldest objects of the array to their slabs.
     #[cold]
     #[inline(never)]
     fn flush(&self, count: usize) {
-        let len = self.len.get();
+        let len = self.len();
         let count = count.min(len);
         let mut batch = [ptr::null_mut(); MAGAZINE_SLOTS];
         for (i, slot) in batch[..count].iter_mut().enumerate() {
-            *slot = self.slots[i].get();
+            *slot = self.slots[i].get().as_ptr();
         }
-        let report = self.report(len - count);
+        let hot = usize::from(self.hot.get().is_some());
+        let report = self.report(len - count + hot);
         self.cache.put(&batch[..count], Some(report), false);
         for i in count..len {
             self.slots[i - count].set(self.slots[i].get());
@@ -985,7 +1076,7 @@ impl<T> Magazine<'_, '_, T> {
 impl<T> ObjectHome<T> for Magazine<'_, '_, T> {
     unsafe fn put_back(&self, obj: NonNull<T>) {
         if self.accept(obj.as_ptr().cast()) {
-            self.push(obj.as_ptr().cast());
+            self.push(obj.cast());
         }
     }
 }
@@ -993,22 +1084,28 @@ impl<T> ObjectHome<T> for Magazine<'_, '_, T> {
 // SAFETY: objects come from the cache (see its implementation) and are held by this magazine
 // alone until handed out.
 unsafe impl<T> TypedAlloc for Magazine<'_, '_, T> {
+    /// Fast path: a compare with a constant, `hot` taken, the constructor flag tested.
     #[inline]
     fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        if !self.cache.fits(size, align) {
+        if !SlabCache::<T>::fits(size, align) {
             record(AllocErrorKind::InvalidRequest);
             return None;
         }
         let obj = self.pop()?;
-        self.cache.unconstruct(obj);
-        NonNull::new(obj)
+        if self.constructed {
+            self.cache.unconstruct(obj.as_ptr());
+        }
+        Some(obj)
     }
 
+    /// Fast path: the constructor flag tested, the object into `hot`.
     #[inline]
     unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
         if self.accept(ptr.as_ptr()) {
-            self.cache.reconstruct(ptr.as_ptr());
-            self.push(ptr.as_ptr());
+            if self.constructed {
+                self.cache.reconstruct(ptr.as_ptr());
+            }
+            self.push(ptr);
         }
     }
 }
@@ -1017,6 +1114,9 @@ impl_allocator_api2!(['c, 'a, T] Magazine<'c, 'a, T>);
 
 impl<T> Drop for Magazine<'_, '_, T> {
     fn drop(&mut self) {
+        if let Some(obj) = self.hot.take() {
+            self.push_slot(obj);
+        }
         // At least once, so counts of a magazine that never filled are published too.
         loop {
             self.flush(MAGAZINE_BATCH);

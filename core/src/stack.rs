@@ -26,6 +26,10 @@
 //! [`AllocErrorKind::DoubleFree`], a pointer outside the region as
 //! [`AllocErrorKind::InvalidFree`]. These checks are a few comparisons and run in every build.
 //!
+//! The allocation fast path is a bump of the top: with a constant alignment up to [`GRAIN`],
+//! two loads, a compare, an add and a store. Statistics follow from the top; the operation
+//! counts are kept with the `stats` feature only.
+//!
 //! May touch: [`crate::region`], [`crate::os`], [`crate::strategy_stats`], [`crate::error`].
 
 use core::cell::Cell;
@@ -72,7 +76,8 @@ pub struct Stack<'a> {
     hole_count: Cell<usize>,
     hole_bytes: Cell<usize>,
     os: Option<&'a dyn Os>,
-    /// `used` counts `top - base` (padding and holes included); holes are subtracted in stats.
+    /// Failures, misuse, the peak top as of its last descent; the operation counts with the
+    /// `stats` feature. `used` is `top - base` less the holes (see stats).
     counters: Counters,
     _buffer: PhantomData<&'a mut [MaybeUninit<u8>]>,
 }
@@ -178,11 +183,11 @@ impl<'a> Stack<'a> {
     pub fn stats(&self) -> StrategyStats {
         let free = self.end - self.top.get() as usize;
         let holes = self.hole_bytes.get();
+        let top = self.top_offset();
+        let used = top - holes.min(top);
         let mut stats = self
             .counters
-            .snapshot(free + holes, ratio(holes, free + holes));
-        let top = self.top_offset();
-        stats.used_bytes = top - holes.min(top);
+            .snapshot(used, free + holes, ratio(holes, free + holes));
         stats.peak_used_bytes = stats.peak_used_bytes.max(top);
         stats
     }
@@ -197,11 +202,17 @@ impl<'a> Stack<'a> {
         }
     }
 
+    /// The holes tracked now (`hole_count <= TRACKED_HOLES`; read with `get`, so that no
+    /// bounds check can panic: tests/no_panic.sh).
+    #[inline]
+    fn live_holes(&self) -> &[Cell<Hole>] {
+        self.holes.get(..self.hole_count.get()).unwrap_or(&[])
+    }
+
     /// Forgets holes starting at or above `cut` (the top came down past them).
     fn drop_holes_above(&self, cut: usize) {
         let mut i = 0;
-        while i < self.hole_count.get() {
-            let hole = self.holes[i].get();
+        while let Some(hole) = self.live_holes().get(i).map(Cell::get) {
             if hole.start >= cut {
                 self.remove_hole(i);
             } else {
@@ -211,12 +222,15 @@ impl<'a> Stack<'a> {
     }
 
     fn remove_hole(&self, i: usize) {
-        let last = self.hole_count.get() - 1;
-        let hole = self.holes[i].get();
+        let holes = self.live_holes();
+        let (Some(slot), Some(last)) = (holes.get(i), holes.last()) else {
+            return;
+        };
+        let hole = slot.get();
         self.hole_bytes
             .set(self.hole_bytes.get() - (hole.end - hole.start));
-        self.holes[i].set(self.holes[last].get());
-        self.hole_count.set(last);
+        slot.set(last.get());
+        self.hole_count.set(holes.len() - 1);
     }
 
     /// Lowers the top to `new_top` (an address in the region), then past every hole that
@@ -237,8 +251,7 @@ impl<'a> Stack<'a> {
     #[cold]
     fn absorb_holes(&self, mut new_top: usize) -> usize {
         let mut i = 0;
-        while i < self.hole_count.get() {
-            let hole = self.holes[i].get();
+        while let Some(hole) = self.live_holes().get(i).map(Cell::get) {
             if hole.end == new_top {
                 new_top = hole.start;
                 self.remove_hole(i);
@@ -255,8 +268,8 @@ impl<'a> Stack<'a> {
     #[cold]
     fn remember_padding(&self, start: usize, pad: usize) {
         let count = self.hole_count.get();
-        if count < TRACKED_HOLES {
-            self.holes[count].set(Hole {
+        if let Some(slot) = self.holes.get(count) {
+            slot.set(Hole {
                 start,
                 end: start + pad,
             });
@@ -279,9 +292,8 @@ impl<'a> Stack<'a> {
         }
         if size == 0 {
             // Owns no bytes (and may share its address with the padding the top took back).
-            self.counters
-                .deallocations
-                .set(self.counters.deallocations.get() + 1);
+            #[cfg(feature = "stats")]
+            self.counters.count_deallocation();
             return;
         }
         if addr >= top {
@@ -291,20 +303,19 @@ impl<'a> Stack<'a> {
         if end > top {
             return self.counters.on_misuse(AllocErrorKind::InvalidFree);
         }
-        for i in 0..self.hole_count.get() {
-            let hole = self.holes[i].get();
+        for hole in self.live_holes() {
+            let hole = hole.get();
             if addr < hole.end && hole.start < end {
                 return self.counters.on_misuse(AllocErrorKind::DoubleFree);
             }
         }
         // Accepted, and reported: the bytes wait for the top to come down.
         self.counters.on_misuse(AllocErrorKind::OutOfOrderFree);
-        self.counters
-            .deallocations
-            .set(self.counters.deallocations.get() + 1);
+        #[cfg(feature = "stats")]
+        self.counters.count_deallocation();
         let count = self.hole_count.get();
-        if count < TRACKED_HOLES {
-            self.holes[count].set(Hole { start: addr, end });
+        if let Some(slot) = self.holes.get(count) {
+            slot.set(Hole { start: addr, end });
             self.hole_count.set(count + 1);
             self.hole_bytes.set(self.hole_bytes.get() + (end - addr));
         }
@@ -323,23 +334,32 @@ unsafe impl TypedAlloc for Stack<'_> {
         }
         let top = self.top.get();
         let addr = top as usize;
-        let pad = addr.wrapping_neg() & (align - 1);
+        // The top is always on the grain: alignments up to it need no padding (with a
+        // constant alignment this test folds away, and the fast path is an add and a compare).
+        let pad = if align <= GRAIN {
+            0
+        } else {
+            addr.wrapping_neg() & (align - 1)
+        };
+        // `room` is a multiple of the grain (top and end are on it), so `size <= room` implies
+        // `grain(size) <= room`.
         let room = self.end - addr;
         if size > room || pad > room - grain(size) {
             self.counters.on_failure(AllocErrorKind::Exhausted);
             return None;
         }
-        let size = grain(size);
+        // size <= room < usize::MAX - GRAIN: rounding up cannot wrap.
+        let size = size.wrapping_add(GRAIN - 1) & !(GRAIN - 1);
         // SAFETY: pad + size <= room: both pointers stay inside the region.
         let (block, new_top) = unsafe { (top.add(pad), top.add(pad + size)) };
         self.top.set(new_top);
         if pad != 0 {
             self.remember_padding(addr, pad);
         }
-        // Only the count: used bytes and the peak follow from the top (see stats).
-        self.counters
-            .allocations
-            .set(self.counters.allocations.get() + 1);
+        // Used bytes and the peak follow from the top (see stats); the count is the `stats`
+        // feature's.
+        #[cfg(feature = "stats")]
+        self.counters.count_allocation();
         // SAFETY: derived from the region's non-null base by an in-bounds offset.
         Some(unsafe { NonNull::new_unchecked(block) })
     }
@@ -350,9 +370,8 @@ unsafe impl TypedAlloc for Stack<'_> {
         if addr.wrapping_add(grain(size)) == self.top.get() as usize
             && addr >= self.start.as_ptr() as usize
         {
-            self.counters
-                .deallocations
-                .set(self.counters.deallocations.get() + 1);
+            #[cfg(feature = "stats")]
+            self.counters.count_deallocation();
             self.pop_to(addr);
         } else {
             self.free_below_top(addr, size);

@@ -106,14 +106,14 @@ pub fn stats() -> Stats {
 /// Free pages are reported with `class: None`. Allocates nothing; the figures are a snapshot
 /// taken without stopping other threads.
 pub fn walk_pages(f: &mut dyn FnMut(&PageInfo)) {
-    use crate::segment::{Segment, KIND_LARGE, KIND_MEDIUM, KIND_SMALL};
+    use crate::segment::{Segment, KIND_BIG, KIND_LARGE, KIND_MEDIUM, KIND_SMALL};
     use crate::sync::Ordering;
     crate::segment::for_each_claimed(|seg| {
         // SAFETY: claimed segments' headers are committed memory for the arena's life; every
         // field read here is an atomic (a relaxed snapshot).
         let s = unsafe { &*seg };
         let kind = s.kind.load(Ordering::Relaxed);
-        if kind != KIND_SMALL && kind != KIND_MEDIUM && kind != KIND_LARGE {
+        if ![KIND_SMALL, KIND_MEDIUM, KIND_BIG, KIND_LARGE].contains(&kind) {
             return;
         }
         let shift = s.page_shift.load(Ordering::Relaxed);
@@ -121,6 +121,11 @@ pub fn walk_pages(f: &mut dyn FnMut(&PageInfo)) {
         for (index, page) in s.pages.iter().enumerate().take(count) {
             let (start, size) = Segment::page_area(seg, index, shift);
             let in_use = page.in_use.load(Ordering::Relaxed) != 0;
+            let capacity = if in_use {
+                page.reserved.load(Ordering::Relaxed)
+            } else {
+                0
+            };
             let info = PageInfo {
                 address: start as usize,
                 size,
@@ -130,13 +135,12 @@ pub fn walk_pages(f: &mut dyn FnMut(&PageInfo)) {
                 } else {
                     0
                 },
-                capacity: if in_use {
-                    page.reserved.load(Ordering::Relaxed)
-                } else {
-                    0
-                },
+                capacity,
+                // Blocks the owner took off its remote list before their freer's count
+                // arrived count twice for a moment (see `Page::collect_remote`): never more
+                // than the page holds.
                 used: if in_use {
-                    page.used.load(Ordering::Relaxed)
+                    page.used.load(Ordering::Relaxed).min(capacity)
                 } else {
                     0
                 },

@@ -7,6 +7,10 @@ use core::cell::Cell;
 
 use crate::error::{record, AllocErrorKind};
 
+/// Whether the pool, the stack and the buddy count their allocations and frees (the `stats`
+/// feature); without it their `allocations` / `deallocations` read 0.
+pub const OPERATIONS_COUNTED: bool = cfg!(feature = "stats");
+
 /// A strategy allocator's figures at one moment.
 ///
 /// `fragmentation` is the share of free memory the allocator cannot use for its next request;
@@ -21,9 +25,11 @@ pub struct StrategyStats {
     pub free_bytes: usize,
     /// The highest `used_bytes` seen.
     pub peak_used_bytes: usize,
-    /// Successful allocations since creation.
+    /// Successful allocations since creation. The pool, the stack and the buddy count them
+    /// only with the `stats` feature (0 without it); the lock-free pool and the slab cache
+    /// derive them from what their caches count anyway.
     pub allocations: u64,
-    /// Frees accepted since creation.
+    /// Frees accepted since creation (counted as `allocations` are).
     pub deallocations: u64,
     /// Allocations that returned `None` / `AllocError` (exhaustion or an invalid request).
     pub failures: u64,
@@ -50,14 +56,18 @@ pub(crate) fn ratio(part: usize, whole: usize) -> f64 {
 }
 
 /// Counters of an allocator used by one thread at a time (pool, stack, buddy): plain cells,
-/// no atomics on the fast path.
+/// no atomics on the fast path. There is no byte total: each allocator derives its used bytes
+/// and its peak from state it keeps anyway (carved blocks and the free list, the top, blocks
+/// out of the bitmaps). The operation counts are written on the fast paths only with the
+/// `stats` feature: a count in memory is a dependency chain from one call to the next, which
+/// costs a pool more than its allocation and free together.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) allocations: Cell<u64>,
     pub(crate) deallocations: Cell<u64>,
     pub(crate) failures: Cell<u64>,
     pub(crate) misuse: Cell<u64>,
-    pub(crate) used: Cell<usize>,
+    /// The high-water mark, in the unit the allocator says (bytes or blocks).
     pub(crate) peak: Cell<usize>,
 }
 
@@ -69,25 +79,22 @@ impl Counters {
             deallocations: Cell::new(0),
             failures: Cell::new(0),
             misuse: Cell::new(0),
-            used: Cell::new(0),
             peak: Cell::new(0),
         }
     }
 
+    /// Counts an allocation (the `stats` feature's fast-path count).
+    #[cfg(feature = "stats")]
     #[inline(always)]
-    pub(crate) fn on_alloc(&self, bytes: usize) {
+    pub(crate) fn count_allocation(&self) {
         self.allocations.set(self.allocations.get() + 1);
-        let used = self.used.get() + bytes;
-        self.used.set(used);
-        if used > self.peak.get() {
-            self.peak.set(used);
-        }
     }
 
+    /// Counts a free (the `stats` feature's fast-path count).
+    #[cfg(feature = "stats")]
     #[inline(always)]
-    pub(crate) fn on_free(&self, bytes: usize) {
+    pub(crate) fn count_deallocation(&self) {
         self.deallocations.set(self.deallocations.get() + 1);
-        self.used.set(self.used.get().saturating_sub(bytes));
     }
 
     /// An allocation failed: counted here and recorded for [`crate::error::last_error`].
@@ -104,10 +111,16 @@ impl Counters {
         record(kind);
     }
 
-    /// The figures, with what only the allocator knows filled in by the caller.
-    pub(crate) fn snapshot(&self, free_bytes: usize, fragmentation: f64) -> StrategyStats {
+    /// The figures, with what only the allocator knows filled in by the caller (the peak is
+    /// the field's value: callers keeping it in another unit overwrite it).
+    pub(crate) fn snapshot(
+        &self,
+        used_bytes: usize,
+        free_bytes: usize,
+        fragmentation: f64,
+    ) -> StrategyStats {
         StrategyStats {
-            used_bytes: self.used.get(),
+            used_bytes,
             free_bytes,
             peak_used_bytes: self.peak.get(),
             allocations: self.allocations.get(),

@@ -2,14 +2,17 @@
 //! heap when its thread exits.
 //!
 //! * The thread-local slot holds a pointer to the thread's heap, or to the empty heap before the
-//!   first allocation. It is a `const`-initialised `Cell` with no destructor, so reading it is
-//!   a plain TLS load.
+//!   first allocation or remote free. It is a `const`-initialised `Cell` with no destructor, so
+//!   reading it is a plain TLS load.
 //! * Heaps are carved from OS memory and never freed: the registry of all heaps is append-only
 //!   (statistics walk it) and pointers to heaps stay valid forever (remote freers rely on it).
 //! * At thread exit (a `pthread_key` destructor on Unix, a thread-local guard elsewhere) the
-//!   heap gives back what it can and joins the idle pool. A new thread takes an idle heap —
-//!   pages, live blocks and all — before making a new one; a running thread that needs a new
-//!   segment first adopts the segments of an idle heap. Nothing is lost when threads come and go.
+//!   heap pushes the remote frees it holds back, gives back what it can and joins the idle
+//!   pool; the slot then holds the exited heap, so a free later in the thread's teardown is
+//!   pushed at once instead of attaching a heap that might never be detached. A new thread
+//!   takes an idle heap — pages, live blocks and all — before making a new one; a running
+//!   thread that needs a new segment first adopts the segments of an idle heap. Nothing is lost
+//!   when threads come and go.
 //! * The idle pool is guarded by a spin lock: taken only at thread start and exit and when
 //!   adopting, never while allocating from the OS or calling out, and released around `fork`.
 //!
@@ -19,7 +22,9 @@
 use core::cell::Cell;
 use core::ptr::null_mut;
 
-use crate::heap::{empty_heap, Heap};
+#[cfg(not(initial_exec_tls))]
+use crate::heap::empty_heap;
+use crate::heap::{exited_heap, owns_nothing, Heap};
 use crate::os::{Os, SystemOs};
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
@@ -185,6 +190,26 @@ fn new_heap() -> Option<*mut Heap> {
 #[cold]
 pub(crate) fn attach() -> Option<*mut Heap> {
     lock();
+    attach_locked()
+}
+
+/// [`attach`] if the pool's lock is free now, else `None`: for a free, which must not wait on
+/// the lock (a `fork` prepare handler holds it while other handlers run, and those may free)
+/// and can always push its block without a heap.
+#[cold]
+pub(crate) fn try_attach() -> Option<*mut Heap> {
+    // Acquire: as in `lock`.
+    if LOCK
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return None;
+    }
+    attach_locked()
+}
+
+/// The rest of [`attach`], entered with the lock held (released here).
+fn attach_locked() -> Option<*mut Heap> {
     let mut heap = pop_idle();
     if heap.is_null() {
         heap = match new_heap() {
@@ -211,10 +236,11 @@ pub(crate) fn attach() -> Option<*mut Heap> {
 
 /// Called when a thread ends: give back what we can, then join the idle pool.
 fn detach(heap: *mut Heap) {
-    if heap.is_null() || heap == empty_heap() {
+    if heap.is_null() || owns_nothing(heap) {
         return;
     }
-    set_current(empty_heap());
+    // Not the empty heap: a free after this point must not attach a heap (see `heap`).
+    set_current(exited_heap());
     // SAFETY: the exiting thread's own heap; after this call nobody uses it until another
     // thread takes it from the pool.
     unsafe {

@@ -9,6 +9,9 @@ use allocscope_core::{heap, Allocscope};
 #[global_allocator]
 static GLOBAL: Allocscope = Allocscope::new();
 
+mod heap_support;
+use heap_support::page_in_use;
+
 fn fill(p: *mut u8, len: usize, seed: u8) {
     for i in 0..len {
         // SAFETY: p..p+len is a live block.
@@ -189,6 +192,70 @@ fn cross_thread_frees_and_thread_churn_lose_nothing() {
 }
 
 #[test]
+fn remote_frees_held_back_reach_their_pages_at_thread_exit_and_at_collect() {
+    const SIZE: usize = 200;
+    for freer_collects in [false, true] {
+        // The owner is a thread of its own, so nothing else allocates from its pages.
+        std::thread::spawn(move || {
+            // Fewer blocks than a batch holds: without a push at exit or at `collect()`, every
+            // one of them would stay held by the freeing thread. A size the test's own
+            // allocations (the map, the barrier, the spawn) do not share a class with.
+            let blocks: Vec<usize> = (0..40u8)
+                .map(|i| {
+                    let p = heap::alloc(SIZE, 8);
+                    fill(p, SIZE, i);
+                    p as usize
+                })
+                .collect();
+            let mut pages: HashMap<usize, (u32, u32)> = HashMap::with_capacity(blocks.len());
+            for &b in &blocks {
+                let (page, used) = page_in_use(b).expect("the page of a live block is in use");
+                pages.entry(page).or_insert((used, 0)).1 += 1;
+            }
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let freer_barrier = barrier.clone();
+            let handed = blocks.clone();
+            let freer = std::thread::spawn(move || {
+                for (i, &p) in handed.iter().enumerate() {
+                    check(p as *const u8, SIZE, i as u8);
+                    // SAFETY: live blocks of the owner, handed over; each freed once.
+                    unsafe { heap::free(p as *mut u8) };
+                }
+                if freer_collects {
+                    allocscope_core::collect();
+                    // Stay alive while the owner looks: only `collect()` pushed the frees.
+                    freer_barrier.wait();
+                    freer_barrier.wait();
+                }
+            });
+            // The owner takes the remote counts (and gives back pages that emptied).
+            let owner_sees_every_free = || {
+                allocscope_core::collect();
+                for (&page, &(before, freed)) in &pages {
+                    if let Some((_, after)) = page_in_use(page) {
+                        assert!(
+                            after <= before - freed,
+                            "page {page:#x}: used {after}, was {before} with {freed} freed remotely"
+                        );
+                    }
+                }
+            };
+            if freer_collects {
+                barrier.wait();
+                owner_sees_every_free();
+                barrier.wait();
+                freer.join().unwrap();
+            } else {
+                freer.join().unwrap();
+                owner_sees_every_free();
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+#[test]
 fn stats_and_page_walk_see_live_blocks() {
     // Another thread, so other tests' traffic on this thread doesn't matter; we look at our
     // own pages through the walk by address.
@@ -216,6 +283,50 @@ fn stats_and_page_walk_see_live_blocks() {
         for p in blocks {
             // SAFETY: live, freed once.
             unsafe { heap::free(p) };
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn blocks_up_to_512_kib_live_on_big_pages_reused_in_place_and_purged() {
+    use allocscope_core::size_class::{class_of, CLASS_MAX, CLASS_SIZE, MEDIUM_MAX};
+    std::thread::spawn(|| {
+        let resident = |p: *mut u8| {
+            let mut v = [0u8; 1];
+            // SAFETY: mincore reads the state of one page of a mapping of ours into `v`.
+            let r = unsafe { libc::mincore(p.cast(), 4096, v.as_mut_ptr()) };
+            assert_eq!(r, 0, "the page stays mapped");
+            v[0] & 1 != 0
+        };
+        for size in [MEDIUM_MAX + 1, 300_000, CLASS_MAX] {
+            let a = heap::alloc(size, 16);
+            assert!(!a.is_null(), "size {size}");
+            fill(a, size, 3);
+            // The block lies in a page of its class (not a mapping of its own).
+            let mut page = None;
+            allocscope_core::walk_pages(&mut |info| {
+                if (a as usize) >= info.address && (a as usize) < info.address + info.size {
+                    page = Some(*info);
+                }
+            });
+            let page = page.expect("the big page is walked");
+            assert_eq!(page.block_size, CLASS_SIZE[class_of(size)], "size {size}");
+            assert!(page.capacity >= 7, "{page:?}");
+            // SAFETY: live, freed once.
+            unsafe { heap::free(a) };
+            // Freed and asked for again, the same block comes back, still resident.
+            let b = heap::alloc(size, 16);
+            assert_eq!(a, b, "size {size}: the freed block is reused");
+            assert!(resident(b));
+            // SAFETY: live, freed once.
+            unsafe { heap::free(b) };
+            // An empty big page goes back to the OS (here at once, by collect).
+            allocscope_core::collect();
+            let tail = ((b as usize + size - 1) & !4095) as *mut u8;
+            assert!(!resident(tail), "size {size}: purged after collect");
         }
     })
     .join()
@@ -284,7 +395,7 @@ fn typed_calls_and_collections_in_the_heap() {
     drop(owned);
     let mut v: allocator_api2::vec::Vec<u32, Allocscope> = allocator_api2::vec::Vec::new_in(a);
     v.extend(0..10_000u32);
-    assert_eq!(v.iter().map(|&x| x as u64).sum::<u64>(), 49_995_000);
+    assert_eq!(v.iter().map(|&x| u64::from(x)).sum::<u64>(), 49_995_000);
     assert!(
         a.allocate::<u64>(usize::MAX).is_none(),
         "overflowing count is refused"

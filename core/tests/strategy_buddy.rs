@@ -3,10 +3,11 @@
 mod strategy_support;
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
-use allocscope_core::buddy::Buddy;
+use allocscope_core::buddy::{Buddy, DEFERRED};
 use allocscope_core::spin::SpinLock;
 use allocscope_core::typed::TypedAlloc;
 use proptest::prelude::*;
@@ -151,11 +152,56 @@ fn double_wrong_size_and_foreign_frees_are_refused_in_every_build() {
         buddy.deallocate_bytes(NonNull::new(b.as_ptr().add(32)).unwrap(), 32, 8);
     }
     let s = buddy.stats();
-    assert_eq!((s.misuse, s.deallocations), (4, 1));
+    assert_eq!((s.misuse, s.deallocations), (4, counted(1)));
     assert!(holds(b, 100, 5));
     assert_eq!(s.used_bytes, 128, "b is still allocated");
     // SAFETY: b is live.
     unsafe { buddy.deallocate_bytes(b, 100, 8) };
+    assert_eq!(buddy.stats().free_bytes, buddy.heap_size());
+}
+
+/// An order with many blocks allocated keeps more frees waiting than DEFERRED (up to half its
+/// allocated count): they are reused first, a double free deep in the waiting list is still
+/// refused, and reading the figures coalesces them all.
+#[test]
+fn many_waiting_frees_of_one_order_are_reused_and_checked() {
+    let mut buf = buffer(64 * 1024);
+    let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
+    let blocks: Vec<_> = (0..300)
+        .map(|i| {
+            let p = buddy.allocate_bytes(32, 8).unwrap();
+            fill(p, 32, i);
+            p
+        })
+        .collect();
+    let initial_free = buddy.heap_size() - 300 * 32;
+    let freed = 3 * DEFERRED;
+    for &p in &blocks[..freed] {
+        // SAFETY: live blocks, freed once.
+        unsafe { buddy.deallocate_bytes(p, 32, 8) };
+    }
+    // The first block freed is the deepest in the waiting list.
+    // SAFETY: deliberate double free, refused (were it accepted, the block would wait twice
+    // and be handed out twice below).
+    unsafe { buddy.deallocate_bytes(blocks[0], 32, 8) };
+    let again: HashSet<_> = (0..freed)
+        .map(|_| buddy.allocate_bytes(32, 8).unwrap())
+        .collect();
+    let freed_set: HashSet<_> = blocks[..freed].iter().copied().collect();
+    assert_eq!(again, freed_set, "waiting frees are handed out again first");
+    for (i, &p) in blocks.iter().enumerate().skip(freed) {
+        assert!(holds(p, 32, i as u64));
+    }
+    let s = buddy.stats();
+    assert_eq!(
+        (s.misuse, s.allocations, s.deallocations),
+        (1, counted(300 + freed as u64), counted(freed as u64))
+    );
+    assert_eq!(s.free_bytes, initial_free);
+    for &p in &blocks {
+        // SAFETY: live blocks (the freed ones were allocated again), freed once.
+        unsafe { buddy.deallocate_bytes(p, 32, 8) };
+    }
     assert_eq!(buddy.stats().free_bytes, buddy.heap_size());
 }
 
@@ -256,14 +302,18 @@ proptest! {
     #![proptest_config(config())]
 
     /// Random sequences against a model: blocks are aligned, disjoint and keep their contents;
-    /// used + free is the heap; used is the sum of the live blocks' power-of-two sizes; when
-    /// everything is freed the heap is whole again.
+    /// used + free is the heap; used is the sum of the live blocks' power-of-two sizes; the
+    /// operation counts are exact and the peak is at least the model's; when everything is
+    /// freed the heap is whole again. The figures are read only every few operations, since
+    /// reading them coalesces the deferred frees, and the deferred lists must fill meanwhile.
     #[test]
-    fn buddy_matches_model(ops in ops()) {
+    fn buddy_matches_model(ops in ops(), every in 1usize..40) {
         let mut buf = buffer(64 * 1024);
         let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
         let initial = buddy.stats();
         let mut live: Vec<(NonNull<u8>, usize, usize, u64)> = Vec::new();
+        let (mut allocations, mut frees, mut peak) = (0u64, 0u64, 0usize);
+        let block = |b: &(NonNull<u8>, usize, usize, u64)| b.1.max(b.2).max(32).next_power_of_two();
         for (seed, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Alloc(size, shift) => {
@@ -275,6 +325,8 @@ proptest! {
                         }
                         fill(p, size, seed as u64);
                         live.push((p, size, align, seed as u64));
+                        allocations += 1;
+                        peak = peak.max(live.iter().map(block).sum());
                     }
                 }
                 Op::Free(i) if !live.is_empty() => {
@@ -282,13 +334,18 @@ proptest! {
                     prop_assert!(holds(p, len, s));
                     // SAFETY: a live block.
                     unsafe { buddy.deallocate_bytes(p, len, align) };
+                    frees += 1;
                 }
                 Op::Free(_) => {}
             }
-            let s = buddy.stats();
-            let expect: usize = live.iter().map(|b| b.1.max(b.2).max(32).next_power_of_two()).sum();
-            prop_assert_eq!(s.used_bytes, expect);
-            prop_assert_eq!(s.used_bytes + s.free_bytes, buddy.heap_size());
+            if seed % every == 0 {
+                let s = buddy.stats();
+                let expect: usize = live.iter().map(block).sum();
+                prop_assert_eq!(s.used_bytes, expect);
+                prop_assert_eq!(s.used_bytes + s.free_bytes, buddy.heap_size());
+                prop_assert_eq!((s.allocations, s.deallocations), (counted(allocations), counted(frees)));
+                prop_assert!(s.peak_used_bytes >= peak && s.peak_used_bytes <= buddy.heap_size());
+            }
         }
         for (p, len, align, _) in live.drain(..) {
             // SAFETY: live blocks.

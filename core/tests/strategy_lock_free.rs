@@ -224,13 +224,15 @@ proptest! {
 
     /// Random sequences through a cache and the cacheless path against a model: blocks are
     /// distinct and keep their contents; allocation fails only when every block is live or
-    /// cached; everything comes back.
+    /// cached; everything comes back; the operation counts (which a cache derives from one
+    /// tick count and the blocks it moved) are exact once the cache is dropped.
     #[test]
     fn lock_free_pool_matches_model(ops in ops()) {
         let mut buf = buffer(8 * 1024);
         let pool = LockFreePool::from_buffer(&mut buf, 24, 8).unwrap();
         let cap = pool.capacity();
         let mut live: Vec<(NonNull<u8>, u64)> = Vec::new();
+        let (mut allocations, mut frees) = (0u64, 0u64);
         {
             let cache = pool.cache();
             for (seed, op) in ops.into_iter().enumerate() {
@@ -242,6 +244,7 @@ proptest! {
                                 prop_assert!(live.iter().all(|(q, _)| *q != p));
                                 fill(p, 24, seed as u64);
                                 live.push((p, seed as u64));
+                                allocations += 1;
                             }
                             None => prop_assert!(live.len() + cache.cached() >= cap),
                         }
@@ -251,6 +254,7 @@ proptest! {
                         prop_assert!(holds(p, 24, s));
                         // SAFETY: a live block.
                         unsafe { if via_cache { cache.deallocate_bytes(p, 24, 8) } else { pool.deallocate_bytes(p, 24, 8) } };
+                        frees += 1;
                     }
                     Op::Free(..) => {}
                 }
@@ -259,9 +263,12 @@ proptest! {
             for (p, _) in live.drain(..) {
                 // SAFETY: live blocks.
                 unsafe { cache.deallocate_bytes(p, 24, 8) };
+                frees += 1;
             }
         }
-        prop_assert_eq!(pool.stats().used_bytes, 0);
+        let s = pool.stats();
+        prop_assert_eq!(s.used_bytes, 0);
+        prop_assert_eq!((s.allocations, s.deallocations), (allocations, frees));
         let all: std::collections::HashSet<_> = (0..cap).map(|_| pool.allocate_bytes(24, 8).unwrap()).collect();
         prop_assert_eq!(all.len(), cap);
     }

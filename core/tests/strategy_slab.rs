@@ -6,7 +6,7 @@ mod strategy_support;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use allocscope_core::slab::{SlabCache, MAGAZINE_BATCH, REAP_PERIOD};
+use allocscope_core::slab::{SlabCache, MAGAZINE_BATCH, MAGAZINE_SLOTS, REAP_PERIOD};
 use allocscope_core::typed::TypedAlloc;
 use proptest::prelude::*;
 use strategy_support::*;
@@ -279,11 +279,56 @@ fn magazines_move_half_batches_and_give_everything_back_on_drop() {
         let many: Vec<_> = (0..100).map(|i| mag.boxed(i).unwrap()).collect();
         assert_eq!(many.iter().map(|b| **b).sum::<u32>(), 99 * 100 / 2);
         drop(many);
-        assert!(mag.cached() <= allocscope_core::slab::MAGAZINE_SLOTS);
+        assert!(mag.cached() <= MAGAZINE_SLOTS);
     }
     let s = cache.stats();
     assert_eq!(s.used_bytes, 0);
-    assert_eq!((s.allocations, s.deallocations), (101, 101));
+    assert_eq!(
+        (s.allocations, s.deallocations),
+        (counted(101), counted(101))
+    );
+}
+
+/// The newest free object waits in front of the magazine's array: a free then an allocation
+/// hands back the same object, it is counted as held, and a burst longer than the magazine
+/// (which passes every object through that place) keeps objects distinct and returns them.
+#[test]
+fn a_magazine_hands_back_the_object_freed_last() {
+    let os = HeapOs::default();
+    let cache = SlabCache::<[u64; 2]>::with_os(&os);
+    {
+        let mag = cache.magazine();
+        let a = mag.allocate::<[u64; 2]>(1).unwrap();
+        let held = mag.cached();
+        // SAFETY: a live object, freed once.
+        unsafe { mag.deallocate(a, 1) };
+        assert_eq!(mag.cached(), held + 1);
+        assert_eq!(mag.allocate::<[u64; 2]>(1), Some(a));
+        assert_eq!(mag.cached(), held);
+        let burst: Vec<_> = (0..3 * MAGAZINE_SLOTS as u64)
+            .map(|i| {
+                let p = mag.allocate::<[u64; 2]>(1).unwrap();
+                // SAFETY: a fresh object.
+                unsafe { p.as_ptr().write([i; 2]) };
+                p
+            })
+            .chain([a])
+            .collect();
+        let distinct: std::collections::HashSet<_> = burst.iter().collect();
+        assert_eq!(distinct.len(), burst.len());
+        for (i, &p) in burst.iter().enumerate().rev() {
+            if i < 3 * MAGAZINE_SLOTS {
+                // SAFETY: written above.
+                assert_eq!(unsafe { p.as_ptr().read() }, [i as u64; 2]);
+            }
+            // SAFETY: live objects, each freed once.
+            unsafe { mag.deallocate(p, 1) };
+        }
+        assert!(mag.cached() <= MAGAZINE_SLOTS + 1);
+    }
+    let s = cache.stats();
+    assert_eq!((s.used_bytes, s.misuse), (0, 0));
+    assert_eq!(cache.allocate::<[u64; 2]>(1).map(|_| ()), Some(()));
 }
 
 #[test]
@@ -315,7 +360,7 @@ fn magazines_on_two_threads_exchange_objects() {
     });
     let s = cache.stats();
     assert_eq!(s.used_bytes, 0);
-    assert_eq!(s.allocations, rounds);
+    assert_eq!(s.allocations, counted(rounds));
 }
 
 #[test]

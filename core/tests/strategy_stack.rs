@@ -24,7 +24,10 @@ fn lifo_frees_bring_the_top_back_exactly() {
         stack.deallocate_bytes(a, 10, 1);
     }
     let s = stack.stats();
-    assert_eq!((s.used_bytes, s.misuse, s.deallocations), (0, 0, 2));
+    assert_eq!(
+        (s.used_bytes, s.misuse, s.deallocations),
+        (0, 0, counted(2))
+    );
     assert_eq!(
         stack.remaining(),
         start,
@@ -99,7 +102,7 @@ fn frees_above_the_top_or_outside_are_refused() {
         stack.deallocate_bytes(NonNull::from(&mut outside).cast(), 32, 1);
     }
     let s = stack.stats();
-    assert_eq!((s.misuse, s.deallocations), (2, 1));
+    assert_eq!((s.misuse, s.deallocations), (2, counted(1)));
     assert_eq!(
         stack.allocate_bytes(32, 8),
         Some(b),
