@@ -1,12 +1,16 @@
 //! What the instrumented mode costs, side by side with the core allocator in one run.
 //!
 //! `cargo bench -p allocscope-tracker --bench overhead` (add
-//! `RUSTFLAGS="-C force-frame-pointers=yes"` to make the `unwinder=fp` row meaningful).
+//! `RUSTFLAGS="-C force-frame-pointers=yes"` to make the `unwinder=fp` rows meaningful, and a
+//! separate `CARGO_TARGET_DIR` for that build).
 //!
 //! Workload: random sizes 8–256 B, 4096 live objects replaced at random, one thread (the first
 //! pattern of shared/PERFORMANCE.md). Each configuration is its own `Tracker` over the core
 //! allocator; rounds are interleaved (A B C ... A B C ...) and the median of the rounds is
-//! reported with its ratio to the core allocator. Benchmarks measure; nothing here asserts.
+//! reported with its ratio to the core allocator. Times are the thread's CPU time (user and
+//! system, so the guard pool's `mprotect`s count), not wall time: on a shared machine a round
+//! that loses the CPU to another process would otherwise count the other process's work.
+//! Benchmarks measure; nothing here asserts.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::time::{Duration, Instant};
@@ -40,7 +44,7 @@ fn run(alloc: &dyn GlobalAlloc, seed: u64) -> Duration {
             let l = Layout::from_size_align(8 + (next() % 249) as usize, 8).unwrap();
             slots.push((alloc.alloc(l), l));
         }
-        let start = Instant::now();
+        let start = thread_cpu_time();
         for _ in 0..pairs() {
             let i = (next() % LIVE as u64) as usize;
             let (p, l) = slots[i];
@@ -50,12 +54,37 @@ fn run(alloc: &dyn GlobalAlloc, seed: u64) -> Duration {
             p.write(1);
             slots[i] = (p, l);
         }
-        let elapsed = start.elapsed();
+        let elapsed = thread_cpu_time().saturating_sub(start);
         for (p, l) in slots {
             alloc.dealloc(p, l);
         }
         elapsed
     }
+}
+
+/// Wall time since the first call (where the thread's CPU clock is missing).
+fn wall_time() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
+/// CPU time of the calling thread (wall time where the clock is missing).
+#[cfg(unix)]
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+        return Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    }
+    wall_time()
+}
+
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Duration {
+    wall_time()
 }
 
 fn tracker(text: &str) -> Tracker<Allocscope> {
@@ -80,12 +109,29 @@ fn main() {
             Box::new(Allocscope::new()),
         ),
         ("tracker, default options".into(), Box::new(tracker(""))),
+        // The default options' cost taken apart: the table alone, then with each sampler.
+        (
+            "tracker, sample=0,guard=0 (block table only)".into(),
+            Box::new(tracker("sample=0,guard=0")),
+        ),
+        (
+            "tracker, guard=0 (stacks sampled every 512 KiB)".into(),
+            Box::new(tracker("guard=0")),
+        ),
+        (
+            "tracker, sample=0 (guard pages for 1 in 1000)".into(),
+            Box::new(tracker("sample=0")),
+        ),
+        (
+            "tracker, sample=0,unwinder=fp (guard pages, fp stacks)".into(),
+            Box::new(tracker("sample=0,unwinder=fp")),
+        ),
         (
             "tracker, canary=16,quarantine=16m".into(),
             Box::new(tracker("canary=16,quarantine=16m")),
         ),
         (
-            "tracker, sample=1 (every stack, backtrace)".into(),
+            "tracker, sample=1 (every stack, default unwinder)".into(),
             Box::new(tracker("sample=1")),
         ),
         (
@@ -96,15 +142,20 @@ fn main() {
             format!("tracker, {trace_opt},unwinder=fp"),
             Box::new(tracker(&format!("{trace_opt},unwinder=fp"))),
         ),
+        (
+            "tracker, sample=1,unwinder=backtrace (every stack, DWARF)".into(),
+            Box::new(tracker("sample=1,unwinder=backtrace")),
+        ),
     ];
-    // `OVERHEAD_ONLY=i` keeps the core allocator and configuration i (for profiling).
-    let only: Option<usize> = std::env::var("OVERHEAD_ONLY")
+    // `OVERHEAD_ONLY=i` or `OVERHEAD_ONLY=i,j,...` keeps the core allocator and those
+    // configurations (for profiling, or to leave out the slow rows).
+    let only: Option<Vec<usize>> = std::env::var("OVERHEAD_ONLY")
         .ok()
-        .and_then(|v| v.parse().ok());
+        .map(|v| v.split(',').filter_map(|i| i.trim().parse().ok()).collect());
     let configs: Vec<(String, Box<dyn GlobalAlloc>)> = configs
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| only.is_none_or(|o| *i == 0 || *i == o))
+        .filter(|(i, _)| only.as_ref().is_none_or(|o| *i == 0 || o.contains(i)))
         .map(|(_, c)| c)
         .collect();
     // Warm up every configuration (first-use initialisation, page faults).
@@ -124,7 +175,7 @@ fn main() {
     };
     let medians: Vec<f64> = times.iter_mut().map(median).collect();
     println!(
-        "ns per free+malloc pair, median of {ROUNDS} interleaved rounds of {} pairs",
+        "ns (thread CPU time) per free+malloc pair, median of {ROUNDS} interleaved rounds of {} pairs",
         pairs()
     );
     println!("{:<60} {:>10} {:>8}", "configuration", "ns/pair", "ratio");

@@ -6,9 +6,16 @@
 //! region that holds a block gets a lazily mapped array of one 64-bit word per 8-byte granule,
 //! found through a top-level array of region pointers. A block's word packs its state, flags,
 //! alignment, a thread id and its size, so the default paths do no hashing, no probing and take
-//! no lock: an insert is one store and a free is one compare-and-swap on the word, which is also
-//! what makes two racing frees of one pointer resolve to exactly one winner. Addresses close
-//! together have their words close together, so the map's cache footprint follows the heap's.
+//! no lock: an insert is one store, and a free by the thread that allocated the block (the
+//! owner path, see [`BlockTable::release_with`]) one load and one store; a free by any other
+//! thread is one compare-and-swap, which makes racing frees of one pointer on those threads
+//! resolve to exactly one winner. Walks pair the owner path's plain store with an asymmetric
+//! barrier ([`crate::barrier`]). Addresses close together have their words close together, so
+//! the map's cache footprint follows the heap's.
+//!
+//! Keying core blocks by their segment slot instead (one word per block rather than per
+//! granule, through a read-only geometry lookup in the core) was measured and dropped: the
+//! lookup cost more instructions than the smaller footprint saved (see the design document).
 //!
 //! What a word cannot hold — free stacks, stack ids above 65535, thread ids above 4095, sizes
 //! of 16 MiB or more — goes to the hashed [`ColdTable`] beside it (the word's `COLD` bit says
@@ -25,13 +32,14 @@
 //! Figures (live blocks and bytes) are kept per thread: a thread owns one counter slot of each
 //! table while it runs and updates it with plain loads and stores.
 //!
-//! May touch: [`crate::cold_table`], [`crate::spin`], [`crate::os_memory`].
+//! May touch: [`crate::cold_table`], [`crate::spin`], [`crate::os_memory`], [`crate::barrier`].
 
 use core::cell::Cell;
 use core::ptr::{null_mut, NonNull};
 
 use allocscope_core::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
+use crate::barrier;
 use crate::cold_table::ColdTable;
 use crate::os_memory;
 use crate::spin::SpinLock;
@@ -259,6 +267,8 @@ pub(crate) fn prefetch(addr: usize) {
 /// Counter slots per table; slot 0 is shared (updated with atomic read-modify-writes), the
 /// others are each owned by one running thread.
 const COUNTER_SLOTS: usize = 64;
+// `BlockTable::count` masks slot indexes with COUNTER_SLOTS - 1.
+const _: () = assert!(COUNTER_SLOTS.is_power_of_two());
 
 /// Slot i (i >= 1) is owned by a running thread. Process-wide: a thread owns the same slot in
 /// every table.
@@ -290,7 +300,7 @@ pub(crate) fn release_counter_slot() {
 }
 
 /// The current thread's counter slot.
-#[inline]
+#[inline(always)]
 fn counter_slot() -> usize {
     SLOT.try_with(|s| {
         if s.claimed.get() {
@@ -303,6 +313,7 @@ fn counter_slot() -> usize {
 }
 
 #[cold]
+#[inline(never)]
 fn claim_slot(s: &SlotOwner) -> usize {
     s.claimed.set(true);
     for (i, owned) in SLOT_OWNED.iter().enumerate().skip(1) {
@@ -329,7 +340,7 @@ struct Counts {
 
 impl Counts {
     /// Adds `sign` × (1 block, `size` bytes) to the figures of a live block with `flags`.
-    #[inline]
+    #[inline(always)]
     fn add(&self, shared: bool, flags: u8, size: usize, sign: isize) {
         let (blocks, bytes) = if flags & flag::INTERNAL != 0 {
             (&self.internal_blocks, &self.internal_bytes)
@@ -395,6 +406,7 @@ impl BlockTable {
             }
             _ => (null_mut(), null_mut()),
         };
+        barrier::init();
         BlockTable {
             top,
             listed,
@@ -434,7 +446,13 @@ impl BlockTable {
 
     #[cold]
     fn create_region(&self, slot: &AtomicPtr<AtomicU64>, region: usize) -> Option<*mut AtomicU64> {
-        let new: *mut AtomicU64 = os_memory::map(REGION_MAP_BYTES)?.as_ptr().cast();
+        // 4 KiB pages, not huge ones: hinting the regions for huge pages gained ~1-2 ns per
+        // pair on the overhead bench's guard-page row (TLB entries that each guarded block's
+        // `mprotect`s flush came back for one page) but committed the words 2 MiB at a time,
+        // wherever the heap had one block: a python3 workload's peak RSS went from 78 to 335 MiB
+        // and its time from 1.5 to 1.8-2.1 s (zeroing huge pages).
+        let mapping = os_memory::map(REGION_MAP_BYTES)?;
+        let new: *mut AtomicU64 = mapping.as_ptr().cast();
         // AcqRel: publishes the zeroed mapping, or sees the winner's.
         match slot.compare_exchange(null_mut(), new, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
@@ -456,9 +474,11 @@ impl BlockTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn count(&self, flags: u8, size: usize, sign: isize) {
-        let slot = counter_slot();
+        // The mask keeps the index in range without a bounds check (and its panic path) on the
+        // default path; `claim_slot` hands out indexes below COUNTER_SLOTS only.
+        let slot = counter_slot() & (COUNTER_SLOTS - 1);
         self.counts[slot].add(slot == 0, flags, size, sign);
     }
 
@@ -526,29 +546,41 @@ impl BlockTable {
         free_stack: u32,
         free_thread: u32,
     ) -> Release {
-        let released = self.release_with(key, free_thread, |_| new_state);
-        if free_stack != 0 && matches!(released, Release::Was(_)) {
-            self.set_free_stack(key, free_stack);
-        }
-        released
+        self.release_with(key, free_thread, |_| new_state, |_| free_stack)
     }
 
-    /// As [`BlockTable::release`], with the new state chosen from the entry (quarantine or
-    /// not), and no free stack yet ([`BlockTable::set_free_stack`]).
+    /// As [`BlockTable::release`], with the new state and the free stack chosen from the
+    /// entry (quarantine or not; sampled or not).
     ///
     /// While a walk ([`BlockTable::for_each`]) runs, this waits for it to end before returning
     /// a block that was live, so the walk's callback never sees a block's memory given back.
+    ///
+    /// `free_stack` gives the free stack to record (0 = none) from the live entry; it is called
+    /// at most once, before the word changes, so that the freed word is written once with it
+    /// (recording it afterwards took a second compare-and-swap).
     pub(crate) fn release_with(
         &self,
         key: usize,
         free_thread: u32,
         new_state: impl Fn(&BlockInfo) -> u8,
+        free_stack: impl FnOnce(&BlockInfo) -> u32,
     ) -> Release {
+        let mut free_stack = Some(free_stack);
+        let mut stack_of = |info: &BlockInfo, known: &mut Option<u32>| -> u32 {
+            *known.get_or_insert_with(|| free_stack.take().map_or(0, |f| f(info)))
+        };
+        let mut known = None;
         let Some(slot) = self.covers(key).then(|| self.word(key, false)).flatten() else {
             if self.covers(key) {
                 return Release::Unknown;
             }
             let released = self.cold.release_with(key, free_thread, new_state);
+            if let Release::Was(old) = released {
+                let stack = stack_of(&old, &mut known);
+                if stack != 0 {
+                    self.cold.set_free_stack(key, stack);
+                }
+            }
             self.wait_for_walks();
             return released;
         };
@@ -565,17 +597,47 @@ impl BlockTable {
             let next = new_state(&old);
             let freed = BlockInfo {
                 state: next,
-                free_stack: 0,
+                free_stack: if old.is_internal() {
+                    0
+                } else {
+                    stack_of(&old, &mut known)
+                },
                 free_thread,
                 ..old
             };
+            let (packed, needs_cold) = pack(&freed);
             let new = if old.is_internal() {
                 0
             } else {
                 // A word that had a cold entry keeps it (updated below); one that did not gets
                 // one below if the freed layout cannot hold the entry.
-                pack(&freed).0 | (w & word::COLD)
+                packed | (w & word::COLD)
             };
+            if old.alloc_thread == free_thread
+                && free_thread != 0
+                && w & word::COLD == 0
+                && !needs_cold
+                && !old.is_internal()
+            {
+                // Owner path: the thread that allocated the block frees it. A plain store
+                // instead of the compare-and-swap (a locked instruction costs as much as the
+                // rest of the free). Who else may write this word meanwhile:
+                // - inserts: the address is live, so it is not handed out again before this
+                //   free; the block's own allocating thread is this one;
+                // - `transition`: freed words only (quarantine eviction);
+                // - another thread freeing the same pointer: that is a double free. Its CAS
+                //   sees this store (it is caught) unless both frees run at the very same
+                //   moment, the other thread's CAS landing between our load above and this
+                //   store: a data race between two frees in the program, which only a locked
+                //   instruction on every free could settle. Two frees of one block racing on
+                //   threads that are both not its allocator are settled by their CASes.
+                // Relaxed: nothing but the word itself is published by it (a double free reads
+                // its report from the word; the cold entry is not used on this path).
+                slot.store(new, Ordering::Relaxed);
+                self.count(old.flags, old.size, -1);
+                self.wait_for_walks_after_store();
+                return Release::Was(old);
+            }
             // SeqCst: ordered with the load of `walking` below against a walk's store of it
             // and its load of this word (either the walk sees the block freed, or we see the
             // walk and wait). AcqRel would allow both to miss each other.
@@ -599,7 +661,7 @@ impl BlockTable {
             } else {
                 self.cold.update(key, |c| {
                     c.state = next;
-                    c.free_stack = 0;
+                    c.free_stack = freed.free_stack;
                     c.free_thread = free_thread;
                 });
             }
@@ -608,50 +670,120 @@ impl BlockTable {
         Release::Was(old)
     }
 
+    /// As [`BlockTable::wait_for_walks`], after a plain store of a freed word (owner path).
+    #[inline(always)]
+    fn wait_for_walks_after_store(&self) {
+        // Before the walk flag is read: the cheap half of an asymmetric barrier whose heavy
+        // half every walk runs (see `crate::barrier` and `for_each`).
+        barrier::light();
+        // Relaxed: ordered after the store by the barrier above.
+        if self.walking.load(Ordering::Relaxed) != 0 {
+            self.wait_for_walk();
+        }
+    }
+
+    /// Waits for the running walk to end (rare: walks are leak checks and scans).
+    #[cold]
+    #[inline(never)]
+    fn wait_for_walk(&self) {
+        drop(self.walk_lock.lock());
+    }
+
+    /// The default path's insert: a plain block (no flags, no stack) of `size` bytes aligned
+    /// to `1 << align_log2`, allocated by `thread`. `false` (nothing written) when it needs the
+    /// general [`BlockTable::insert`]: a field too large for the word or an address the direct
+    /// map does not cover.
+    #[inline(always)]
+    pub(crate) fn insert_plain(
+        &self,
+        key: usize,
+        size: usize,
+        align_log2: u8,
+        thread: u32,
+    ) -> bool {
+        if size >= word::SIZE_LIMIT
+            || thread == 0
+            || thread >= word::THREAD_LIMIT
+            || align_log2 > 63
+            || !self.covers(key)
+        {
+            return false;
+        }
+        let Some(slot) = self.word(key, true) else {
+            return false;
+        };
+        let w = u64::from(state::LIVE)
+            | (u64::from(align_log2) << word::ALIGN_SHIFT)
+            | (u64::from(thread) << word::THREAD_SHIFT)
+            | ((size as u64) << word::SIZE_SHIFT);
+        // Relaxed: the address was just handed to this thread (see `insert`). The store does
+        // not wait for the load: the word is usually far out of cache, and nothing here needs
+        // the old value before writing the new one (what a stale word needs is done after).
+        let old = slot.load(Ordering::Relaxed);
+        // Relaxed: the word is all there is to see (no cold entry); another thread learns of
+        // the block through the program's own hand-over, which orders this store before it.
+        slot.store(w, Ordering::Relaxed);
+        if old & word::COLD != 0 || old & word::STATE_MASK == u64::from(state::LIVE) {
+            self.replaced_stale(key, old);
+        }
+        self.count(0, size, 1);
+        true
+    }
+
+    /// What `insert` does for the word it replaced, after the default path's blind store: a
+    /// cold entry of the old block is dropped, a word still live (a block the inner allocator
+    /// handed out twice) leaves the figures.
+    #[cold]
+    #[inline(never)]
+    fn replaced_stale(&self, key: usize, old: u64) {
+        if old & word::COLD != 0 {
+            self.cold.remove(key);
+        }
+        if old & word::STATE_MASK == u64::from(state::LIVE) {
+            let o = unpack(old);
+            self.count(o.flags, o.size, -1);
+        }
+    }
+
+    /// The default path's free, by the thread that allocated the block: if `addr` is a live,
+    /// plain block (no flags, no stack, no cold entry) allocated by `thread`, marks it freed and
+    /// returns its size and log2 alignment. `None` (nothing written) in every other case, which
+    /// the general [`BlockTable::release_with`] then decides (double and invalid frees among
+    /// them). The reasoning for the plain store is in `release_with`'s owner path.
+    #[inline(always)]
+    pub(crate) fn release_plain(&self, key: usize, thread: u32) -> Option<(usize, u8)> {
+        if thread == 0 || thread >= word::THREAD_LIMIT || !self.covers(key) {
+            return None;
+        }
+        let slot = self.word(key, false)?;
+        // Relaxed: only this thread writes a word it allocated while the block is live (see
+        // `release_with`); nothing beyond the word is read.
+        let w = slot.load(Ordering::Relaxed);
+        let stack = u64::from(word::STACK_LIMIT - 1) << word::STACK_SHIFT;
+        let owner = u64::from(word::THREAD_LIMIT - 1) << word::THREAD_SHIFT;
+        let mask = word::STATE_MASK | word::FLAGS_MASK | word::COLD | stack | owner;
+        if w & mask != u64::from(state::LIVE) | (u64::from(thread) << word::THREAD_SHIFT) {
+            return None;
+        }
+        let size = (w >> word::SIZE_SHIFT) as usize;
+        if size >= word::FREED_SIZE_LIMIT {
+            return None;
+        }
+        let freed = u64::from(state::FREED)
+            | (u64::from(thread) << word::FREED_THREAD_SHIFT)
+            | ((size as u64) << word::FREED_SIZE_SHIFT);
+        // Relaxed: as for `release_with`'s owner path.
+        slot.store(freed, Ordering::Relaxed);
+        self.count(0, size, -1);
+        self.wait_for_walks_after_store();
+        Some((size, ((w >> word::ALIGN_SHIFT) & 63) as u8))
+    }
+
     #[inline]
     fn wait_for_walks(&self) {
         // SeqCst: see `release_with`.
         if self.walking.load(Ordering::SeqCst) != 0 {
             drop(self.walk_lock.lock());
-        }
-    }
-
-    /// Records the free stack of a freed block.
-    pub(crate) fn set_free_stack(&self, key: usize, free_stack: u32) {
-        let Some(slot) = self.covers(key).then(|| self.word(key, false)).flatten() else {
-            if !self.covers(key) {
-                self.cold.set_free_stack(key, free_stack);
-            }
-            return;
-        };
-        // Acquire: see the cold entry of a word with the COLD bit.
-        let w = slot.load(Ordering::Acquire);
-        if w == 0 {
-            return;
-        }
-        if w & word::COLD == 0
-            && w & word::STATE_MASK != u64::from(state::LIVE)
-            && free_stack < word::STACK_LIMIT
-        {
-            let field = u64::from(word::STACK_LIMIT - 1) << word::FREE_STACK_SHIFT;
-            let new = (w & !field) | (u64::from(free_stack) << word::FREE_STACK_SHIFT);
-            // Relaxed: only the freeing thread writes a freed word's stack, and the address
-            // cannot be handed out again (changing the word) before this free ends; a failed
-            // CAS would mean the word is no longer this block's, and the stack not its.
-            let _ = slot.compare_exchange(w, new, Ordering::Relaxed, Ordering::Relaxed);
-            return;
-        }
-        if w & word::COLD != 0 && self.cold.update(key, |c| c.free_stack = free_stack) {
-            return;
-        }
-        let info = BlockInfo {
-            free_stack,
-            flags: unpack(w).flags | flag::SHADOW,
-            ..self.info(key, w)
-        };
-        if self.cold.insert(key, info) {
-            // Release: the cold entry is visible to whoever sees the bit.
-            slot.fetch_or(word::COLD, Ordering::Release);
         }
     }
 
@@ -707,6 +839,9 @@ impl BlockTable {
         let _walk = self.walk_lock.lock();
         // SeqCst: see `release_with`.
         self.walking.fetch_add(1, Ordering::SeqCst);
+        // Owner-path frees store without a barrier of their own: make every thread's stores
+        // visible before the words are read (see `crate::barrier`).
+        barrier::heavy();
         self.for_each_region(&mut |region, words| {
             for (i, w) in words.iter().enumerate() {
                 // SeqCst: see `release_with` (a plain load on the usual targets).
@@ -994,6 +1129,97 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(t.totals().live_blocks, 0);
+    }
+
+    #[test]
+    fn owner_and_remote_frees_of_heap_blocks_catch_every_second_free() {
+        let t = BlockTable::new();
+        let blocks: Vec<usize> = (0..200)
+            .map(|i| allocscope_core::heap::alloc(16 + (i % 40) * 8, 8) as usize)
+            .collect();
+        for &p in &blocks {
+            assert!(t.insert(p, live(8)));
+        }
+        // An address inside a live block is no block: invalid, and the block stays live.
+        assert_eq!(
+            t.release(blocks[0] + 8, state::FREED, 0, 5),
+            Release::Unknown
+        );
+        // The allocating thread (5) frees on the owner path, another (9) on the CAS path;
+        // either way a second free is told apart.
+        assert!(matches!(
+            t.release(blocks[0], state::FREED, 0, 5),
+            Release::Was(_)
+        ));
+        assert!(matches!(
+            t.release(blocks[1], state::FREED, 0, 9),
+            Release::Was(_)
+        ));
+        for (p, tid) in [
+            (blocks[0], 9),
+            (blocks[0], 5),
+            (blocks[1], 5),
+            (blocks[1], 9),
+        ] {
+            assert!(matches!(
+                t.release(p, state::FREED, 0, tid),
+                Release::AlreadyFreed(_)
+            ));
+        }
+        let mut seen = Vec::new();
+        t.for_each(&mut |k, i| {
+            if i.state == state::LIVE {
+                seen.push(k);
+            }
+        });
+        seen.sort_unstable();
+        let mut want = blocks[2..].to_vec();
+        want.sort_unstable();
+        assert_eq!(seen, want);
+        assert_eq!(
+            t.find_containing(blocks[3] + 4).map(|b| b.0),
+            Some(blocks[3])
+        );
+        assert_eq!(t.totals().live_blocks, blocks.len() - 2);
+        for p in blocks {
+            // SAFETY: allocated above from the core heap, freed once.
+            unsafe { allocscope_core::heap::free(p as *mut u8) };
+        }
+    }
+
+    #[test]
+    fn the_default_paths_insert_over_stale_words_keeps_entries_and_figures_right() {
+        let t = BlockTable::new();
+        // A large block freed with a stack: its freed word needs a cold entry.
+        let large = BlockInfo {
+            alloc_stack: 9,
+            ..live(1 << 20)
+        };
+        assert!(t.insert(0x7000, large));
+        assert!(matches!(
+            t.release(0x7000, state::FREED, 80_000, 5),
+            Release::Was(_)
+        ));
+        // The address comes back as a small plain block through the short insert.
+        assert!(t.insert_plain(0x7000, 24, 3, 5));
+        assert_eq!(t.get(0x7000), Some(live(24)));
+        assert_eq!(t.release_plain(0x7000, 5), Some((24, 3)));
+        assert!(matches!(
+            t.release(0x7000, state::FREED, 0, 5),
+            Release::AlreadyFreed(i) if i.size == 24 && i.free_stack == 0
+        ));
+        // A word still live (an address handed out twice) leaves the figures once.
+        assert!(t.insert_plain(0x7100, 16, 3, 5));
+        assert!(t.insert_plain(0x7100, 40, 3, 5));
+        let totals = t.totals();
+        assert_eq!((totals.live_blocks, totals.live_bytes), (1, 40));
+        let mut seen = Vec::new();
+        t.for_each(&mut |k, i| seen.push((k, i.state, i.size)));
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            vec![(0x7000, state::FREED, 24), (0x7100, state::LIVE, 40)]
+        );
     }
 
     #[test]

@@ -23,19 +23,29 @@ pub(crate) const POISON: u8 = 0xF5;
 #[inline]
 pub(crate) fn pattern() -> u64 {
     // Relaxed: see PATTERN.
-    let p = PATTERN.load(Ordering::Relaxed);
-    if p != 0 {
-        return p;
+    match PATTERN.load(Ordering::Relaxed) {
+        0 => draw_pattern(),
+        p => p,
     }
+}
+
+/// Draws the secret at the first use (kept out of line: the fill and check paths stay short).
+#[cold]
+#[inline(never)]
+fn draw_pattern() -> u64 {
     let _ = PATTERN.compare_exchange(0, process_random(), Ordering::Relaxed, Ordering::Relaxed);
+    // Relaxed: see PATTERN.
     PATTERN.load(Ordering::Relaxed)
 }
+
+/// Odd multiplier that spreads an 8-byte word's index over all eight of its bytes (the golden
+/// ratio's, as in Fibonacci hashing).
+const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The red-zone byte expected at `addr`.
 #[inline]
 fn byte_at(addr: usize, pattern: u64) -> u8 {
-    let lane = (pattern >> ((addr & 7) * 8)) as u8;
-    lane ^ ((addr >> 3) as u8).wrapping_mul(0x9D)
+    (word_at(addr & !7, pattern) >> ((addr & 7) * 8)) as u8
 }
 
 /// Bytes of red zone before a block of alignment `align` (the user pointer keeps its
@@ -50,11 +60,11 @@ pub(crate) fn left_zone(canary: usize, align: usize) -> usize {
 }
 
 /// The pattern's eight bytes at 8-aligned `addr`, as a little-endian word (byte i is
-/// [`byte_at`]`(addr + i)`): red zones are filled and checked a word at a time.
+/// [`byte_at`]`(addr + i)`): the secret mixed with the word's index, one multiply, so that red
+/// zones are filled and checked a word at a time.
 #[inline]
 fn word_at(addr: usize, pattern: u64) -> u64 {
-    let salt = ((addr >> 3) as u8).wrapping_mul(0x9D);
-    pattern ^ u64::from(salt).wrapping_mul(0x0101_0101_0101_0101)
+    pattern ^ ((addr >> 3) as u64).wrapping_mul(SPREAD)
 }
 
 /// Whether the byte at `a` holds the pattern.
@@ -67,39 +77,76 @@ unsafe fn intact(a: usize, p: u64) -> bool {
     unsafe { *(a as *const u8) == byte_at(a, p) }
 }
 
-/// Whether the 8-aligned word at `a` holds the pattern.
-///
-/// # Safety
-/// `a..a+8` is readable and `a` is 8-aligned.
+/// The pattern's eight bytes at any `addr`, aligned or not, as a little-endian word: the two
+/// aligned words around it, funnel-shifted, so that red zones of any alignment are written and
+/// checked with one unaligned access per eight bytes.
 #[inline]
-unsafe fn word_intact(a: usize, p: u64) -> bool {
-    // SAFETY: the caller's precondition.
-    u64::from_le(unsafe { *(a as *const u64) }) == word_at(a, p)
+fn window(addr: usize, pattern: u64) -> u64 {
+    let base = addr & !7;
+    let pair = (u128::from(word_at(base + 8, pattern)) << 64) | u128::from(word_at(base, pattern));
+    (pair >> ((addr & 7) * 8)) as u64
 }
 
 /// Writes the red-zone pattern over `start..start+len`.
 ///
+/// One unaligned word store per eight bytes; when `len` is not a multiple of eight the last
+/// word overlaps the one before it (the pattern depends only on the address, so a byte written
+/// twice gets the same value). Ranges under eight bytes are written byte by byte.
+///
 /// # Safety
 /// The range is writable memory owned by the caller.
+#[inline]
 pub(crate) unsafe fn fill(start: usize, len: usize) {
     let p = pattern();
     let end = start + len;
-    let mut a = start;
-    while a < end && a % 8 != 0 {
-        // SAFETY: inside the caller's writable range.
-        unsafe { *(a as *mut u8) = byte_at(a, p) };
-        a += 1;
+    if len < 8 {
+        for a in start..end {
+            // SAFETY: inside the caller's writable range.
+            unsafe { *(a as *mut u8) = byte_at(a, p) };
+        }
+        return;
     }
+    let mut a = start;
     while a + 8 <= end {
-        // SAFETY: an 8-aligned word inside the caller's writable range.
-        unsafe { *(a as *mut u64) = word_at(a, p).to_le() };
+        // SAFETY: eight bytes inside the caller's writable range (an unaligned store).
+        unsafe { (a as *mut u64).write_unaligned(window(a, p).to_le()) };
         a += 8;
     }
-    while a < end {
-        // SAFETY: inside the caller's writable range.
-        unsafe { *(a as *mut u8) = byte_at(a, p) };
-        a += 1;
+    if a < end {
+        // SAFETY: `end - 8 >= start` (len >= 8): eight bytes inside the range.
+        unsafe { ((end - 8) as *mut u64).write_unaligned(window(end - 8, p).to_le()) };
     }
+}
+
+/// Whether all of `start..start+len` holds the red-zone pattern: one unaligned word compare
+/// per eight bytes as [`fill`] writes them, the differences ORed together and tested once (the
+/// common case, an intact zone, takes no branch per word).
+///
+/// # Safety
+/// The range is readable memory owned by the caller.
+#[inline]
+unsafe fn zone_intact(start: usize, len: usize) -> bool {
+    let p = pattern();
+    let end = start + len;
+    if len < 8 {
+        // SAFETY: inside the caller's readable range.
+        return (start..end).all(|b| unsafe { intact(b, p) });
+    }
+    let diff_at = |a: usize| {
+        // SAFETY: callers below pass `a` with `a..a+8` inside the caller's readable range.
+        u64::from_le(unsafe { load(a) }) ^ window(a, p)
+    };
+    let mut diff = 0;
+    let mut a = start;
+    while a + 8 <= end {
+        diff |= diff_at(a);
+        a += 8;
+    }
+    if a < end {
+        // `end - 8 >= start` (len >= 8).
+        diff |= diff_at(end - 8);
+    }
+    diff == 0
 }
 
 /// The address of the first byte of `start..start+len` that does not hold the red-zone
@@ -107,93 +154,141 @@ pub(crate) unsafe fn fill(start: usize, len: usize) {
 ///
 /// # Safety
 /// The range is readable memory owned by the caller.
+#[inline]
 pub(crate) unsafe fn first_damaged(start: usize, len: usize) -> Option<usize> {
-    let p = pattern();
-    let end = start + len;
-    let mut a = start;
-    // SAFETY: for every call below, the addresses lie inside the caller's readable range, and
-    // words are read only at 8-aligned addresses with 8 bytes left.
+    // SAFETY: the caller's precondition, passed on.
+    // A byte at a time once damage is known: a report follows, which costs far more.
     unsafe {
-        while a < end && a % 8 != 0 {
-            if !intact(a, p) {
-                return Some(a);
-            }
-            a += 1;
+        if zone_intact(start, len) {
+            return None;
         }
-        while a + 8 <= end {
-            if !word_intact(a, p) {
-                return (a..a + 8).find(|&b| !intact(b, p));
-            }
-            a += 8;
-        }
-        (a..end).find(|&b| !intact(b, p))
+        let p = pattern();
+        (start..start + len).find(|&b| !intact(b, p))
     }
 }
 
-/// The address of the last damaged byte (for an underflow, the byte nearest the block).
+/// The address of the last damaged byte of `start..start+len` (for an underflow, the byte
+/// nearest the block), if any.
 ///
 /// # Safety
 /// As for [`first_damaged`].
+#[inline]
 pub(crate) unsafe fn last_damaged(start: usize, len: usize) -> Option<usize> {
-    let p = pattern();
-    let mut e = start + len;
-    // SAFETY: for every call below, as in `first_damaged`.
+    // SAFETY: the caller's precondition, passed on.
+    // A byte at a time once damage is known, as in `first_damaged`.
     unsafe {
-        while e > start && e % 8 != 0 {
-            e -= 1;
-            if !intact(e, p) {
-                return Some(e);
-            }
+        if zone_intact(start, len) {
+            return None;
         }
-        while e >= start + 8 {
-            let a = e - 8;
-            if !word_intact(a, p) {
-                return (a..e).rev().find(|&b| !intact(b, p));
-            }
-            e = a;
-        }
-        (start..e).rev().find(|&b| !intact(b, p))
+        let p = pattern();
+        (start..start + len).rev().find(|&b| !intact(b, p))
     }
 }
 
-/// Fills `start..start+len` with [`POISON`].
+/// Eight bytes of [`POISON`].
+const POISON_WORD: u64 = u64::from_ne_bytes([POISON; 8]);
+
+/// Fills `start..start+len` with [`POISON`]: for blocks of 8 to 256 bytes (the common case,
+/// where the call to `memset` cost more than the stores) inline unaligned word stores, four per
+/// step, the last step overlapping the one before it; `memset` beyond.
 ///
 /// # Safety
 /// The range is writable memory owned by the caller.
 pub(crate) unsafe fn poison(start: usize, len: usize) {
-    // SAFETY: the caller's writable range.
-    unsafe { core::ptr::write_bytes(start as *mut u8, POISON, len) };
+    /// Four words of poison at `a`.
+    ///
+    /// # Safety
+    /// `a..a+32` is writable.
+    #[inline(always)]
+    unsafe fn four(a: usize) {
+        // SAFETY: the caller's precondition (unaligned stores).
+        unsafe {
+            (a as *mut u64).write_unaligned(POISON_WORD);
+            ((a + 8) as *mut u64).write_unaligned(POISON_WORD);
+            ((a + 16) as *mut u64).write_unaligned(POISON_WORD);
+            ((a + 24) as *mut u64).write_unaligned(POISON_WORD);
+        }
+    }
+    let end = start + len;
+    // SAFETY: every store below lies inside the caller's writable range: steps of 32 bytes
+    // from `start` while a whole one fits, then 32 bytes ending at `end` (len >= 32), or the
+    // words starting at `start` and ending at `end` (len 8 to 31).
+    unsafe {
+        match len {
+            32..=256 => {
+                let mut a = start;
+                while a + 32 < end {
+                    four(a);
+                    a += 32;
+                }
+                four(end - 32);
+            }
+            16..=31 => {
+                (start as *mut u64).write_unaligned(POISON_WORD);
+                ((start + 8) as *mut u64).write_unaligned(POISON_WORD);
+                ((end - 16) as *mut u64).write_unaligned(POISON_WORD);
+                ((end - 8) as *mut u64).write_unaligned(POISON_WORD);
+            }
+            8..=15 => {
+                (start as *mut u64).write_unaligned(POISON_WORD);
+                ((end - 8) as *mut u64).write_unaligned(POISON_WORD);
+            }
+            _ => core::ptr::write_bytes(start as *mut u8, POISON, len),
+        }
+    }
+}
+
+/// The eight bytes at `a` (any alignment).
+///
+/// # Safety
+/// `a..a+8` is readable.
+#[inline(always)]
+unsafe fn load(a: usize) -> u64 {
+    // SAFETY: the caller's precondition (an unaligned load).
+    unsafe { (a as *const u64).read_unaligned() }
 }
 
 /// The first byte of `start..start+len` that is not [`POISON`] any more.
 ///
+/// Four unaligned words compared per step with one branch (the last, overlapping word as in
+/// [`fill`]); bytes only inside a step found damaged.
+///
 /// # Safety
 /// The range is readable memory owned by the caller.
 pub(crate) unsafe fn first_unpoisoned(start: usize, len: usize) -> Option<usize> {
-    const WORD: u64 = u64::from_ne_bytes([POISON; 8]);
-    let mut a = start;
     let end = start + len;
-    // Word at a time over the aligned middle; bytes at the edges and inside a bad word.
-    while a < end && a % 8 != 0 {
-        // SAFETY: inside the caller's readable range.
-        if unsafe { *(a as *const u8) } != POISON {
-            return Some(a);
-        }
-        a += 1;
+    let find = |from: usize, to: usize| {
+        // SAFETY: callers below pass subranges of the caller's readable range.
+        (from..to).find(|&b| unsafe { *(b as *const u8) } != POISON)
+    };
+    if len < 8 {
+        return find(start, end);
     }
-    while a + 8 <= end {
-        // SAFETY: 8 aligned bytes inside the caller's readable range.
-        if unsafe { *(a as *const u64) } != WORD {
-            break;
+    let mut a = start;
+    // SAFETY: every load below reads eight bytes inside the caller's readable range
+    // (`end - 8 >= start` as len >= 8). A buggy program may write them meanwhile: that write
+    // is what this looks for.
+    unsafe {
+        while a + 32 <= end {
+            let diff = (load(a) ^ POISON_WORD)
+                | (load(a + 8) ^ POISON_WORD)
+                | (load(a + 16) ^ POISON_WORD)
+                | (load(a + 24) ^ POISON_WORD);
+            if diff != 0 {
+                return find(a, a + 32);
+            }
+            a += 32;
         }
-        a += 8;
-    }
-    while a < end {
-        // SAFETY: inside the caller's readable range.
-        if unsafe { *(a as *const u8) } != POISON {
-            return Some(a);
+        while a + 8 <= end {
+            if load(a) != POISON_WORD {
+                return find(a, a + 8);
+            }
+            a += 8;
         }
-        a += 1;
+        // The last, overlapping word: its bytes below `a` were found intact above.
+        if a < end && load(end - 8) != POISON_WORD {
+            return find(a, end);
+        }
     }
     None
 }
@@ -272,6 +367,56 @@ mod tests {
         buf[3 + 700] = 0;
         // SAFETY: as above.
         assert_eq!(unsafe { first_unpoisoned(start, 990) }, Some(start + 500));
+    }
+
+    #[test]
+    fn word_wise_writes_stay_inside_the_range_at_every_offset_and_length() {
+        let mut buf = [0u8; 400];
+        let base = buf.as_mut_ptr() as usize;
+        for offset in 0..8 {
+            for len in 0..300 {
+                let start = base + 16 + offset;
+                buf.fill(0xA5);
+                // SAFETY: `start..start+len` lies inside `buf`, which is ours.
+                unsafe { fill(start, len) };
+                let inside = 16 + offset..16 + offset + len;
+                assert!(
+                    buf[..inside.start].iter().all(|&b| b == 0xA5),
+                    "{offset} {len}"
+                );
+                assert!(
+                    buf[inside.end..].iter().all(|&b| b == 0xA5),
+                    "{offset} {len}"
+                );
+                buf.fill(0xA5);
+                // SAFETY: as above.
+                unsafe { poison(start, len) };
+                assert!(
+                    buf[..inside.start].iter().all(|&b| b == 0xA5),
+                    "{offset} {len}"
+                );
+                assert!(
+                    buf[inside.clone()].iter().all(|&b| b == POISON),
+                    "{offset} {len}"
+                );
+                assert!(
+                    buf[inside.end..].iter().all(|&b| b == 0xA5),
+                    "{offset} {len}"
+                );
+                // SAFETY: as above.
+                assert_eq!(unsafe { first_unpoisoned(start, len) }, None);
+                for bad in [0, len / 2, len.saturating_sub(1)] {
+                    if bad < len {
+                        buf[inside.start + bad] = 0;
+                        std::hint::black_box(&buf);
+                        // SAFETY: as above.
+                        let found = unsafe { first_unpoisoned(start, len) };
+                        assert_eq!(found, Some(start + bad), "{offset} {len} {bad}");
+                        buf[inside.start + bad] = POISON;
+                    }
+                }
+            }
+        }
     }
 
     #[test]

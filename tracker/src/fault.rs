@@ -199,7 +199,7 @@ fn run_on_large_stack(f: &mut dyn FnMut()) {
     extern "C" fn trampoline(arg: *mut libc::c_void) -> *mut libc::c_void {
         let _busy = enter_always();
         // SAFETY: `arg` is the `&mut &mut dyn FnMut()` passed below, alive until the join.
-        let f = unsafe { &mut *(arg as *mut &mut dyn FnMut()) };
+        let f = unsafe { &mut *arg.cast::<&mut dyn FnMut()>() };
         f();
         core::ptr::null_mut()
     }

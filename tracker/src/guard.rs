@@ -9,10 +9,12 @@
 //! ```
 //!
 //! The unused part of a slot is filled with the red-zone pattern, so an overflow that stays in
-//! the slack (a block whose size is not a multiple of its alignment) is still caught at free. A
-//! freed slot's pages are decommitted and made inaccessible, and slots are reused first-in
-//! first-out, so a dangling pointer into a freed block faults for as long as possible. Slot
-//! metadata are atomics so the fault handler can read them without a lock.
+//! the slack (a block whose size is not a multiple of its alignment) is still caught at free; a
+//! slot freed with its slack whole is refilled at its next use only where the freed block was
+//! (the pattern depends on the address alone). A freed slot's pages are made inaccessible (they
+//! stay committed: see `free`), and slots are reused first-in first-out, so a dangling pointer
+//! into a freed block faults for as long as possible. Slot metadata are atomics so the fault
+//! handler can read them without a lock.
 //!
 //! May touch: [`allocscope_core::os`] (protect/decommit), [`crate::os_memory`],
 //! [`crate::spin`], [`crate::canary`].
@@ -43,6 +45,10 @@ struct SlotMeta {
     free_stack: AtomicU32,
     alloc_thread: AtomicU32,
     free_thread: AtomicU32,
+    /// Set by `free` when the slack was found whole: every byte of the slot's data pages
+    /// outside the freed block (`ptr`, `size`) still holds the red-zone pattern, so the next
+    /// use of the slot refills only that block's bytes. 0 for a never-used slot.
+    slack_whole: AtomicU32,
 }
 
 /// The slots not in use, oldest-freed first.
@@ -194,12 +200,26 @@ impl GuardPool {
         } else {
             (end - size) & !(align - 1)
         };
-        // SAFETY: the slot's data pages are accessible and ours; the block itself is left alone.
-        unsafe {
-            canary::fill(start, ptr - start);
-            canary::fill(ptr + size, end - (ptr + size));
-        }
         let m = self.meta(slot);
+        // Relaxed: the slot came off the free ring under the lock, which the freeing thread
+        // released after writing these (`free`, then `release_slot`).
+        if m.slack_whole.load(Ordering::Relaxed) != 0 {
+            let (old_ptr, old_size) = (
+                m.ptr.load(Ordering::Relaxed),
+                m.size.load(Ordering::Relaxed),
+            );
+            // The pattern depends on the address only, so refilling the previous block's bytes
+            // makes the whole slot hold it again (the new block's own bytes among them are the
+            // caller's to overwrite): a few bytes instead of the slot's pages.
+            // SAFETY: the previous block lay inside this slot's data pages, accessible and ours.
+            unsafe { canary::fill(old_ptr, old_size) };
+        } else {
+            // SAFETY: the slot's data pages are accessible and ours; the block is left alone.
+            unsafe {
+                canary::fill(start, ptr - start);
+                canary::fill(ptr + size, end - (ptr + size));
+            }
+        }
         // Relaxed stores, published by the Release store of `state`.
         m.ptr.store(ptr, Ordering::Relaxed);
         m.size.store(size, Ordering::Relaxed);
@@ -246,12 +266,18 @@ impl GuardPool {
         };
         m.free_stack.store(free_stack, Ordering::Relaxed);
         m.free_thread.store(thread, Ordering::Relaxed);
+        // Relaxed: read by the slot's next user, which takes it off the ring under the lock
+        // that `release_slot` below takes after this store.
+        m.slack_whole
+            .store(u32::from(damage.is_none()), Ordering::Relaxed);
         // Release: the free stack is visible to whoever reads the state.
         m.state.store(FREED, Ordering::Release);
+        // The pages stay committed (at most `slots` × the slot size of memory, 1 MiB at the
+        // default options): decommitting them cost a syscall here and a page fault with
+        // zeroing at the slot's next use, most of a guarded allocation's price.
         // SAFETY: the slot's data pages are ours; nothing may touch them from now on.
         unsafe {
             let p = NonNull::new_unchecked(start as *mut u8);
-            SystemOs.decommit(p, self.data);
             SystemOs.protect(p, self.data, Access::None);
         }
         self.release_slot(slot);
@@ -404,5 +430,36 @@ mod tests {
                 address: p + 13
             }
         );
+    }
+
+    #[test]
+    fn a_reused_slot_holds_the_pattern_where_the_previous_block_was() {
+        // One slot, blocks left-aligned: the second block lies inside the first one's bytes.
+        let pool = GuardPool::new(1, 4096, 1.0).unwrap();
+        let data = pool.max_size();
+        let p = pool.allocate(200, 8, 0.5, 0, 1).unwrap();
+        // SAFETY: the block is live and 200 bytes long.
+        unsafe { core::ptr::write_bytes(p as *mut u8, 0x5A, 200) };
+        assert_eq!(pool.free(p, 0, 1), None, "a clean free");
+        let q = pool.allocate(16, 8, 0.5, 0, 1).unwrap();
+        assert_eq!(q, p, "the same slot, the same place");
+        // SAFETY: the slot's data pages are accessible while it is live (the pool's memory).
+        unsafe {
+            assert_eq!(canary::first_damaged(q + 16, data - 16), None);
+            // A write where the first block's bytes were, now slack, is caught at free.
+            *((q + 100) as *mut u8) = 0x5A;
+        }
+        assert_eq!(
+            pool.free(q, 0, 1),
+            Some(SlackDamage {
+                kind: ReportKind::HeapBufferOverflow,
+                address: q + 100
+            })
+        );
+        // After a damaged free, the next use fills the whole slack again.
+        let r = pool.allocate(16, 8, 0.5, 0, 1).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { canary::first_damaged(r + 16, data - 16) }, None);
+        assert_eq!(pool.free(r, 0, 1), None);
     }
 }

@@ -62,9 +62,14 @@ pub(crate) fn find(state: &State, mode: LeakCheck, caller_sp: usize) -> Vec<Leak
             entries.push((key, *info));
         }
     });
+    // The tracker's own writer thread allocates nothing for the program.
+    let writer = state.stream().map_or(0, |s| s.writer_thread());
     let mut candidates: MappedVec<Candidate> = MappedVec::new();
     for &(start, i) in entries.as_slice() {
-        if i.state == block_state::LIVE && !i.is_internal() {
+        if i.state == block_state::LIVE
+            && !i.is_internal()
+            && (writer == 0 || i.alloc_thread != writer)
+        {
             candidates.push(Candidate {
                 start,
                 size: i.size,
@@ -282,6 +287,8 @@ fn suppressed(id: u32, patterns: &[String]) -> bool {
 fn roots(caller_sp: usize, heap_marks: &[usize]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        #[cfg(windows)]
+        crate::windows::no_leak_roots();
         return out;
     };
     for line in maps.lines() {
@@ -327,7 +334,7 @@ fn tls_blocks() -> Vec<(usize, usize)> {
         data: *mut libc::c_void,
     ) -> libc::c_int {
         // SAFETY: valid for the call; `data` is the Vec passed below.
-        let (info, out) = unsafe { (&*info, &mut *(data as *mut Vec<(usize, usize)>)) };
+        let (info, out) = unsafe { (&*info, &mut *data.cast::<Vec<(usize, usize)>>()) };
         if info.dlpi_tls_data.is_null() {
             return 0;
         }
@@ -384,6 +391,13 @@ fn read_words(addr: usize, len: usize, buf: &mut [usize]) -> Option<&[usize]> {
             };
             Some(&buf[..words])
         }
+        // Windows: no process_vm_readv, and no roots (see `roots`): only heap blocks are read.
+        #[cfg(windows)]
+        _ => {
+            READ_MODE.store(2, Ordering::Relaxed);
+            read_words(addr, len, buf)
+        }
+        #[cfg(unix)]
         mode => {
             let local = libc::iovec {
                 iov_base: buf.as_mut_ptr().cast(),
@@ -403,7 +417,7 @@ fn read_words(addr: usize, len: usize, buf: &mut [usize]) -> Option<&[usize]> {
                 return Some(&buf[..words]);
             }
             let err = std::io::Error::last_os_error().raw_os_error();
-            if mode == 0 && matches!(err, Some(libc::EPERM) | Some(libc::ENOSYS)) {
+            if mode == 0 && matches!(err, Some(libc::EPERM | libc::ENOSYS)) {
                 READ_MODE.store(2, Ordering::Relaxed);
                 return read_words(addr, len, buf);
             }

@@ -16,25 +16,40 @@
 //! - [`tracker`]: the `Tracker` type and its allocation paths;
 //! - `state`: one tracker's run-time state, reports, scans, the registry for exit and faults;
 //! - `block_table` (direct map by address) and `cold_table` (hashed, for what a word cannot
-//!   hold): every live (and recently freed) block; `guard`, `fault`: guard-page pool
+//!   hold): every live (and recently freed) block, with `barrier` (the asymmetric barrier
+//!   that lets the allocating thread free without a locked instruction); `guard`, `fault`:
+//!   guard-page pool
 //!   and its signal handler; `quarantine`; `canary`: red zones and poison;
 //! - `stacks` (capture, de-duplication), [`symbolize`]; `leaks` (reachability scan);
 //! - `stream` (per-thread buffers, writer thread), [`trace_format`] (the one definition of a
 //!   trace, shared with the viewer), `snapshot`, `modules`;
-//! - `thread_state` (re-entrancy flag, per-thread sampling state), `spin`, `os_memory`.
+//! - `thread_state` (re-entrancy flag, thread id and countdowns in one hot thread-local, the
+//!   rest of the per-thread state), `spin`, `os_memory`;
+//! - `windows`: stand-ins for the Unix-only calls, so the crate builds for Windows (what they
+//!   cannot do is refused at run time, with a message).
 //!
 //! The C-ABI functions [`alloc`], [`free`], [`realloc`], [`usable_size`] work on one
 //! process-wide tracker ([`global`]) for the preload library.
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
+// Module docs name the private modules and items they build on ("May touch: ..."); those
+// links resolve in the maintainers' build (`cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
+// What explains a guard-page fault, and the thread stack bounds, serve Unix-only code.
+#![cfg_attr(windows, allow(dead_code))]
 
-#[cfg(not(all(unix, target_pointer_width = "64")))]
-compile_error!("allocscope-tracker supports 64-bit Unix targets");
+#[cfg(not(all(any(unix, windows), target_pointer_width = "64")))]
+compile_error!("allocscope-tracker supports 64-bit Unix and (building only) 64-bit Windows");
 
+mod barrier;
 mod block_table;
 mod canary;
 mod cold_table;
+#[cfg(unix)]
 mod fault;
+// On Windows the guard pages have no fault handler: `fault::install` says so.
+#[cfg(windows)]
+use windows as fault;
 mod guard;
 mod leaks;
 mod modules;
@@ -51,6 +66,8 @@ pub mod symbolize;
 mod thread_state;
 pub mod trace_format;
 pub mod tracker;
+#[cfg(windows)]
+mod windows;
 
 pub use options::{GuardRate, LeakCheck, Options, OptionsBuilder, OptionsError, Unwinder};
 pub use report::Report;

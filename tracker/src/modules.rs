@@ -3,7 +3,9 @@
 //!
 //! May touch: `dl_iterate_phdr`, `/proc/self/exe`.
 
-use crate::trace_format::{Module, Segment};
+use crate::trace_format::Module;
+#[cfg(target_os = "linux")]
+use crate::trace_format::Segment;
 
 /// Every loaded module with its load bias and segments.
 #[cfg(target_os = "linux")]
@@ -15,7 +17,7 @@ pub(crate) fn current() -> Vec<Module> {
     ) -> libc::c_int {
         // SAFETY: dl_iterate_phdr passes a valid info for the duration of the call, and `data`
         // is the `Vec<Module>` passed below, used by nobody else meanwhile.
-        let (info, out) = unsafe { (&*info, &mut *(data as *mut Vec<Module>)) };
+        let (info, out) = unsafe { (&*info, &mut *data.cast::<Vec<Module>>()) };
         let path = if info.dlpi_name.is_null() {
             String::new()
         } else {

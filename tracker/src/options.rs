@@ -37,6 +37,12 @@ pub enum LeakCheck {
 /// How call stacks are captured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unwinder {
+    /// The default. On x86-64 Linux: a walk by frame sizes learnt from earlier DWARF walks
+    /// (tens of nanoseconds, with or without frame pointers), checked against DWARF on the
+    /// first captures and then one in 64 per thread; one disagreement turns the process to
+    /// DWARF for good, and a stack through code not seen yet takes DWARF (and teaches it).
+    /// Elsewhere: as `Backtrace`.
+    Auto,
     /// The `backtrace` crate (DWARF unwind tables): works on any build, costs microseconds.
     Backtrace,
     /// Follows frame pointers: tens of nanoseconds, but needs code built with
@@ -72,7 +78,9 @@ pub struct Options {
     pub suppressions: Vec<String>,
     /// Check every live block's canaries and the quarantine at exit.
     pub check_at_exit: bool,
-    /// Trace file to write (`%p` is replaced by the process id).
+    /// Trace file to write (`%p` is replaced by the process id). A path already held by a
+    /// running traced process (a program run by a traced shell inherits its options) is not
+    /// taken over: the newcomer writes `<path>.<pid>` instead.
     pub trace_path: Option<PathBuf>,
     /// Unix socket to listen on for a live viewer (`%p` is replaced by the process id).
     pub socket_path: Option<PathBuf>,
@@ -115,7 +123,7 @@ impl Default for Options {
             stream_buffer_bytes: 64 << 20,
             stream_wait: Duration::from_millis(200),
             stack_depth: 48,
-            unwinder: Unwinder::Backtrace,
+            unwinder: Unwinder::Auto,
             free_stacks: true,
         }
     }
@@ -234,10 +242,10 @@ impl fmt::Display for Options {
         write!(
             f,
             ",halt_on_error={},print_reports={},check_at_exit={},free_stacks={}",
-            self.halt_on_error as u8,
-            self.print_reports as u8,
-            self.check_at_exit as u8,
-            self.free_stacks as u8
+            u8::from(self.halt_on_error),
+            u8::from(self.print_reports),
+            u8::from(self.check_at_exit),
+            u8::from(self.free_stacks)
         )?;
         let leak = match self.leak_check {
             LeakCheck::Off => "0",
@@ -266,6 +274,7 @@ impl fmt::Display for Options {
             self.stream_wait.as_millis(),
             self.stack_depth,
             match self.unwinder {
+                Unwinder::Auto => "auto",
                 Unwinder::Backtrace => "backtrace",
                 Unwinder::FramePointers => "fp",
             }
@@ -342,9 +351,10 @@ impl OptionsBuilder {
             "stack_depth" => o.stack_depth = parse_count(key, value)?,
             "unwinder" => {
                 o.unwinder = match value {
+                    "auto" => Unwinder::Auto,
                     "backtrace" | "dwarf" => Unwinder::Backtrace,
                     "fp" | "frame_pointers" => Unwinder::FramePointers,
-                    _ => return Err(bad(key, value, "expected backtrace or fp")),
+                    _ => return Err(bad(key, value, "expected auto, backtrace or fp")),
                 }
             }
             _ => {

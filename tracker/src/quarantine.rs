@@ -5,13 +5,29 @@
 //! a certain double free.
 //!
 //! The ring lives in [`crate::os_memory`]; one spin lock guards it (quarantine is a debugging
-//! mode: one short critical section per free is its price). Poisoning and checking happen
-//! outside the lock, by the thread that frees or evicts.
+//! mode: one short critical section per free is its price). A free takes it once:
+//! [`Quarantine::exchange`] adds the block, takes out the blocks that must leave and names the
+//! one that leaves a few frees later, so that the caller can start loading it from memory (it
+//! was freed a whole quarantine ago and is out of cache) well before it is checked. Poisoning
+//! and checking happen outside the lock, by the thread that frees or evicts.
 //!
-//! May touch: [`crate::spin`], [`crate::os_memory`].
+//! May touch: [`crate::spin`], [`crate::os_memory`], [`crate::block_table::prefetch`].
 
+use crate::block_table::prefetch;
 use crate::os_memory::MappedArray;
 use crate::spin::SpinLock;
+
+/// Blocks one [`Quarantine::exchange`] hands back at most; beyond, [`Exchange::more`] says so.
+const EVICT_BATCH: usize = 4;
+
+/// How many blocks ahead of the oldest [`Exchange::upcoming`] looks: far enough that the
+/// block's memory arrives before it is checked (a few frees later), near enough that it is
+/// still in cache then.
+const LOOKAHEAD: usize = 4;
+
+/// Cache lines of an upcoming block that [`Held::prefetch`] starts loading from its start
+/// (its last line too): a longer block's middle is loaded when it is checked.
+const PREFETCH_LINES: usize = 8;
 
 /// A block waiting in quarantine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +42,46 @@ pub(crate) struct Held {
     pub(crate) flags: u8,
 }
 
+impl Held {
+    /// Starts loading the block's first cache lines and its last one (hints: never fault,
+    /// even if the block has left and its memory was given back meanwhile).
+    pub(crate) fn prefetch(&self) {
+        if self.size == 0 {
+            return;
+        }
+        let first = self.ptr & !63;
+        let last = self.ptr + self.size - 1;
+        let lines = ((last - first) / 64 + 1).min(PREFETCH_LINES);
+        for i in 0..lines {
+            prefetch(first + i * 64);
+        }
+        prefetch(last);
+    }
+}
+
+/// What [`Quarantine::exchange`] leaves its caller to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Exchange {
+    /// The block went in. `false` when the ring cannot be created (the OS refused memory): the
+    /// caller frees the block at once.
+    pub(crate) held: bool,
+    evicted: [Held; EVICT_BATCH],
+    evicted_len: usize,
+    /// More blocks must leave than [`Exchange::evicted`] holds: call
+    /// [`Quarantine::pop_excess`] until `None`.
+    pub(crate) more: bool,
+    /// A block that leaves a few frees from now, to prefetch ([`Held::prefetch`], and its
+    /// table word).
+    pub(crate) upcoming: Option<Held>,
+}
+
+impl Exchange {
+    /// The blocks that left, oldest first: the caller checks their poison and frees them.
+    pub(crate) fn evicted(&self) -> &[Held] {
+        &self.evicted[..self.evicted_len]
+    }
+}
+
 struct Ring {
     buf: Option<MappedArray<Held>>,
     head: usize,
@@ -38,6 +94,7 @@ pub(crate) struct Quarantine {
     max_bytes: usize,
     /// Blocks larger than this bypass the quarantine (one huge block would flush all others).
     max_block: usize,
+    /// Ring entries (a power of two).
     capacity: usize,
 }
 
@@ -52,7 +109,8 @@ impl Quarantine {
             }),
             max_bytes,
             max_block: (max_bytes / 4).max(1),
-            capacity: (max_bytes / 16).clamp(1024, 1 << 20),
+            // A power of two: ring positions wrap with a mask, not a division.
+            capacity: (max_bytes / 16).clamp(1024, 1 << 20).next_power_of_two(),
         }
     }
 
@@ -61,10 +119,40 @@ impl Quarantine {
         size <= self.max_block
     }
 
-    /// Adds a poisoned block. `false` when the ring cannot be created (the OS refused memory):
-    /// the caller frees the block at once.
-    pub(crate) fn push(&self, held: Held) -> bool {
+    /// Adds a poisoned block and takes out the oldest blocks while the quarantine is over
+    /// budget, under one lock (see [`Exchange`]). Inline, so that the [`Exchange`] is built in
+    /// the caller's frame rather than copied out (callgrind: ~135 -> ~92 instructions per free).
+    #[inline(always)]
+    pub(crate) fn exchange(&self, held: Held) -> Exchange {
+        let mut out = Exchange::default();
         let mut ring = self.ring.lock();
+        out.held = self.push_locked(&mut ring, held);
+        while self.over_budget(&ring) {
+            if out.evicted_len == EVICT_BATCH {
+                out.more = true;
+                break;
+            }
+            match Self::pop(&mut ring) {
+                Some(old) => {
+                    out.evicted[out.evicted_len] = old;
+                    out.evicted_len += 1;
+                }
+                None => break,
+            }
+        }
+        if let Some(buf) = &ring.buf {
+            if ring.len > 0 {
+                let at = (ring.head + LOOKAHEAD.min(ring.len - 1)) & (buf.capacity() - 1);
+                // SAFETY: `at < capacity`; the lock is held.
+                out.upcoming = Some(unsafe { *buf.as_ptr().add(at) });
+            }
+        }
+        out
+    }
+
+    /// Adds a poisoned block; `false` when the ring cannot be created (the OS refused memory)
+    /// or is full.
+    fn push_locked(&self, ring: &mut Ring, held: Held) -> bool {
         if ring.buf.is_none() {
             // SAFETY: an all-zero `Held` is a valid (empty) entry.
             ring.buf = unsafe { MappedArray::zeroed(self.capacity) };
@@ -74,7 +162,7 @@ impl Quarantine {
         if ring.len == cap {
             return false;
         }
-        let at = (ring.head + ring.len) % cap;
+        let at = (ring.head + ring.len) & (cap - 1);
         // SAFETY: `at < cap`; the lock is held.
         unsafe { *buf.as_ptr().add(at) = held };
         ring.len += 1;
@@ -85,19 +173,16 @@ impl Quarantine {
     /// Takes the oldest block if the quarantine is over budget (call until `None`).
     pub(crate) fn pop_excess(&self) -> Option<Held> {
         let mut ring = self.ring.lock();
-        let cap = ring.buf.as_ref()?.capacity();
-        if ring.len == 0 || (ring.bytes <= self.max_bytes && ring.len < cap) {
+        if !self.over_budget(&ring) {
             return None;
         }
         Self::pop(&mut ring)
     }
 
-    /// The block that leaves next, if any (left in place).
-    pub(crate) fn oldest(&self) -> Option<Held> {
-        let ring = self.ring.lock();
-        let buf = ring.buf.as_ref()?;
-        // SAFETY: `head < capacity`; the lock is held.
-        (ring.len > 0).then(|| unsafe { *buf.as_ptr().add(ring.head) })
+    /// Whether the oldest block must leave: over the byte budget, or the ring full.
+    fn over_budget(&self, ring: &Ring) -> bool {
+        let Some(buf) = &ring.buf else { return false };
+        ring.len > 0 && (ring.bytes > self.max_bytes || ring.len == buf.capacity())
     }
 
     /// Takes the oldest block whatever the budget (to empty the quarantine).
@@ -113,7 +198,7 @@ impl Quarantine {
         }
         // SAFETY: `head < capacity`; the caller holds the lock.
         let held = unsafe { *buf.as_ptr().add(ring.head) };
-        ring.head = (ring.head + 1) % buf.capacity();
+        ring.head = (ring.head + 1) & (buf.capacity() - 1);
         ring.len -= 1;
         ring.bytes -= held.size;
         Some(held)
@@ -126,7 +211,7 @@ impl Quarantine {
         let Some(buf) = &ring.buf else { return };
         for i in 0..ring.len {
             // SAFETY: index below capacity; the lock is held.
-            f(unsafe { &*buf.as_ptr().add((ring.head + i) % buf.capacity()) });
+            f(unsafe { &*buf.as_ptr().add((ring.head + i) & (buf.capacity() - 1)) });
         }
     }
 
@@ -153,11 +238,18 @@ mod tests {
         let q = Quarantine::new(100);
         assert!(q.admits(25) && !q.admits(26));
         for i in 0..4 {
-            assert!(q.push(held(i + 1, 25)));
-            assert_eq!(q.pop_excess(), None, "at budget, nothing leaves");
+            let out = q.exchange(held(i + 1, 25));
+            assert!(out.held);
+            assert_eq!(out.evicted(), [], "at budget, nothing leaves");
+            assert_eq!(
+                out.upcoming,
+                Some(held(i + 1, 25)),
+                "no more than LOOKAHEAD: the newest"
+            );
         }
-        assert!(q.push(held(5, 25)));
-        assert_eq!(q.pop_excess(), Some(held(1, 25)), "the oldest leaves first");
+        let out = q.exchange(held(5, 25));
+        assert_eq!(out.evicted(), [held(1, 25)], "the oldest leaves first");
+        assert!(!out.more);
         assert_eq!(q.pop_excess(), None);
         let mut seen = Vec::new();
         q.for_each(&mut |h| seen.push(h.ptr));
@@ -165,5 +257,53 @@ mod tests {
         assert_eq!(q.bytes(), 100);
         while q.pop_oldest().is_some() {}
         assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn a_large_block_pushes_out_a_batch_and_says_when_more_must_leave() {
+        let q = Quarantine::new(4000);
+        for i in 0..100 {
+            assert_eq!(q.exchange(held(i + 1, 40)).evicted(), []);
+        }
+        // 4000 bytes held; 1000 more push 25 blocks out, EVICT_BATCH of them in the exchange.
+        let out = q.exchange(held(1000, 1000));
+        let first: Vec<usize> = out.evicted().iter().map(|h| h.ptr).collect();
+        assert_eq!(first, (1..=EVICT_BATCH).collect::<Vec<_>>());
+        assert!(out.more);
+        assert_eq!(
+            out.upcoming.map(|h| h.ptr),
+            Some(EVICT_BATCH + 1 + LOOKAHEAD),
+            "LOOKAHEAD blocks after the oldest still held"
+        );
+        let mut rest = Vec::new();
+        while let Some(h) = q.pop_excess() {
+            rest.push(h.ptr);
+        }
+        assert_eq!(rest, (EVICT_BATCH + 1..=25).collect::<Vec<_>>());
+        assert_eq!(q.bytes(), 4000);
+    }
+
+    #[test]
+    fn ring_positions_wrap_around() {
+        // The smallest ring (1024 entries) with blocks small enough that the entry count, not
+        // the byte budget, makes them leave.
+        let q = Quarantine::new(16 << 10);
+        assert_eq!(q.capacity, 1024);
+        let mut left = Vec::new();
+        for i in 0..3000 {
+            let out = q.exchange(held(i + 1, 1));
+            assert!(out.held);
+            left.extend(out.evicted().iter().map(|h| h.ptr));
+        }
+        // A push that fills the ring sends the oldest out at once: 1023 stay between frees.
+        assert_eq!(left.len(), 3000 - 1023);
+        assert_eq!(
+            left,
+            (1..=left.len()).collect::<Vec<_>>(),
+            "FIFO across the wrap"
+        );
+        let mut seen = Vec::new();
+        q.for_each(&mut |h| seen.push(h.ptr));
+        assert_eq!(seen, (left.len() + 1..=3000).collect::<Vec<_>>());
     }
 }

@@ -265,8 +265,10 @@ fn render(f: &Facts) -> String {
 pub(crate) fn print_raw(text: &str) {
     let mut bytes = text.as_bytes();
     while !bytes.is_empty() {
+        // At most 1 GiB a call: the count is a c_uint on Windows.
+        let count = bytes.len().min(1 << 30) as _;
         // SAFETY: writes from a valid slice to fd 2.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), count) };
         if n <= 0 {
             // EINTR: retry; anything else: standard error is gone, give up.
             if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {

@@ -1,98 +1,76 @@
-//! A spin lock for the tracker's short critical sections (a table shard, the quarantine ring,
-//! the guard pool's free list). Holders never allocate, never block and never call out, so a
-//! waiter spins for a few hundred nanoseconds at most; after a while it yields the CPU so a
-//! preempted holder can run.
+//! The tracker's lock for its short critical sections (a table shard, the quarantine ring, the
+//! guard pool's free list, the walk lock): the core's [`allocscope_core::spin::SpinLock`] (one
+//! compare-and-swap to take it, one store to release it), with a wait of the tracker's own.
+//! Holders never allocate and never call out, but a walk (leak check, scan) holds the walk lock
+//! for milliseconds and any holder may be preempted, so after a short spin a waiter yields the
+//! CPU instead of spinning on for its whole time slice (the core's own wait never yields: it
+//! serves firmware with no scheduler).
 //!
-//! May touch: [`allocscope_core::sync`] only.
+//! May touch: [`allocscope_core::spin`], [`allocscope_core::sync`].
 
-use core::cell::UnsafeCell;
-use core::ops::{Deref, DerefMut};
+use allocscope_core::spin::SpinLock as CoreSpinLock;
+use allocscope_core::sync::spin_hint;
 
-use allocscope_core::sync::{spin_hint, AtomicBool, Ordering};
+pub(crate) use allocscope_core::spin::SpinGuard;
 
-/// A value behind a spin lock.
-pub(crate) struct SpinLock<T> {
-    locked: AtomicBool,
-    value: UnsafeCell<T>,
-}
+/// Spins this many times before yielding.
+const SPINS_BEFORE_YIELD: u32 = 128;
 
-// SAFETY: the lock hands out `&mut T` to one thread at a time, so sharing the lock is as safe as
-// sending the value.
-unsafe impl<T: Send> Sync for SpinLock<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Send for SpinLock<T> {}
+/// A spin lock around a value that yields while it waits.
+pub(crate) struct SpinLock<T>(CoreSpinLock<T>);
 
 impl<T> SpinLock<T> {
     pub(crate) const fn new(value: T) -> Self {
-        SpinLock {
-            locked: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
-        }
+        SpinLock(CoreSpinLock::new(value))
     }
 
-    /// Waits for the lock.
+    /// Takes the lock, spinning a little and then yielding while another thread holds it.
     #[inline]
     pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
-        // Acquire on success: the previous holder's writes (released in `drop`) are visible.
-        if self
-            .locked
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            self.lock_slow();
+        match self.0.try_lock() {
+            Some(guard) => guard,
+            None => self.lock_slow(),
         }
-        SpinGuard { lock: self }
     }
 
     #[cold]
     #[inline(never)]
-    fn lock_slow(&self) {
+    fn lock_slow(&self) -> SpinGuard<'_, T> {
         let mut spins = 0u32;
         loop {
-            // Relaxed: only a hint that the lock looks free; the CAS below decides.
-            while self.locked.load(Ordering::Relaxed) {
-                spins += 1;
-                if spins < 128 {
-                    spin_hint();
-                } else {
-                    std::thread::yield_now();
-                }
+            if let Some(guard) = self.0.try_lock() {
+                return guard;
             }
-            // Acquire: as in `lock`.
-            if self
-                .locked
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                return;
+            spins = spins.saturating_add(1);
+            if spins < SPINS_BEFORE_YIELD {
+                spin_hint();
+            } else {
+                std::thread::yield_now();
             }
         }
     }
 }
 
-/// Holds a [`SpinLock`]; releases it when dropped.
-pub(crate) struct SpinGuard<'a, T> {
-    lock: &'a SpinLock<T>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<T> Deref for SpinGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard's existence means this thread holds the lock.
-        unsafe { &*self.lock.value.get() }
-    }
-}
-
-impl<T> DerefMut for SpinGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard's existence means this thread holds the lock.
-        unsafe { &mut *self.lock.value.get() }
-    }
-}
-
-impl<T> Drop for SpinGuard<'_, T> {
-    fn drop(&mut self) {
-        // Release: our writes to the value happen-before the next holder's Acquire.
-        self.lock.locked.store(false, Ordering::Release);
+    #[test]
+    fn threads_take_turns() {
+        let lock = std::sync::Arc::new(SpinLock::new(0u64));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        *lock.lock() += 1;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(*lock.lock(), 40_000);
     }
 }

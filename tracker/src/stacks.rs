@@ -8,6 +8,13 @@
 //! frames with no lock. Inserting a new stack takes one spin lock; stacks seen before cost a
 //! hash and, usually, a hit in the thread's own cache ([`crate::thread_state::Local`]).
 //!
+//! How a stack is walked ([`Unwinder`]): by default (x86-64 Linux) by frame sizes learnt from
+//! earlier DWARF walks and checked against them (see [`cfa`]), elsewhere by DWARF unwind tables
+//! (the `backtrace` crate). A DWARF walk parses unwind tables for every frame — microseconds,
+//! and at the guard pages' rate (one allocation in 1000, two stacks each) its tables and
+//! libgcc's code are out of cache; the learnt walk reads one table entry and one stack word
+//! per frame.
+//!
 //! May touch: `backtrace` (capture only), [`crate::os_memory`], [`crate::spin`],
 //! [`crate::thread_state`].
 
@@ -73,12 +80,338 @@ pub(crate) fn capture_into(
     local: Option<&Local>,
 ) -> usize {
     let depth = depth.min(frames.len());
-    if let (Unwinder::FramePointers, Some(local)) = (unwinder, local) {
-        let n = capture_frame_pointers(frames, depth, local);
-        if n > 0 {
-            return n;
+    match (unwinder, local) {
+        (Unwinder::FramePointers, Some(local)) => {
+            let n = capture_frame_pointers(frames, depth, local);
+            if n > 0 {
+                return n;
+            }
+        }
+        (Unwinder::Auto, Some(local)) => {
+            if let Some(n) = capture_auto(frames, depth, local) {
+                return n;
+            }
+        }
+        _ => {}
+    }
+    capture_dwarf(frames, depth)
+}
+
+/// The default unwinder where it applies (x86-64 Linux): a walk by remembered frame sizes
+/// (see [`cfa`]), checked against DWARF; `None` elsewhere (the caller takes DWARF).
+#[inline(always)]
+fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        let rsp: usize;
+        // SAFETY: reads the stack-pointer register; no memory is touched. `capture_auto` is
+        // inlined into `capture_into`, whose frame has a fixed size, so this is the same
+        // offset from `capture_into`'s frame at every call (what `cfa` relies on, and checks).
+        unsafe {
+            core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags));
+        }
+        cfa::capture(
+            frames,
+            depth,
+            local,
+            rsp,
+            capture_into as fn(_, _, _, _) -> _ as usize,
+        )
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        let _ = (frames, depth, local);
+        None
+    }
+}
+
+/// The walk by remembered frame sizes (x86-64): every DWARF walk records, for each return
+/// address it passes, how far the caller's canonical frame address (CFA) lies above the
+/// callee's — a constant for a given return address in any function whose frame has a fixed
+/// size, frame pointer or not — and a later walk follows `return address = *(CFA - 8)`, `next
+/// CFA = CFA + size(return address)` from `capture_into`'s own frame: one lookup in a small
+/// table and one stack read per frame, where libgcc's DWARF walk parses unwind tables for
+/// each frame (about 1.5k instructions per frame, and cold at the guard pages' rate).
+///
+/// Trust is measured, not assumed: until [`cfa::AGREEMENTS_NEEDED`] walks gave exactly the
+/// frames DWARF gives, and then for one capture in [`cfa::RECHECK`] per thread, both run and
+/// are compared; one disagreement turns the process to DWARF for good. A return address seen
+/// with two different frame sizes (a function that realigns or grows its stack) is marked
+/// unstable, and a stack through it always takes DWARF; so does a stack with a return address
+/// not learnt yet (which the DWARF walk then teaches), or a frame outside the thread's stack.
+/// Frames are returned from `capture_into`'s caller on, whichever walk produced them, so the
+/// same call site always gets the same stack id.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod cfa {
+    use super::{capture_dwarf_with_cfas, stack_bounds, Local};
+    use allocscope_core::sync::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+    const UNKNOWN: u8 = 0;
+    const TRUSTED: u8 = 1;
+    const REFUSED: u8 = 2;
+    /// The verdict, process-wide. Relaxed: a hint each capture reads on its own; racing
+    /// stores are each safe answers (a refusal is final: nothing stores a verdict after one).
+    static VERDICT: AtomicU8 = AtomicU8::new(UNKNOWN);
+    /// Agreeing checks so far while the verdict is unknown. Relaxed: a count.
+    static AGREED: AtomicU32 = AtomicU32::new(0);
+    /// Agreeing checks needed before the walk is trusted.
+    pub(super) const AGREEMENTS_NEEDED: u32 = 8;
+    /// Once trusted, one capture in this many per thread is still checked against DWARF.
+    pub(super) const RECHECK: u32 = 64;
+
+    /// Remembered return addresses, direct mapped by a hash; an entry is `ip << 16 | size / 8
+    /// << 1 | 1` (0 = empty), with the size field [`END`] for a stack's last frame and
+    /// [`UNSTABLE`] for a return address seen with two sizes. Relaxed: every entry is
+    /// self-contained and checked against the ip it is looked up for.
+    const SLOTS: usize = 4096;
+    static SIZES: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+    const END: u64 = 0;
+    const UNSTABLE: u64 = 0x7FFF;
+    /// `capture_into`'s CFA minus the stack pointer it reads (0 = not learnt; `usize::MAX` =
+    /// seen with two values). Relaxed: as for the entries.
+    static START: AtomicU64 = AtomicU64::new(0);
+
+    /// What a return address's entry says.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) enum Size {
+        Unknown,
+        Unstable,
+        End,
+        Bytes(usize),
+    }
+
+    fn slot(ip: usize) -> &'static AtomicU64 {
+        let h = (ip as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52;
+        &SIZES[h as usize % SLOTS]
+    }
+
+    pub(super) fn lookup(ip: usize) -> Size {
+        let e = slot(ip).load(Ordering::Relaxed);
+        if e == 0 || (e >> 16) as usize != ip {
+            return Size::Unknown;
+        }
+        match (e >> 1) & 0x7FFF {
+            END => Size::End,
+            UNSTABLE => Size::Unstable,
+            words => Size::Bytes(words as usize * 8),
         }
     }
+
+    /// Records that return address `ip` has a frame of `size` bytes (`None`: the last frame).
+    pub(super) fn learn(ip: usize, size: Option<usize>) {
+        if ip == 0 || ip >> 47 != 0 {
+            return;
+        }
+        let field = match size {
+            None => END,
+            Some(b) if b > 0 && b % 8 == 0 && ((b / 8) as u64) < UNSTABLE => (b / 8) as u64,
+            Some(_) => UNSTABLE,
+        };
+        let field = match lookup(ip) {
+            Size::Unknown => field,
+            Size::Unstable => return,
+            Size::End if field == END => return,
+            Size::Bytes(b) if (b / 8) as u64 == field => return,
+            _ => UNSTABLE,
+        };
+        slot(ip).store((ip as u64) << 16 | field << 1 | 1, Ordering::Relaxed);
+    }
+
+    /// The walk itself from `capture_into`'s frame (whose stack pointer was `rsp`), inside the
+    /// thread's stack `low..high`; `None` as soon as a frame is not known for sure.
+    #[inline(never)]
+    pub(super) fn walk(
+        frames: &mut [usize],
+        depth: usize,
+        rsp: usize,
+        (low, high): (usize, usize),
+    ) -> Option<usize> {
+        // Relaxed: see `START`.
+        let start = START.load(Ordering::Relaxed);
+        if start == 0 || start == u64::MAX {
+            return None;
+        }
+        let mut cfa = rsp.checked_add(start as usize)?;
+        let mut n = 0;
+        while n < depth.min(frames.len()) {
+            if cfa < low + 8 || cfa > high || cfa % 8 != 0 {
+                return None;
+            }
+            // SAFETY: `cfa - 8 .. cfa` lies inside this thread's mapped stack (checked above).
+            let ip = unsafe { *((cfa - 8) as *const usize) };
+            frames[n] = ip;
+            n += 1;
+            match lookup(ip) {
+                Size::Bytes(b) => cfa += b,
+                Size::End => break,
+                Size::Unknown | Size::Unstable => return None,
+            }
+        }
+        Some(n)
+    }
+
+    /// Learns from a DWARF walk: `pairs` holds (ip, stack pointer) per frame, innermost first
+    /// (the unwinder's "CFA" of a frame is its stack pointer at the call, the CFA of the frame
+    /// below it); `at` is the index of `capture_into`'s frame, whose stack pointer was `rsp`;
+    /// `whole` says the walk reached the stack's bottom (was not cut by the depth).
+    #[inline(never)]
+    pub(super) fn learn_walk(
+        pairs: &[(usize, usize)],
+        at: usize,
+        rsp: usize,
+        whole: bool,
+        (low, high): (usize, usize),
+    ) {
+        let (Some(&(_, own)), Some(&(_, cfa))) = (pairs.get(at), pairs.get(at + 1)) else {
+            return;
+        };
+        // `capture_into`'s CFA from the stack pointer it read (both are its own, fixed frame's).
+        let start = if own == rsp && cfa > rsp && cfa - rsp < 1 << 20 {
+            (cfa - rsp) as u64
+        } else {
+            u64::MAX
+        };
+        // Relaxed: see `START`.
+        match START.load(Ordering::Relaxed) {
+            0 => START.store(start, Ordering::Relaxed),
+            known if known != start => START.store(u64::MAX, Ordering::Relaxed),
+            _ => {}
+        }
+        for i in at + 1..pairs.len() {
+            let (ip, sp) = pairs[i];
+            let Some(&(next, cfa)) = pairs.get(i + 1) else {
+                if whole {
+                    learn(ip, None);
+                }
+                break;
+            };
+            // The frame must really keep its return address at CFA - 8 (a signal frame does
+            // not), inside the stack.
+            let readable = cfa >= low + 8 && cfa <= high && cfa % 8 == 0;
+            // SAFETY: `cfa - 8 .. cfa` lies inside this thread's mapped stack (checked).
+            let kept = readable && unsafe { *((cfa - 8) as *const usize) } == next;
+            learn(
+                ip,
+                if kept && cfa > sp {
+                    Some(cfa - sp)
+                } else {
+                    Some(1)
+                },
+            );
+        }
+    }
+
+    /// See the module docs. Writes the frames from `capture_into`'s caller on.
+    #[inline(always)]
+    pub(super) fn capture(
+        frames: &mut [usize],
+        depth: usize,
+        local: &Local,
+        rsp: usize,
+        capture_into: usize,
+    ) -> Option<usize> {
+        let bounds = stack_bounds(local);
+        if bounds.1 == 0 {
+            return None;
+        }
+        let count = local.captures.get().wrapping_add(1);
+        local.captures.set(count);
+        // Relaxed: see `VERDICT`.
+        let verdict = VERDICT.load(Ordering::Relaxed);
+        let walked = if verdict == REFUSED {
+            None
+        } else {
+            walk(frames, depth, rsp, bounds)
+        };
+        if let Some(n) = walked {
+            if verdict == TRUSTED && count % RECHECK != 0 {
+                return Some(n);
+            }
+        }
+        let mut check = local.check_frames.try_borrow_mut().ok()?;
+        // Pairs (ip, CFA) in the scratch buffer: the DWARF walk, with room for the backtrace
+        // crate's own frames above `capture_into`'s.
+        let limit = (depth + 16).min(check.len() / 2);
+        let (pairs, at) = capture_dwarf_with_cfas(&mut check[..], limit, capture_into);
+        let at = at?;
+        let whole = pairs.len() < limit;
+        let theirs = pairs.get(at + 1..).unwrap_or_default();
+        let n_dwarf = theirs.len().min(depth);
+        if verdict != REFUSED {
+            learn_walk(pairs, at, rsp, whole, bounds);
+        }
+        if let Some(n) = walked {
+            let common = n.min(n_dwarf);
+            let equal = frames
+                .iter()
+                .zip(theirs)
+                .take(common)
+                .all(|(a, b)| *a == b.0);
+            // Equal frames, and as many, unless the DWARF walk was cut by its buffer first.
+            if equal && (n == n_dwarf || (!whole && n > n_dwarf)) {
+                // Relaxed: see `AGREED`.
+                if verdict == UNKNOWN
+                    && AGREED.fetch_add(1, Ordering::Relaxed).wrapping_add(1) >= AGREEMENTS_NEEDED
+                {
+                    VERDICT.store(TRUSTED, Ordering::Relaxed);
+                }
+                return Some(n);
+            }
+            VERDICT.store(REFUSED, Ordering::Relaxed);
+        }
+        for (f, p) in frames.iter_mut().zip(theirs.iter().take(n_dwarf)) {
+            *f = p.0;
+        }
+        Some(n_dwarf)
+    }
+
+    /// The verdict so far (for tests).
+    #[cfg(test)]
+    pub(super) fn trusted() -> bool {
+        // Relaxed: see `VERDICT`.
+        VERDICT.load(Ordering::Relaxed) == TRUSTED
+    }
+}
+
+/// The DWARF walk with each frame's CFA, as (ip, CFA) pairs in `buf` (at most `depth` pairs
+/// and half of `buf`), and the index of the frame of the function that starts at `function`
+/// (found among the first frames by the unwinder's own lookup of each frame's function).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[inline(never)]
+fn capture_dwarf_with_cfas(
+    buf: &mut [usize],
+    depth: usize,
+    function: usize,
+) -> (&[(usize, usize)], Option<usize>) {
+    let pairs_len = (buf.len() / 2).min(depth);
+    // SAFETY: (usize, usize) is two usizes with usize alignment; the first `pairs_len` pairs
+    // lie inside `buf`, which stays borrowed for the returned slice's life.
+    let pairs: &mut [(usize, usize)] =
+        unsafe { core::slice::from_raw_parts_mut(buf.as_mut_ptr().cast(), pairs_len) };
+    let mut n = 0;
+    let mut at = None;
+    // SAFETY: as in `capture_dwarf`.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            let ip = frame.ip() as usize;
+            let Some(pair) = pairs.get_mut(n).filter(|_| ip != 0) else {
+                return false;
+            };
+            if at.is_none() && n < 16 && frame.symbol_address() as usize == function {
+                at = Some(n);
+            }
+            *pair = (ip, frame.sp() as usize);
+            n += 1;
+            n < pairs_len
+        })
+    };
+    (pairs.get(..n).unwrap_or_default(), at)
+}
+
+/// The DWARF walk (the `backtrace` crate) into `frames`, at most `depth` frames.
+#[inline(never)]
+fn capture_dwarf(frames: &mut [usize], depth: usize) -> usize {
+    let depth = depth.min(frames.len());
     let mut n = 0;
     // SAFETY: `trace_unsynchronized` is unsafe only where unwinding needs a process-wide
     // lock (Windows' dbghelp); on Unix it calls `_Unwind_Backtrace`, which is thread-safe.
@@ -86,10 +419,10 @@ pub(crate) fn capture_into(
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
             let ip = frame.ip() as usize;
-            if ip == 0 || n >= depth {
+            let Some(slot) = frames.get_mut(n).filter(|_| ip != 0 && n < depth) else {
                 return false;
-            }
-            frames[n] = ip;
+            };
+            *slot = ip;
             n += 1;
             n < depth
         })
@@ -97,7 +430,7 @@ pub(crate) fn capture_into(
     n
 }
 
-/// Walks the frame-pointer chain. Returns `false` when not supported here.
+/// Walks the frame-pointer chain; 0 frames when not supported here.
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -437,6 +770,59 @@ mod tests {
     #[inline(never)]
     fn capture_here() -> Captured {
         capture(32, Unwinder::Backtrace, None)
+    }
+
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn frame_sizes_are_learnt_once_and_a_second_size_makes_them_unstable() {
+        use cfa::{learn, lookup, Size};
+        let ip = 0x5555_0000_1234;
+        assert_eq!(lookup(ip), Size::Unknown);
+        learn(ip, Some(48));
+        assert_eq!(lookup(ip), Size::Bytes(48));
+        learn(ip, Some(48));
+        assert_eq!(lookup(ip), Size::Bytes(48));
+        learn(ip, Some(64));
+        assert_eq!(lookup(ip), Size::Unstable);
+        learn(ip, Some(48));
+        assert_eq!(lookup(ip), Size::Unstable, "unstable for good");
+        let bottom = 0x5555_0000_9876;
+        learn(bottom, None);
+        assert_eq!(lookup(bottom), Size::End);
+        // A size that is no frame size (a signal frame's) is unstable at once.
+        let odd = 0x5555_0000_4444;
+        learn(odd, Some(1));
+        assert_eq!(lookup(odd), Size::Unstable);
+        // Another address in the same slot is not mistaken for this one.
+        assert_eq!(lookup(ip + 0x1_0000_0000), Size::Unknown);
+    }
+
+    #[inline(never)]
+    fn capture_here_auto(local: &Local) -> Vec<usize> {
+        let mut frames = [0usize; 64];
+        let n = capture_into(&mut frames, 64, Unwinder::Auto, Some(local));
+        frames[..n].to_vec()
+    }
+
+    #[test]
+    fn the_default_unwinder_sees_the_caller_with_or_without_frame_pointers() {
+        let local = Local::new();
+        // Enough captures to reach a verdict, and one checked again after it.
+        for _ in 0..2 * 64 {
+            let frames = capture_here_auto(&local);
+            let mut names = String::new();
+            for &ip in &frames {
+                backtrace::resolve((ip - 1) as *mut _, |s| {
+                    if let Some(n) = s.name() {
+                        names.push_str(&format!("{n:#}\n"));
+                    }
+                });
+            }
+            assert!(names.contains("capture_here_auto"), "{names}");
+        }
+        // The same frames every time, after enough agreeing checks the walk is trusted.
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        assert!(cfa::trusted());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::report::{print_raw, Detection, Facts, Report};
 use crate::snapshot::{self, TrackerFigures};
 use crate::stacks;
 use crate::stream::Stream;
-use crate::thread_state::{thread_id, Local};
+use crate::thread_state::{thread_id, with_hot, Local};
 use crate::trace_format::ReportKind;
 
 /// Reports kept for [`crate::Tracker::take_reports`]; older ones are dropped from the log (they
@@ -50,8 +50,45 @@ pub struct TrackerStats {
     pub dropped_events: u64,
 }
 
+/// What the default path may take for granted, decided once from the options: the short
+/// allocation and free in [`crate::tracker`] (`allocate_fast`, `deallocate_fast`) run only
+/// when nothing they skip is wanted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FastPath {
+    /// Allocations may take the short path: no red zones, no event stream, stacks not recorded
+    /// for every allocation, guard pages not for every one.
+    pub(crate) alloc: bool,
+    /// Frees may take the short path: as for `alloc`, and no quarantine.
+    pub(crate) free: bool,
+    /// Stacks are sampled by the byte countdown (a mean above 1).
+    pub(crate) sample: bool,
+    /// Guard pages are chosen by the allocation countdown (1 in N), for allocations of at most
+    /// `guard_max_size` bytes aligned to at most `guard_max_align`.
+    pub(crate) guard: bool,
+    pub(crate) guard_max_size: usize,
+    pub(crate) guard_max_align: usize,
+}
+
+impl FastPath {
+    fn new(options: &Options, guard: Option<&GuardPool>) -> Self {
+        let alloc = options.canary_bytes == 0
+            && !options.streams()
+            && options.sample_bytes != 1
+            && !matches!(options.guard, GuardRate::All);
+        FastPath {
+            alloc,
+            free: alloc && options.quarantine_bytes == 0,
+            sample: options.sample_bytes > 1,
+            guard: guard.is_some() && matches!(options.guard, GuardRate::OneIn(_)),
+            guard_max_size: guard.map_or(0, GuardPool::max_size),
+            guard_max_align: crate::os_memory::page_size(),
+        }
+    }
+}
+
 pub(crate) struct State {
     pub(crate) options: Options,
+    pub(crate) fast: FastPath,
     pub(crate) table: BlockTable,
     pub(crate) guard: Option<GuardPool>,
     pub(crate) quarantine: Option<Quarantine>,
@@ -80,7 +117,9 @@ impl State {
         };
         let quarantine =
             (options.quarantine_bytes > 0).then(|| Quarantine::new(options.quarantine_bytes));
+        let fast = FastPath::new(&options, guard.as_ref());
         let state: &'static State = Box::leak(Box::new(State {
+            fast,
             options,
             table: BlockTable::new(),
             guard,
@@ -123,14 +162,17 @@ impl State {
             1 => true,
             mean => {
                 let Some(l) = local else { return false };
-                let left = l.sample_countdown.get() - size as i64;
-                if left > 0 {
-                    l.sample_countdown.set(left);
-                    return false;
-                }
-                let next = -(l.next_unit().ln()) * mean as f64;
-                l.sample_countdown.set(next as i64 + 1);
-                true
+                with_hot(|h| {
+                    let left = h.sample_countdown.get() - size as i64;
+                    if left > 0 {
+                        h.sample_countdown.set(left);
+                        return false;
+                    }
+                    let next = -(l.next_unit().ln()) * mean as f64;
+                    h.sample_countdown.set(next as i64 + 1);
+                    true
+                })
+                .unwrap_or(false)
             }
         }
     }
@@ -149,15 +191,19 @@ impl State {
             GuardRate::All => true,
             GuardRate::OneIn(n) => {
                 let Some(l) = local else { return false };
-                let left = l.guard_countdown.get();
-                if left > 1 {
-                    l.guard_countdown.set(left - 1);
-                    return false;
-                }
-                // Uniform in [1, 2n-1]: mean n, and no fixed period a program could fall into.
-                let next = 1 + (l.next_random() % (2 * u64::from(n) - 1)) as u32;
-                l.guard_countdown.set(next);
-                left == 1
+                with_hot(|h| {
+                    let left = h.guard_countdown.get();
+                    if left > 1 {
+                        h.guard_countdown.set(left - 1);
+                        return false;
+                    }
+                    // Uniform in [1, 2n-1]: mean n, and no fixed period a program could fall
+                    // into.
+                    let next = 1 + (l.next_random() % (2 * u64::from(n) - 1)) as u32;
+                    h.guard_countdown.set(next);
+                    left == 1
+                })
+                .unwrap_or(false)
             }
         }
     }

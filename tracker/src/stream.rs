@@ -20,13 +20,18 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+#[cfg(unix)]
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+#[cfg(unix)]
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use allocscope_core::sync::{AtomicBool, AtomicU64, Ordering};
+use allocscope_core::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+
+#[cfg(windows)]
+use crate::windows::{UnixListener, UnixStream};
 
 use crate::options::{expand_pid, Options};
 use crate::thread_state::{enter_always, monotonic_ns, thread_id, Local};
@@ -72,6 +77,10 @@ pub(crate) struct Stream {
     /// Set once `finish` ran; later events are dropped silently (the process is exiting).
     finished: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer thread's trace id (0 until it runs). What that thread allocated before its
+    /// re-entrancy flag was set — the thread library's start-up, glibc's TLS-destructor node —
+    /// is the tracker's, not the program's: the leak check skips it ([`Stream::writer_thread`]).
+    writer_thread: AtomicU32,
 }
 
 /// A thread's buffer of events for one stream.
@@ -110,16 +119,12 @@ impl Stream {
         snapshot: SnapshotFn,
     ) -> Result<&'static Stream, String> {
         let mut sinks = Vec::new();
+        #[cfg(unix)]
+        detach_in_forked_children();
         if let Some(path) = &options.trace_path {
-            let path = expand_pid(path);
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| format!("cannot create trace file {}: {e}", path.display()))?;
+            let (path, file) = open_trace(&expand_pid(path))?;
             let writer = TraceWriter::new(BufWriter::with_capacity(256 * 1024, file))
+                .and_then(|mut w| w.flush().map(|()| w))
                 .map_err(|e| format!("cannot write trace file {}: {e}", path.display()))?;
             sinks.push(Sink::File(writer));
         }
@@ -141,6 +146,7 @@ impl Stream {
             dropped_batches: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             writer: Mutex::new(None),
+            writer_thread: AtomicU32::new(0),
         }));
         let start = TraceStart {
             pid: std::process::id(),
@@ -234,6 +240,16 @@ impl Stream {
         }
     }
 
+    #[cfg(windows)]
+    fn announce_thread(&self) {
+        let _ = self.ctl_tx.send(Control::Thread(ThreadInfo {
+            id: thread_id(),
+            os_tid: crate::windows::os_thread_id(),
+            name: None,
+        }));
+    }
+
+    #[cfg(unix)]
     fn announce_thread(&self) {
         let mut name = [0u8; 64];
         // SAFETY: pthread_getname_np writes a NUL-terminated name of at most 64 bytes into our
@@ -276,9 +292,19 @@ impl Stream {
         }
     }
 
-    /// Queues a report (never dropped).
+    /// Queues a report (never dropped, while the stream runs).
     pub(crate) fn send_report(&self, report: ReportRecord) {
+        // Relaxed: see `send_batch`.
+        if self.finished.load(Ordering::Relaxed) {
+            return;
+        }
         let _ = self.ctl_tx.send(Control::Report(report));
+    }
+
+    /// The writer thread's trace id, 0 before it started.
+    pub(crate) fn writer_thread(&self) -> u32 {
+        // Relaxed: see the store in `Writer::run`.
+        self.writer_thread.load(Ordering::Relaxed)
     }
 
     /// Events dropped so far.
@@ -292,6 +318,10 @@ impl Stream {
 
     /// Waits (at most `timeout`) until everything queued so far is written and flushed.
     pub(crate) fn flush(&'static self, local: Option<&Local>, timeout: Duration) -> bool {
+        // Relaxed: see `finish`.
+        if self.finished.load(Ordering::Relaxed) {
+            return false;
+        }
         self.flush_current_thread(local);
         let (tx, rx) = bounded(1);
         self.ctl_tx.send(Control::Flush(tx)).is_ok() && rx.recv_timeout(timeout).is_ok()
@@ -299,6 +329,11 @@ impl Stream {
 
     /// Writes everything queued, the end marker, and stops the writer (process exit).
     pub(crate) fn finish(&'static self, local: Option<&Local>, timeout: Duration) {
+        // Relaxed: see `send_batch`. Finished already, or a forked child's copy of its parent's
+        // stream (see `detach_in_forked_children`): there is no writer to wait for.
+        if self.finished.load(Ordering::Relaxed) {
+            return;
+        }
         self.flush_current_thread(local);
         let (tx, rx) = bounded(1);
         if self.ctl_tx.send(Control::Finish(tx)).is_ok() {
@@ -309,7 +344,87 @@ impl Stream {
     }
 }
 
+/// Opens the trace file for this process. One path is often shared by a whole process tree
+/// (the options travel in the environment to every program a traced shell runs): the first
+/// process to take the file's lock (`flock`, held for the process's life) owns the path and
+/// truncates it; one that finds it locked by a live tracer — a program exec'd by a traced
+/// parent — writes `<path>.<pid>` instead of clobbering the parent's trace (it used to
+/// truncate it, leaving the parent a trace without its header).
+fn open_trace(path: &std::path::Path) -> Result<(std::path::PathBuf, File), String> {
+    let open = |path: &std::path::Path| {
+        let mut open = std::fs::OpenOptions::new();
+        // Not truncated before the lock says the file is ours.
+        open.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        open.mode(0o600);
+        open.open(path)
+            .map_err(|e| format!("cannot create trace file {}: {e}", path.display()))
+    };
+    let truncate = |path: &std::path::Path, file: &File| {
+        file.set_len(0)
+            .map_err(|e| format!("cannot write trace file {}: {e}", path.display()))
+    };
+    let file = open(path)?;
+    if !lock_exclusive(&file) {
+        let own = std::path::PathBuf::from(format!("{}.{}", path.display(), std::process::id()));
+        let file = open(&own)?;
+        lock_exclusive(&file);
+        truncate(&own, &file)?;
+        return Ok((own, file));
+    }
+    truncate(path, &file)?;
+    Ok((path.to_path_buf(), file))
+}
+
+/// Takes `file`'s exclusive lock without waiting; `false` only when another open file holds it
+/// (a file system without locks counts as taken by us).
+#[cfg(unix)]
+fn lock_exclusive(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a valid descriptor; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() != Some(libc::EWOULDBLOCK)
+}
+
+#[cfg(windows)]
+fn lock_exclusive(_file: &File) -> bool {
+    true
+}
+
+/// Registers (once) a fork handler: a child of a traced process inherits its parent's streams
+/// but not their writer threads, so in the child every stream is marked finished — its events
+/// are dropped instead of queued for nobody, and its exit does not wait for a writer that does
+/// not exist. (A child that execs starts a tracker, and a trace, of its own.)
+#[cfg(unix)]
+fn detach_in_forked_children() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn child() {
+        // Runs in the child right after fork, alone: only atomic loads and stores here (no
+        // allocation, no lock another thread of the parent may have held).
+        crate::state::for_each_state(|s| {
+            if let Some(stream) = s.stream() {
+                // Relaxed: the child has one thread.
+                stream.finished.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    // Relaxed: a once-flag; the handler is idempotent, so a race registering it twice is
+    // harmless.
+    if !REGISTERED.swap(true, Ordering::Relaxed) {
+        // SAFETY: `child` is an `extern "C" fn()` that never unwinds.
+        unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    }
+}
+
+#[cfg(windows)]
+fn listen(path: &std::path::Path) -> Result<UnixListener, String> {
+    Err(crate::windows::no_socket(path))
+}
+
 /// Creates the listening socket, readable and writable by the owner only.
+#[cfg(unix)]
 fn listen(path: &std::path::Path) -> Result<UnixListener, String> {
     // A stale socket from an earlier run would make bind fail.
     if std::fs::symlink_metadata(path).is_ok_and(|m| {
@@ -383,6 +498,11 @@ impl Writer {
     fn run(mut self) {
         // Everything this thread allocates is the tracker's own.
         core::mem::forget(enter_always());
+        // Relaxed: read by the leak check, which runs long after (at exit or on demand); a
+        // check racing this very store could only miss the exclusion.
+        self.stream
+            .writer_thread
+            .store(thread_id(), Ordering::Relaxed);
         self.put(&Record::Start(self.start.clone()));
         self.refresh_modules();
         let tick = self
@@ -390,7 +510,10 @@ impl Writer {
             .unwrap_or(Duration::from_millis(500))
             .min(Duration::from_millis(500));
         let mut next_snapshot = self.snapshot_interval.map(|i| Instant::now() + i);
-        let mut dirty = false;
+        // The start record and module map go to disk at the first idle moment: a program that
+        // leaves by `_exit` (dash does) runs no exit hook, and its trace must still say what
+        // it is. (The file's magic was flushed when it was opened, in `Stream::start`.)
+        let mut dirty = true;
         loop {
             while let Ok(control) = self.ctl_rx.try_recv() {
                 if self.control(control) {
@@ -445,6 +568,7 @@ impl Writer {
                 let _ = ack.send(());
             }
             Control::Finish(ack) => {
+                self.accept_clients();
                 self.drain();
                 self.periodic();
                 let end = TraceEnd {
@@ -468,6 +592,10 @@ impl Writer {
     }
 
     fn batch(&mut self, batch: Batch) {
+        // A client whose connect() returned before these events were made gets them: accept
+        // it first (a non-blocking accept per batch of thousands of events; without it a
+        // viewer that attached just before a burst could miss it until the next idle tick).
+        self.accept_clients();
         for e in &batch.events {
             let stack = match *e {
                 Event::Alloc { stack, .. }

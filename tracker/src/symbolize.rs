@@ -54,6 +54,10 @@ pub fn is_allocator_frame(function: &str) -> bool {
         "<allocscope_core::",
         "backtrace::",
         "__rust_alloc",
+        // Newer compilers put the allocator shims in a `__rustc` namespace.
+        "__rustc::__rust_",
+        "__rustc::__rdl_",
+        "__rustc::__rg_",
         "__rust_dealloc",
         "__rust_realloc",
         "__rust_alloc_zeroed",
@@ -66,7 +70,33 @@ pub fn is_allocator_frame(function: &str) -> bool {
         "_Unwind_",
         "allocscope_", // the C-ABI wrappers of the preload library (allocscope_malloc, ...)
     ];
+    // The C allocation entry points (the preload libraries export them under these names; a
+    // frame named from a symbol table reads `free+0x12`, a demangled C++ one
+    // `operator new(unsigned long)`).
+    const C_ENTRY_POINTS: &[&str] = &[
+        "malloc",
+        "calloc",
+        "realloc",
+        "reallocarray",
+        "free",
+        "free_sized",
+        "free_aligned_sized",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "operator new",
+        "operator delete",
+    ];
+    let bare = function.split('+').next().unwrap_or(function);
     PREFIXES.iter().any(|p| function.starts_with(p))
+        || C_ENTRY_POINTS.iter().any(|c| {
+            bare == *c
+                || function
+                    .strip_prefix(c)
+                    .is_some_and(|rest| rest.starts_with('(') || rest.starts_with("[]("))
+        })
 }
 
 /// Resolves a stack and drops the allocator's own frames from its top.
@@ -129,9 +159,19 @@ mod tests {
             "<allocscope_tracker::Tracker<A> as core::alloc::global::GlobalAlloc>::alloc"
         ));
         assert!(is_allocator_frame("__rust_alloc"));
+        assert!(is_allocator_frame("__rustc::__rust_alloc"));
+        assert!(is_allocator_frame("__rustc::__rust_realloc"));
+        assert!(is_allocator_frame("__rustc::__rdl_alloc"));
+        assert!(!is_allocator_frame("__rustc::rust_begin_unwind"));
         assert!(is_allocator_frame("alloc::alloc::exchange_malloc"));
         assert!(!is_allocator_frame("alloc::raw_vec::RawVec<T,A>::grow_one"));
         assert!(!is_allocator_frame("my_program::main"));
+        assert!(is_allocator_frame("free"));
+        assert!(is_allocator_frame("malloc+0x1a"));
+        assert!(is_allocator_frame("operator new(unsigned long)"));
+        assert!(is_allocator_frame("operator delete[](void*)"));
+        assert!(!is_allocator_frame("free_list_push"));
+        assert!(!is_allocator_frame("mallocator"));
     }
 
     #[test]

@@ -17,9 +17,66 @@ use allocscope_core::sync::{AtomicU32, AtomicUsize, Ordering};
 use crate::stream::EventBuffer;
 
 thread_local! {
-    static BUSY: Cell<bool> = const { Cell::new(false) };
-    static TID: Cell<u32> = const { Cell::new(0) };
+    static HOT: Hot = const { Hot::new() };
     static LOCAL: Local = const { Local::new() };
+}
+
+/// What every allocation and free of the default path reads and writes, in one `const`
+/// thread-local without a destructor: reaching it is one thread-pointer-relative address (no
+/// lazy registration, no "destroyed?" check), and it stays readable for the whole life of the
+/// thread, including while its other thread-locals are destroyed.
+pub(crate) struct Hot {
+    /// The re-entrancy flag (see the module docs).
+    busy: Cell<bool>,
+    /// The thread's trace id (0 = not assigned yet: see [`thread_id`]).
+    tid: Cell<u32>,
+    /// Bytes left before the next sampled stack.
+    pub(crate) sample_countdown: Cell<i64>,
+    /// Allocations left before the next guarded one (0 = draw a new interval).
+    pub(crate) guard_countdown: Cell<u32>,
+}
+
+impl Hot {
+    const fn new() -> Self {
+        Hot {
+            busy: Cell::new(false),
+            tid: Cell::new(0),
+            sample_countdown: Cell::new(0),
+            guard_countdown: Cell::new(0),
+        }
+    }
+
+    /// Whether the thread is inside the tracker (a nested call).
+    #[inline]
+    pub(crate) fn busy(&self) -> bool {
+        self.busy.get()
+    }
+
+    /// The thread's trace id, 0 before [`thread_id`] assigned one.
+    #[inline]
+    pub(crate) fn tid(&self) -> u32 {
+        self.tid.get()
+    }
+}
+
+/// Runs `f` with the current thread's hot state (`None` only if the platform has no
+/// thread-locals left, which a `const` one without destructor never reaches in practice).
+#[inline(always)]
+pub(crate) fn with_hot<R>(f: impl FnOnce(&Hot) -> R) -> Option<R> {
+    // SAFETY: the reference is used only during this call, on this thread.
+    hot().map(|h| f(unsafe { &*h }))
+}
+
+/// The address of the current thread's hot state, for the default path: only the address is
+/// taken inside `try_with`, so that it compiles to one thread-pointer-relative address and the
+/// caller's code stays inline (with the caller's code inside `try_with`'s closure, the compiler
+/// kept that closure out of line, its captures passed through memory: about 30 instructions
+/// per allocation). Dereferencing it is sound on the current thread while that thread runs:
+/// `HOT` is a `const` thread-local without destructor, whose storage lives as long as the
+/// thread.
+#[inline(always)]
+pub(crate) fn hot() -> Option<*const Hot> {
+    HOT.try_with(|h| h as *const Hot).ok()
 }
 
 /// Next thread id to hand out (0 = not assigned yet). Relaxed: ids only need to be unique.
@@ -33,18 +90,18 @@ pub(crate) struct Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         let previous = self.previous;
-        let _ = BUSY.try_with(|b| b.set(previous));
+        let _ = HOT.try_with(|h| h.busy.set(previous));
     }
 }
 
 /// Sets the flag; `None` when it was set already (a nested call from inside the tracker).
 #[inline]
 pub(crate) fn enter() -> Option<Busy> {
-    BUSY.try_with(|b| {
-        if b.get() {
+    HOT.try_with(|h| {
+        if h.busy.get() {
             None
         } else {
-            b.set(true);
+            h.busy.set(true);
             Some(Busy { previous: false })
         }
     })
@@ -54,21 +111,21 @@ pub(crate) fn enter() -> Option<Busy> {
 
 /// Sets the flag whatever its state (exit hooks, signal handlers, the writer thread).
 pub(crate) fn enter_always() -> Busy {
-    let previous = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
+    let previous = HOT.try_with(|h| h.busy.replace(true)).unwrap_or(true);
     Busy { previous }
 }
 
 /// The current thread's trace id (small, assigned at first use, stable for the thread's life).
 #[inline]
 pub(crate) fn thread_id() -> u32 {
-    TID.try_with(|t| {
-        let id = t.get();
+    HOT.try_with(|h| {
+        let id = h.tid.get();
         if id != 0 {
             return id;
         }
         // Relaxed: uniqueness is all that is needed.
         let id = NEXT_TID.fetch_add(1, Ordering::Relaxed);
-        t.set(id);
+        h.tid.set(id);
         id
     })
     .unwrap_or(0)
@@ -79,10 +136,6 @@ pub(crate) const STACK_CACHE: usize = 256;
 
 /// The rest of a thread's state. `const`-constructible: nothing here allocates until used.
 pub(crate) struct Local {
-    /// Bytes left before the next sampled stack.
-    pub(crate) sample_countdown: Cell<i64>,
-    /// Allocations left before the next guarded one (0 = draw a new interval).
-    pub(crate) guard_countdown: Cell<u32>,
     /// xorshift64* state (0 = not seeded).
     rng: Cell<u64>,
     /// Scratch space for a captured stack (see [`crate::stacks::capture_into`]).
@@ -91,6 +144,18 @@ pub(crate) struct Local {
     pub(crate) stack_cache: RefCell<[(u64, u32); STACK_CACHE]>,
     /// This thread's bounds for the frame-pointer walk ((0, 0) = not read yet).
     pub(crate) stack_bounds: Cell<(usize, usize)>,
+    /// Stacks captured by the default unwinder (which checks one in so many against DWARF).
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "x86_64")),
+        allow(dead_code)
+    )]
+    pub(crate) captures: Cell<u32>,
+    /// Scratch space for the DWARF walk that checks and teaches the default unwinder.
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "x86_64")),
+        allow(dead_code)
+    )]
+    pub(crate) check_frames: RefCell<[usize; crate::stacks::MAX_FRAMES]>,
     /// Events waiting to be handed to the writer.
     pub(crate) events: RefCell<Option<EventBuffer>>,
     /// Whether this thread's stack was taken off the dead-stack list.
@@ -98,14 +163,14 @@ pub(crate) struct Local {
 }
 
 impl Local {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Local {
-            sample_countdown: Cell::new(0),
-            guard_countdown: Cell::new(0),
             rng: Cell::new(0),
             frames: RefCell::new([0; crate::stacks::MAX_FRAMES]),
             stack_cache: RefCell::new([(0, 0); STACK_CACHE]),
             stack_bounds: Cell::new((0, 0)),
+            captures: Cell::new(0),
+            check_frames: RefCell::new([0; crate::stacks::MAX_FRAMES]),
             events: RefCell::new(None),
             registered: Cell::new(false),
         }
@@ -223,6 +288,7 @@ fn seed() -> u64 {
 }
 
 /// Nanoseconds of a clock that never goes back (CLOCK_MONOTONIC; no allocation, no lock).
+#[cfg(unix)]
 pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -235,17 +301,19 @@ pub(crate) fn monotonic_ns() -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
+#[cfg(windows)]
+pub(crate) use crate::windows::monotonic_ns;
+
 /// A random 64-bit value for per-process secrets (canary pattern).
 pub(crate) fn process_random() -> u64 {
-    let mut bytes = [0u8; 8];
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
+        let mut bytes = [0u8; 8];
         // SAFETY: getrandom writes at most 8 bytes into our buffer.
         let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 8, libc::GRND_NONBLOCK) };
         if n == 8 {
             return u64::from_le_bytes(bytes) | 1;
         }
     }
-    bytes = seed().to_le_bytes();
-    u64::from_le_bytes(bytes) | 1
+    seed() | 1
 }

@@ -6,6 +6,15 @@
 //! allocator, plus a table entry so the block can later be freed from anywhere. Clear: the
 //! program's call takes the *tracked* path:
 //!
+//! The default path (no red zones, no quarantine, no stream, neither sampled nor guarded, the
+//! thread's own block at free) is `allocate_fast` / `deallocate_fast`: one hot thread-local
+//! read, two countdowns, the inner call, one table word and the thread's live counters; anything
+//! else takes the path below. Measured (callgrind, the overhead bench's table-only row): about
+//! 240 instructions per alloc/free pair against the core's 43, all inline but the core's
+//! allocation; cachegrind counts about two more D1 misses per pair than the core's three (the
+//! table word at alloc and at free, one word per 8 heap bytes, so rarely in cache), and perf
+//! puts a third of the tracker's own samples on the instruction after each of those loads.
+//!
 //! ```text
 //! alloc:   flag -> sample? (byte countdown) -> guard? (1 in N) -> guard slot | inner + red zones
 //!          -> table insert -> event
@@ -33,7 +42,7 @@ use crate::options::{LeakCheck, Options};
 use crate::quarantine::Held;
 use crate::report::{print_line, Detection, Facts, Report};
 use crate::state::{self, State, TrackerStats};
-use crate::thread_state::{enter, enter_always, thread_id, with_local, Local};
+use crate::thread_state::{enter, enter_always, hot, thread_id, with_local, Local};
 use crate::trace_format::{Event, ReportKind};
 
 const UNINIT: u32 = 0;
@@ -189,8 +198,87 @@ impl<A: GlobalAlloc> Tracker<A> {
     // -----------------------------------------------------------------------------------------
 
     /// Allocates `size` bytes aligned to `align` (a power of two); null when out of memory.
-    #[inline]
+    #[inline(always)]
     pub fn allocate(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        match self.allocate_fast(size, align, zeroed) {
+            Some(p) => p,
+            None => self.allocate_slow(size, align, zeroed),
+        }
+    }
+
+    /// The default path (fast path; falls back to `allocate_slow`): the program's allocation
+    /// that is neither sampled nor guarded, with no red zones and no event stream. Two
+    /// countdown decrements, the inner allocation and one table store. `None` when anything
+    /// else applies, having changed nothing.
+    ///
+    /// The re-entrancy flag is only read, not set: nothing below calls back into the
+    /// allocator (the inner allocator does not; the table maps its memory from the OS).
+    #[inline(always)]
+    fn allocate_fast(&self, size: usize, align: usize, zeroed: bool) -> Option<*mut u8> {
+        let state = self.ready()?;
+        let fast = &state.fast;
+        if !fast.alloc || !align.is_power_of_two() {
+            return None;
+        }
+        let hot = hot()?;
+        // SAFETY: the current thread's hot state, used during this call on this thread.
+        let hot = unsafe { &*hot };
+        let tid = hot.tid();
+        let left = hot.sample_countdown.get() - size as i64;
+        let counts_guard =
+            fast.guard && size <= fast.guard_max_size && align <= fast.guard_max_align;
+        let guard_left = hot.guard_countdown.get();
+        if hot.busy() || tid == 0 || (fast.sample && left <= 0) || (counts_guard && guard_left <= 1)
+        {
+            return None;
+        }
+        if fast.sample {
+            hot.sample_countdown.set(left);
+        }
+        if counts_guard {
+            hot.guard_countdown.set(guard_left - 1);
+        }
+        let p = self.inner_alloc(size.max(1), align, zeroed);
+        if p.is_null() {
+            return Some(p);
+        }
+        let align_log2 = align.trailing_zeros() as u8;
+        if !state.table.insert_plain(p as usize, size, align_log2, tid) {
+            return Some(self.insert_general(state, p, size, align_log2, tid));
+        }
+        Some(p)
+    }
+
+    /// The default path's block when the table's short insert declined it (a stale word to
+    /// clean up, a field too large for the word): the general insert. Returns `p`, or null
+    /// (the block given back) when there is no room to record it.
+    #[cold]
+    #[inline(never)]
+    fn insert_general(
+        &self,
+        state: &'static State,
+        p: *mut u8,
+        size: usize,
+        align_log2: u8,
+        tid: u32,
+    ) -> *mut u8 {
+        let info = BlockInfo {
+            size,
+            align_log2,
+            state: block_state::LIVE,
+            alloc_thread: tid,
+            ..Default::default()
+        };
+        if !state.table.insert(p as usize, info) {
+            // No room to record it: better out of memory than an untracked block.
+            self.release_memory(state, p as usize, &info);
+            return null_mut();
+        }
+        p
+    }
+
+    #[inline(never)]
+    fn allocate_slow(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
         if !align.is_power_of_two() {
             return null_mut();
         }
@@ -211,6 +299,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         p
     }
 
+    #[inline(always)]
     fn inner_alloc(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
         let Ok(layout) = Layout::from_size_align(size, align) else {
             return null_mut();
@@ -312,7 +401,10 @@ impl<A: GlobalAlloc> Tracker<A> {
                 }
             }
         }
-        if !state.table.insert(ptr, info) {
+        // The default path's block (no flags, no stack) mostly takes the table's short insert.
+        let plain =
+            info.flags == 0 && stack == 0 && state.table.insert_plain(ptr, size, align_log2, tid);
+        if !plain && !state.table.insert(ptr, info) {
             // No room to record it: better out of memory than an untracked block.
             self.release_memory(state, ptr, &info);
             return null_mut();
@@ -368,10 +460,91 @@ impl<A: GlobalAlloc> Tracker<A> {
     /// Nothing may use the block after this call (if it is a valid block of this tracker).
     /// Invalid and double frees are detected, but an arbitrary pointer that happens to equal
     /// another live block's address frees that block.
+    #[inline(always)]
     pub unsafe fn deallocate(&self, ptr: *mut u8, layout: Option<(usize, usize)>) {
-        if ptr.is_null() {
+        if ptr.is_null() || self.deallocate_fast(ptr, layout) {
             return;
         }
+        self.deallocate_slow(ptr, layout);
+    }
+
+    /// The default path's free (fast path; falls back to `deallocate_slow`): a plain block
+    /// freed by the thread that allocated it, with no quarantine and no event stream; one
+    /// table load and store (see `BlockTable::release_plain` for why no locked instruction is
+    /// needed) and the inner free. `false` when anything else applies — every double and
+    /// invalid free among them — having changed nothing.
+    #[inline(always)]
+    fn deallocate_fast(&self, ptr: *mut u8, layout: Option<(usize, usize)>) -> bool {
+        let Some(state) = self.ready() else {
+            return false;
+        };
+        if !state.fast.free {
+            return false;
+        }
+        let Some(hot) = hot() else {
+            return false;
+        };
+        // SAFETY: the current thread's hot state, used during this call on this thread.
+        let hot = unsafe { &*hot };
+        if hot.busy() {
+            return false;
+        }
+        // No prefetch of the block here: the core heap's free only stores into it (its free-list
+        // link), which waits in the store buffer instead of stalling; the prefetch cost more
+        // than it saved (the overhead bench's table-only row, 16.9 -> 16.2 ns per pair).
+        let Some((size, align_log2)) = state.table.release_plain(ptr as usize, hot.tid()) else {
+            return false;
+        };
+        let align = 1usize << align_log2;
+        if let Some(given) = layout {
+            if given != (size, align) {
+                self.report_mismatch(state, ptr as usize, (size, align_log2), given);
+            }
+        }
+        // SAFETY: a plain block came from the inner allocator with exactly (size.max(1),
+        // align) (`allocate_fast`, `alloc_tracked`); the release above moved it out of
+        // LIVE on this thread, so it is freed once.
+        unsafe {
+            self.inner
+                .dealloc(ptr, Layout::from_size_align_unchecked(size.max(1), align))
+        };
+        true
+    }
+
+    /// An alloc-dealloc-mismatch found on the fast path (the block is freed all the same).
+    #[cold]
+    #[inline(never)]
+    fn report_mismatch(
+        &self,
+        state: &'static State,
+        ptr: usize,
+        (size, align_log2): (usize, u8),
+        given: (usize, usize),
+    ) {
+        let _busy = enter_always();
+        let info = BlockInfo {
+            size,
+            align_log2,
+            state: block_state::FREED,
+            alloc_thread: thread_id(),
+            ..Default::default()
+        };
+        let mut facts = state.facts_for(
+            ReportKind::AllocDeallocMismatch,
+            Detection::Free,
+            ptr,
+            ptr,
+            &info,
+        );
+        facts.mismatch = Some(((size, 1 << align_log2), given));
+        if with_local(|local| state.raise(facts.clone(), Some(local))).is_none() {
+            state.raise(facts, None);
+        }
+    }
+
+    /// The rest of [`Tracker::deallocate`] (whose contract the caller keeps).
+    #[inline(never)]
+    fn deallocate_slow(&self, ptr: *mut u8, layout: Option<(usize, usize)>) {
         let Some(busy) = enter() else {
             self.free_nested(ptr as usize, layout);
             return;
@@ -447,13 +620,49 @@ impl<A: GlobalAlloc> Tracker<A> {
         prefetch(ptr);
         let tid = thread_id();
         let quarantine = state.quarantine.as_ref();
-        let released = state.table.release_with(ptr, tid, |info| {
-            if info.flags & flag::GUARDED == 0 && quarantine.is_some_and(|q| q.admits(info.size)) {
-                block_state::QUARANTINED
-            } else {
-                block_state::FREED
-            }
-        });
+        // The default path's block (plain, freed by the thread that allocated it, no
+        // quarantine) takes the table's short release; everything else, and every bad free,
+        // the general one.
+        let free_stack = core::cell::Cell::new(0u32);
+        let short = match quarantine {
+            None => state.table.release_plain(ptr, tid),
+            Some(_) => None,
+        };
+        let released = match short {
+            Some((size, align_log2)) => Release::Was(BlockInfo {
+                size,
+                align_log2,
+                state: block_state::LIVE,
+                alloc_thread: tid,
+                ..Default::default()
+            }),
+            None => state.table.release_with(
+                ptr,
+                tid,
+                |info| {
+                    if info.flags & flag::GUARDED == 0
+                        && quarantine.is_some_and(|q| q.admits(info.size))
+                    {
+                        block_state::QUARANTINED
+                    } else {
+                        block_state::FREED
+                    }
+                },
+                |info| {
+                    // Sampled and guarded blocks get their free stack, captured before the
+                    // word changes so it is written with it.
+                    let stack = if state.options.free_stacks
+                        && (info.alloc_stack != 0 || info.flags & flag::GUARDED != 0)
+                    {
+                        state.stack_here(local)
+                    } else {
+                        0
+                    };
+                    free_stack.set(stack);
+                    stack
+                },
+            ),
+        };
         let mut info = match released {
             Release::Was(info) => info,
             Release::AlreadyFreed(info) => {
@@ -479,10 +688,9 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
         }
         let guarded = info.flags & flag::GUARDED != 0;
-        if state.options.free_stacks && (info.alloc_stack != 0 || guarded) {
-            info.free_stack = state.stack_here(local);
+        if free_stack.get() != 0 {
+            info.free_stack = free_stack.get();
             info.free_thread = tid;
-            state.table.set_free_stack(ptr, info.free_stack);
         }
         if emit {
             if let Some(stream) = state.stream() {
@@ -520,22 +728,26 @@ impl<A: GlobalAlloc> Tracker<A> {
                     align_log2: info.align_log2,
                     flags: info.flags,
                 };
-                if !q.push(held) {
+                // One lock: the block goes in, the oldest come out.
+                let out = q.exchange(held);
+                if !out.held {
                     state
                         .table
                         .transition(ptr, block_state::QUARANTINED, block_state::FREED);
                     self.release_memory(state, ptr, &info);
                 }
-                while let Some(old) = q.pop_excess() {
+                for &old in out.evicted() {
                     self.evict(state, local, old);
                 }
-                if let Some(next) = q.oldest() {
-                    // The next block to leave was freed long ago and is out of cache: start
-                    // loading it and its table word now, so the next free finds them there.
-                    let end = next.ptr + next.size;
-                    for line in (next.ptr & !63..end).step_by(64).take(8) {
-                        prefetch(line);
+                if out.more {
+                    while let Some(old) = q.pop_excess() {
+                        self.evict(state, local, old);
                     }
+                }
+                if let Some(next) = out.upcoming {
+                    // A block that leaves a few frees from now was freed long ago and is out
+                    // of cache: start loading it and its table word now.
+                    next.prefetch();
                     state.table.prefetch(next.ptr);
                 }
             }

@@ -342,6 +342,9 @@ fn reachability_tells_held_blocks_from_lost_ones() {
         !leaked.contains(&held),
         "a block held by a static is not a leak: {reports:#?}"
     );
+    // Read back, so that the static (otherwise only ever stored to) and its store stay in an
+    // optimised build: without a reader the compiler may drop them, and the block is lost.
+    assert_eq!(HELD.load(std::sync::atomic::Ordering::SeqCst), held);
 }
 
 #[test]

@@ -166,7 +166,7 @@ fn a_leak_is_reported_at_exit() {
 fn leak_a_little() {
     let block = vec![1u8; 777].into_boxed_slice();
     // Keep only a disguised copy of the address: nothing can reach the block.
-    let hidden = Box::into_raw(block) as *mut u8 as usize ^ usize::MAX;
+    let hidden = Box::into_raw(block).cast::<u8>() as usize ^ usize::MAX;
     std::hint::black_box(hidden);
 }
 
