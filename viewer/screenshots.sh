@@ -23,3 +23,10 @@ for tab in overview leaks flamegraph fragmentation corruption sizes; do
   test -s "$out/$tab.png" || { echo "no screenshot of $tab"; exit 1; }
   echo "screenshot: $out/$tab.png"
 done
+# The overview with a time range selected (the trace is read again for it off the UI thread).
+rm -f "$out/overview-range.png"
+EFRAME_SCREENSHOT_TO="$out/overview-range.png" timeout 120 \
+  xvfb-run -a -s "-screen 0 1280x800x24" "$target/debug/allocscope" view "$trace" \
+  --tab overview --from-ms 100 --to-ms 400
+test -s "$out/overview-range.png" || { echo "no screenshot of a range"; exit 1; }
+echo "screenshot: $out/overview-range.png"

@@ -42,7 +42,7 @@ fn leak_buffer() {
 #[inline(never)]
 fn overflow_by_one() {
     let block = vec![0u8; 24].into_boxed_slice();
-    let p = Box::into_raw(block) as *mut u8;
+    let p = Box::into_raw(block).cast::<u8>();
     // SAFETY: deliberately one past the block: with `canary=` set the tracker owns those bytes
     // (its red zone) and reports the write when the block is freed. That report is the point.
     unsafe {

@@ -1,20 +1,24 @@
 //! The load-time and memory figures of issue 5's scale target: writes a synthetic trace of
-//! N events (default 10 million: 16 threads' batches of allocations and frees over 4 096
-//! stacks, a quarter of the blocks live at any time), then loads it with the viewer's
-//! aggregation and prints the time taken and the process's peak resident memory.
+//! N events (default 10 million; see `synthetic` for the light and `--heavy` shapes), then
+//! loads it with the viewer's aggregation and prints the time taken and the process's peak
+//! resident memory; then loads it again keeping the time-slot index (live mode's) and times
+//! a range view from it.
 //!
-//! `cargo run --release -p allocscope-viewer --example load_figures [-- EVENTS [TRACE]]`
+//! `cargo run --release -p allocscope-viewer --example load_figures -- [--heavy] [EVENTS [TRACE]]`
+
+mod synthetic;
 
 use std::io::{BufWriter, Write};
 use std::time::Instant;
 
-use allocscope_tracker::trace_format::{
-    Event, EventBatch, Record, StackDef, TraceEnd, TraceStart, TraceWriter,
-};
-use allocscope_viewer::model::{format_bytes, LoadOptions, Profile};
+use allocscope_tracker::trace_format::TraceWriter;
+use allocscope_viewer::model::{format_bytes, LoadOptions, Profile, TimeRange};
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let heavy = args.iter().any(|a| a == "--heavy");
+    args.retain(|a| a != "--heavy");
+    let mut args = args.into_iter();
     let events: u64 = args
         .next()
         .map(|a| a.parse().expect("EVENTS is a number"))
@@ -23,112 +27,97 @@ fn main() {
         .next()
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("allocscope-load-figures.trace"));
-    write_trace(&path, events);
+    let shape = if heavy {
+        synthetic::Shape::heavy()
+    } else {
+        synthetic::Shape::light()
+    };
+    write_trace(&path, shape, events);
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    // Writing "5" resets the peak resident size (Linux), so the writing above does not count.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let rss_before = peak_rss();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_ns());
     let profile = Profile::load_file(&path, LoadOptions::default(), &mut |_| {})
         .expect("the trace just written loads");
-    let took = start.elapsed();
+    let (took, took_cpu) = (start.elapsed(), cpu_ns() - cpu);
+    let rss_loaded = peak_rss();
+    let max_live = profile
+        .timeline
+        .heap_in_use()
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     println!(
-        "{} events ({} trace) loaded in {:.2} s; peak RSS {} (before loading {}); {} stacks, \
-         {} still allocated, peak heap {}",
+        "{} events ({} trace) loaded in {:.2} s ({:.2} s on the CPU); peak RSS {} (before \
+         loading {}); {} stacks, {} still allocated, peak heap {} (timeline's highest level {})",
         profile.events,
         format_bytes(size),
         took.as_secs_f64(),
-        format_bytes(peak_rss()),
+        took_cpu as f64 / 1e9,
+        format_bytes(rss_loaded),
         format_bytes(rss_before),
         profile.stack_stats.len(),
         format_bytes(profile.leaked_bytes()),
         format_bytes(profile.peak_bytes),
+        format_bytes(max_live),
+    );
+    // The same load keeping the slot index too (what live mode keeps for its ranges).
+    let (start, cpu) = (Instant::now(), cpu_ns());
+    let options = LoadOptions {
+        slot_index: true,
+        ..LoadOptions::default()
+    };
+    let indexed = Profile::load_file(&path, options, &mut |_| {}).expect("loads again");
+    println!(
+        "the same load keeping the time-slot index (as live mode does): {:.2} s ({:.2} s on \
+         the CPU); peak RSS now {}",
+        start.elapsed().as_secs_f64(),
+        (cpu_ns() - cpu) as f64 / 1e9,
+        format_bytes(peak_rss()),
+    );
+    let d = indexed.duration_ns();
+    let range = TimeRange {
+        start_ns: d / 4,
+        end_ns: d / 2,
+    };
+    let start = Instant::now();
+    let view = indexed.range_view(range);
+    let index = indexed.index.as_ref().expect("asked for");
+    println!(
+        "range view of the second quarter from the slot sums: {:.1} ms ({} stacks, {} \
+         allocations); index {} entries in {} slots of {}",
+        start.elapsed().as_secs_f64() * 1e3,
+        view.stack_stats.len(),
+        view.allocations,
+        index.entries(),
+        d / index.slot_ns() + 1,
+        allocscope_viewer::model::format_ns(index.slot_ns()),
     );
 }
 
-/// A deterministic mix: each thread allocates and, a few events later, frees.
-fn write_trace(path: &std::path::Path, events: u64) {
+fn write_trace(path: &std::path::Path, shape: synthetic::Shape, events: u64) {
     let file = std::fs::File::create(path).expect("create the trace");
     let mut w = TraceWriter::new(BufWriter::with_capacity(1 << 20, file)).expect("header");
-    w.write(&Record::Start(TraceStart {
-        pid: 1,
-        program: "synthetic".into(),
-        unix_time_ns: 0,
-        page_size: 4096,
-        options: "sample=1".into(),
-        tracker_version: env!("CARGO_PKG_VERSION").into(),
-    }))
-    .expect("write");
-    const STACKS: u32 = 4096;
-    for id in 1..=STACKS {
-        let frames = (0..12)
-            .map(|d| 0x40_0000 + u64::from(id % (64 >> (d % 6))) * 0x40 + d * 0x1000)
-            .collect();
-        w.write(&Record::Stack(StackDef { id, frames }))
-            .expect("write");
+    let mut generator = synthetic::Generator::new(shape, events);
+    for record in generator.header() {
+        w.write(&record).expect("write");
     }
-    const THREADS: u64 = 16;
-    const BATCH: usize = 4096;
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut rand = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut live: Vec<Vec<(u64, u64)>> = vec![Vec::new(); THREADS as usize];
-    let mut batches: Vec<Vec<Event>> = vec![Vec::with_capacity(BATCH); THREADS as usize];
-    let mut next_addr = [0u64; THREADS as usize];
-    for n in 0..events {
-        let t = (n % THREADS) as usize;
-        let time_ns = n * 50;
-        let r = rand();
-        let thread_live = &mut live[t];
-        let event = if thread_live.len() > 64 && (r % 4 != 0 || thread_live.len() > 50_000) {
-            let (addr, size) = thread_live.swap_remove((r >> 8) as usize % thread_live.len());
-            Event::Free {
-                time_ns,
-                addr,
-                size,
-                stack: 0,
-            }
-        } else {
-            let addr = ((t as u64 + 1) << 40) + next_addr[t] * 16;
-            next_addr[t] += 1;
-            let size = 8 + (r >> 20) % 1024;
-            thread_live.push((addr, size));
-            Event::Alloc {
-                time_ns,
-                addr,
-                size,
-                align: 8,
-                stack: 1 + ((r >> 32) % u64::from(STACKS)) as u32,
-            }
-        };
-        batches[t].push(event);
-        if batches[t].len() == BATCH {
-            let events = std::mem::replace(&mut batches[t], Vec::with_capacity(BATCH));
-            w.write(&Record::Batch(EventBatch {
-                thread: t as u32,
-                events,
-            }))
-            .expect("write");
-        }
+    while let Some(batch) = generator.next_batch() {
+        w.write(&batch).expect("write");
     }
-    for (t, events) in batches.into_iter().enumerate() {
-        if !events.is_empty() {
-            w.write(&Record::Batch(EventBatch {
-                thread: t as u32,
-                events,
-            }))
-            .expect("write");
-        }
-    }
-    w.write(&Record::End(TraceEnd {
-        time_ns: events * 50,
-        events_written: events,
-        ..TraceEnd::default()
-    }))
-    .expect("write");
+    assert_eq!(generator.generated(), events);
+    w.write(&generator.end()).expect("write");
     w.into_inner().flush().expect("flush");
+}
+
+/// Time this thread has spent on a CPU (Linux's schedstat), in nanoseconds: on a busy
+/// machine the wall time says more about the other processes.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Peak resident set size of this process.

@@ -81,6 +81,9 @@ pub enum Cmd {
         /// The panel to open on.
         #[arg(long, value_enum, default_value_t = crate::app::Tab::Overview)]
         tab: crate::app::Tab,
+        /// Open with this time range selected.
+        #[command(flatten)]
+        range: RangeArgs,
     },
     /// Writes an SVG flamegraph (through inferno).
     Flamegraph {
@@ -219,7 +222,12 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
             let bad = findings.corruption + findings.leaks > 0;
             Ok(ExitCode::from(u8::from(fail_on_leak_or_corruption && bad)))
         }
-        Cmd::View { file, attach, tab } => {
+        Cmd::View {
+            file,
+            attach,
+            tab,
+            range,
+        } => {
             let source = match (file, attach) {
                 (_, Some(socket)) => {
                     crate::app::Source::Live(crate::app::Live::attach(&socket).map_err(CliError)?)
@@ -231,7 +239,7 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
                     ))
                 }
             };
-            crate::app::run(source, tab).map_err(CliError)?;
+            crate::app::run(source, tab, range.load_options().range).map_err(CliError)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Flamegraph {
@@ -354,7 +362,11 @@ fn watch_live(socket: &Path, child: &mut std::process::Child) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let opened = crate::app::Live::attach(socket).and_then(|live| {
-        crate::app::run(crate::app::Source::Live(live), crate::app::Tab::Overview)
+        crate::app::run(
+            crate::app::Source::Live(live),
+            crate::app::Tab::Overview,
+            None,
+        )
     });
     if let Err(e) = opened {
         eprintln!("allocscope: {e}");

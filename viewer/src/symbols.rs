@@ -10,11 +10,68 @@ use std::collections::HashMap;
 use allocscope_tracker::symbolize::{is_allocator_frame, SymbolizedFrame};
 use allocscope_tracker::trace_format::Module;
 
+/// A module's files: the module itself (symbol table, maybe DWARF) and its separate debug
+/// file, if the system has one.
+struct ModuleFiles {
+    own: Option<addr2line::Loader>,
+    debug: Option<addr2line::Loader>,
+}
+
 /// Resolves addresses against one trace's module map.
 pub struct Symbolizer {
     modules: Vec<Module>,
-    loaders: HashMap<usize, Option<addr2line::Loader>>,
+    loaders: HashMap<usize, ModuleFiles>,
     cache: HashMap<u64, Vec<SymbolizedFrame>>,
+}
+
+/// The separate debug file of the ELF file at `path`, found by its build id the way gdb
+/// does (`/usr/lib/debug/.build-id/xx/yyyy.debug`, what Debian's `-dbg` and `-dbgsym`
+/// packages install), if there is one.
+fn separate_debug_file(path: &str) -> Option<std::path::PathBuf> {
+    let bytes = std::fs::read(path).ok()?;
+    let id = elf_build_id(&bytes)?;
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let (dir, rest) = hex.split_at_checked(2)?;
+    let file = std::path::Path::new("/usr/lib/debug/.build-id")
+        .join(dir)
+        .join(format!("{rest}.debug"));
+    file.is_file().then_some(file)
+}
+
+/// The GNU build id of a 64-bit little-endian ELF file, from its `PT_NOTE` segments.
+pub fn elf_build_id(elf: &[u8]) -> Option<&[u8]> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(elf.get(at..at + 8)?.try_into().ok()?));
+    // Magic, 64-bit class, little-endian.
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let (phentsize, phnum) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
+    const PT_NOTE: u32 = 4;
+    const NT_GNU_BUILD_ID: u32 = 3;
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if u32_at(ph)? != PT_NOTE {
+            continue;
+        }
+        let offset = usize::try_from(u64_at(ph + 0x08)?).ok()?;
+        let end = offset.checked_add(usize::try_from(u64_at(ph + 0x20)?).ok()?)?;
+        let mut at = offset;
+        while at + 12 <= end {
+            let (namesz, descsz) = (u32_at(at)? as usize, u32_at(at + 4)? as usize);
+            let kind = u32_at(at + 8)?;
+            let name = at + 12;
+            let desc = name.checked_add(namesz.div_ceil(4) * 4)?;
+            let next = desc.checked_add(descsz.div_ceil(4) * 4)?;
+            if kind == NT_GNU_BUILD_ID && elf.get(name..name + namesz)? == b"GNU\0" {
+                return elf.get(desc..desc + descsz);
+            }
+            at = next;
+        }
+    }
+    None
 }
 
 impl Symbolizer {
@@ -55,15 +112,17 @@ impl Symbolizer {
         let probe = address.wrapping_sub(module.bias).saturating_sub(1);
         let fallback = format!("{}+{:#x}", short_name(&module.path), probe + 1);
         let path = module.path.clone();
-        let loader = self
-            .loaders
-            .entry(index)
-            .or_insert_with(|| addr2line::Loader::new(&path).ok());
-        let Some(loader) = loader else {
+        let files = self.loaders.entry(index).or_insert_with(|| ModuleFiles {
+            own: addr2line::Loader::new(&path).ok(),
+            debug: separate_debug_file(&path).and_then(|p| addr2line::Loader::new(p).ok()),
+        });
+        let Some(loader) = &files.own else {
             return vec![unknown(Some(fallback))];
         };
         let mut out = Vec::new();
-        if let Ok(mut frames) = loader.find_frames(probe) {
+        // A system library's DWARF is usually in its separate debug file (same addresses).
+        let dwarf = files.debug.as_ref().unwrap_or(loader);
+        if let Ok(mut frames) = dwarf.find_frames(probe) {
             while let Ok(Some(frame)) = frames.next() {
                 let function = frame
                     .function
@@ -120,29 +179,10 @@ impl Symbolizer {
     /// Whether a frame is the allocation machinery's: the tracker's or core's Rust, the C
     /// allocation entry points, or anything inside an allocscope preload library.
     fn is_allocator(&self, f: &SymbolizedFrame) -> bool {
-        const C_ENTRY_POINTS: &[&str] = &[
-            "malloc",
-            "calloc",
-            "realloc",
-            "reallocarray",
-            "free",
-            "posix_memalign",
-            "aligned_alloc",
-            "memalign",
-            "valloc",
-            "pvalloc",
-            "operator new",
-            "operator delete",
-        ];
-        let named = f.function.as_deref().is_some_and(|name| {
-            is_allocator_frame(name)
-                || name.starts_with("__rustc::")
-                || C_ENTRY_POINTS.iter().any(|c| {
-                    // `free+0x12` when named from the symbol table.
-                    let bare = name.split('+').next().unwrap_or(name);
-                    bare == *c || name.starts_with(&format!("{c}("))
-                })
-        });
+        let named = f
+            .function
+            .as_deref()
+            .is_some_and(|name| is_allocator_frame(name) || name.starts_with("__rustc::"));
         named
             || self.modules.iter().any(|m| {
                 short_name(&m.path).starts_with("liballocscope")
@@ -219,6 +259,48 @@ fn strip_hash(name: &str) -> &str {
 mod tests {
     use super::*;
     use allocscope_tracker::trace_format::Segment;
+
+    /// A minimal ELF: header, one program header (PT_NOTE), an unrelated note, then the
+    /// build-id note.
+    fn elf_with_notes(build_id: &[u8]) -> Vec<u8> {
+        let mut notes = Vec::new();
+        for (kind, name, desc) in [
+            (1u32, &b"XYZ\0"[..], &[9u8; 6][..]),
+            (3, b"GNU\0", build_id),
+        ] {
+            notes.extend((name.len() as u32).to_le_bytes());
+            notes.extend((desc.len() as u32).to_le_bytes());
+            notes.extend(kind.to_le_bytes());
+            notes.extend(name);
+            notes.extend(desc);
+            notes.resize(notes.len().div_ceil(4) * 4, 0);
+        }
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        elf[64..68].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        elf[64 + 8..64 + 16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+        elf[64 + 0x20..64 + 0x28].copy_from_slice(&(notes.len() as u64).to_le_bytes());
+        elf.extend(notes);
+        elf
+    }
+
+    #[test]
+    fn the_build_id_is_read_from_the_note_segment_and_damage_is_none() {
+        let id = [0xab, 0xcd, 0xef, 0x01, 0x23];
+        let elf = elf_with_notes(&id);
+        assert_eq!(elf_build_id(&elf), Some(&id[..]));
+        for cut in 0..elf.len() {
+            assert!(elf_build_id(&elf[..cut]).is_none_or(|got| got == id));
+        }
+        let mut not_gnu = elf.clone();
+        let at = not_gnu.len() - 12; // the build-id note's name, "GNU\0", then 5+3 bytes
+        not_gnu[at] = b'X';
+        assert_eq!(elf_build_id(&not_gnu), None);
+        assert_eq!(elf_build_id(b"not an elf file at all"), None);
+    }
 
     #[test]
     fn hashes_are_stripped_and_other_names_kept() {

@@ -26,6 +26,17 @@ fn alloc(time_ns: u64, addr: u64, size: u64, stack: u32) -> Event {
     }
 }
 
+fn start(pid: u32, program: &str) -> Record {
+    Record::Start(TraceStart {
+        pid,
+        program: program.into(),
+        unix_time_ns: 0,
+        page_size: 4096,
+        options: "sample=1".into(),
+        tracker_version: "test".into(),
+    })
+}
+
 /// Three stacks under one caller (0xaaa0): 0x1000 leaks 200 B in one block, 0x2000 leaks
 /// 3 × 50 B, 0x3000 allocates 1000 B and frees it 1 ms later (temporary). One overflow report,
 /// one snapshot with a full page, a quarter-full page and an uncommitted page.
@@ -40,14 +51,7 @@ fn fixture() -> Vec<u8> {
         committed,
     };
     let records = vec![
-        Record::Start(TraceStart {
-            pid: 42,
-            program: "/usr/bin/fixture".into(),
-            unix_time_ns: 0,
-            page_size: 4096,
-            options: "sample=1".into(),
-            tracker_version: "test".into(),
-        }),
+        start(42, "/usr/bin/fixture"),
         Record::Stack(StackDef {
             id: 1,
             frames: vec![0x1000, 0xaaa0],
@@ -213,6 +217,14 @@ fn dragging_across_the_chart_filters_every_panel_to_the_range() {
     }
     press(&mut h, to, false);
     h.run();
+    // The trace is read again for the range on a thread of its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while h.state().data.rereading.is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        h.step();
+    }
+    assert!(h.state().data.rereading.is_none(), "the re-read finished");
+    h.run();
     let range = h.state().data.range.expect("a range was selected");
     assert!(
         range.start_ns < MS && range.end_ns > 2 * MS && range.end_ns < 5 * MS,
@@ -284,4 +296,100 @@ fn a_live_stream_fills_the_panels_and_is_kept_after_the_process_ends() {
     h.step();
     h.step();
     assert!(h.state().leaks.rows().iter().map(|r| r.blocks).sum::<u64>() >= 25);
+}
+
+/// A time range on a live stream still open: the reading thread computes its view from the
+/// time-slot sums and publishes it; after the stream ends the viewer computes ranges itself.
+#[test]
+fn a_time_range_on_a_live_stream_comes_from_the_slot_sums() {
+    use allocscope_viewer::app::Live;
+    use allocscope_viewer::model::TimeRange;
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let live = Live::start(std::path::Path::new("(test pair)"), theirs).unwrap();
+    let records = [
+        start(9, "/bin/live-fixture"),
+        Record::Stack(StackDef {
+            id: 1,
+            frames: vec![0x1000],
+        }),
+        Record::Stack(StackDef {
+            id: 2,
+            frames: vec![0x2000],
+        }),
+        // Stack 1 allocates early (1 ms, 2 ms), stack 2 late (80 ms); nothing is freed.
+        Record::Batch(EventBatch {
+            thread: 1,
+            events: vec![
+                alloc(MS, 0x100, 100, 1),
+                alloc(2 * MS, 0x200, 100, 1),
+                alloc(80 * MS, 0x300, 7, 2),
+            ],
+        }),
+    ];
+    let mut w = TraceWriter::new(Vec::new()).unwrap();
+    for r in &records {
+        w.write(r).unwrap();
+    }
+    ours.write_all(&w.into_inner()).unwrap();
+    let mut data = TraceData::load(Source::Live(live.clone())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while data.full.events < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        data.poll();
+    }
+    assert_eq!(data.full.events, 3, "the records were published");
+    assert!(
+        data.full.index.is_none(),
+        "the index stays on the reading thread"
+    );
+    data.set_range(Some(TimeRange {
+        start_ns: 0,
+        end_ns: 10 * MS,
+    }));
+    while data.filtered.options.range.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        data.poll();
+    }
+    let view = data.filtered.clone();
+    let r = view
+        .options
+        .range
+        .expect("the reading thread published the range");
+    assert!(
+        r.start_ns == 0 && r.end_ns >= 10 * MS && r.end_ns < 80 * MS,
+        "{r:?}"
+    );
+    assert_eq!(view.allocations, 2);
+    assert_eq!(view.stack_stats[&1].live_bytes, 200);
+    assert_eq!(view.stack_stats[&1].leaked_bytes, 200, "never freed");
+    assert!(!view.stack_stats.contains_key(&2));
+    assert!(live.state().connected);
+    drop(ours);
+    while live.state().connected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    data.poll();
+    assert!(
+        data.full.index.is_some(),
+        "the last publication keeps the index"
+    );
+    data.set_range(Some(TimeRange {
+        start_ns: 50 * MS,
+        end_ns: 90 * MS,
+    }));
+    let late = &data.filtered;
+    assert_eq!(late.allocations, 1);
+    assert_eq!(late.stack_stats[&2].allocated_bytes, 7);
+    assert_eq!(late.stack_stats[&2].leaked_bytes, 7);
+    assert_eq!(
+        late.stack_stats[&1].leaked_bytes, 0,
+        "allocated before the range"
+    );
+    assert_eq!(
+        late.stack_stats[&1].live_bytes, 200,
+        "still live, allocated before"
+    );
 }

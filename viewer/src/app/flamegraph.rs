@@ -14,6 +14,10 @@ use crate::model::{format_bytes, Metric};
 /// Accessible name of the flamegraph canvas.
 pub const CANVAS_LABEL: &str = "flamegraph";
 
+/// Stacks drawn at most; the smaller ones are one "[N smaller stacks]" frame (narrower than a
+/// pixel each at this count, and this bounds the work of a rebuild whatever the trace).
+pub const MAX_STACKS: usize = 2_000;
+
 /// Height of one frame row, in points.
 pub const ROW_HEIGHT: f32 = 20.0;
 
@@ -133,16 +137,15 @@ impl FlamegraphPanel {
         }
         self.built_for = (data.generation, self.metric);
         let p = &data.filtered;
-        let stacks: Vec<(Vec<String>, u64)> = p
-            .top_stacks(self.metric)
+        let metric = self.metric;
+        let (top, others, others_value) = p.top_stacks_by(MAX_STACKS, |s| metric.value(s));
+        let mut stacks: Vec<(Vec<String>, u64)> = top
             .into_iter()
-            .map(|(id, s)| {
-                (
-                    crate::export::stack_names(p, &mut data.symbols, id),
-                    self.metric.value(&s),
-                )
-            })
+            .map(|(id, s)| (data.stack_names(id).0.to_vec(), metric.value(&s)))
             .collect();
+        if others > 0 {
+            stacks.push((vec![format!("[{others} smaller stacks]")], others_value));
+        }
         self.tree = FlameNode::build(stacks);
         if self.tree.find(&self.zoom).is_none() {
             self.zoom.clear();

@@ -8,7 +8,6 @@ use eframe::egui;
 
 use super::TraceData;
 use crate::model::{format_bytes, Metric};
-use crate::symbols::frame_label;
 
 /// Sort order of the leak table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,10 +32,15 @@ pub struct LeakRow {
     pub site: String,
 }
 
+/// Rows listed at most (the largest by the current sort): bounds a rebuild's symbolising.
+pub const MAX_ROWS: usize = 500;
+
 /// The leaks panel.
 #[derive(Debug, Default)]
 pub struct LeaksPanel {
     rows: Vec<LeakRow>,
+    /// Stacks with blocks beyond the rows listed.
+    others: u64,
     built_for: u64,
     /// The current sort.
     pub sort: LeakSort,
@@ -62,19 +66,23 @@ impl LeaksPanel {
             Metric::Leaked
         };
         let p = &data.filtered;
-        self.rows = p
-            .top_stacks(metric)
+        let blocks = |s: &crate::model::StackStats| match metric {
+            Metric::Live => s.live_count,
+            _ => s.leaked_count,
+        };
+        let (top, others, _) = match self.sort {
+            LeakSort::Bytes => p.top_stacks_by(MAX_ROWS, |s| metric.value(s)),
+            LeakSort::Blocks => p.top_stacks_by(MAX_ROWS, blocks),
+        };
+        self.others = others;
+        self.rows = top
             .into_iter()
             .map(|(stack, s)| {
                 let (bytes, blocks) = match metric {
                     Metric::Live => (s.live_bytes, s.live_count),
                     _ => (s.leaked_bytes, s.leaked_count),
                 };
-                let frames = data.symbols.stack(p.frames(stack));
-                let site = crate::symbols::site_frame(&frames).map_or_else(
-                    || crate::export::stack_names(p, &mut data.symbols, stack).join(";"),
-                    frame_label,
-                );
+                let site = data.stack_names(stack).1.to_string();
                 LeakRow {
                     stack,
                     bytes,
@@ -92,10 +100,13 @@ impl LeaksPanel {
         }
     }
 
-    /// Sorts the rows by `sort`.
+    /// Sorts the rows by `sort` (the rows are taken again: the largest by bytes need not be
+    /// the largest by blocks).
     pub fn set_sort(&mut self, sort: LeakSort) {
-        self.sort = sort;
-        self.apply_sort();
+        if sort != self.sort {
+            self.sort = sort;
+            self.built_for = 0;
+        }
     }
 
     fn apply_sort(&mut self) {
@@ -119,8 +130,15 @@ impl LeaksPanel {
         };
         ui.heading(format!(
             "Leaks: {} stacks with blocks {when}",
-            self.rows.len()
+            self.rows.len() as u64 + self.others
         ));
+        if self.others > 0 {
+            ui.label(format!(
+                "The {} largest are listed; {} smaller stacks are not.",
+                self.rows.len(),
+                self.others
+            ));
+        }
         let mut sort = self.sort;
         egui::ScrollArea::vertical()
             .max_height(ui.available_height() * 0.55)

@@ -9,27 +9,33 @@ mod corruption;
 mod flamegraph;
 mod fragmentation;
 mod leaks;
+mod live;
 mod overview;
 mod sizes;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 
 use eframe::egui;
 
-use allocscope_tracker::trace_format::{Ending, TraceError, TraceReader};
+use allocscope_tracker::trace_format::TraceError;
 
 pub use corruption::CorruptionPanel;
 pub use flamegraph::{FlameNode, FlamegraphPanel, ROW_HEIGHT};
 pub use fragmentation::{FragmentationFigures, FragmentationPanel};
 pub use leaks::{LeakSort, LeaksPanel};
+pub use live::{Live, LiveState, PUBLISH_EVERY};
 pub use overview::OverviewPanel;
 pub use sizes::SizesPanel;
 
 use crate::model::{LoadOptions, Profile, TimeRange};
 use crate::symbols::Symbolizer;
 
-/// Where a trace comes from (read again when the time range changes).
+/// Where a trace comes from (read again for the exact figures of a time range).
 #[derive(Clone, Debug)]
 pub enum Source {
     /// A trace file.
@@ -41,13 +47,59 @@ pub enum Source {
 }
 
 impl Source {
-    fn load(&self, options: LoadOptions) -> Result<Profile, TraceError> {
+    /// The whole trace as of now.
+    fn load(&self) -> Result<Arc<Profile>, TraceError> {
         match self {
-            Source::File(path) => Profile::load_file(path, options, &mut |_| {}),
-            Source::Bytes(bytes) => Profile::load(&bytes[..], options, &mut |_| {}),
-            Source::Live(live) if options.range.is_none() => Ok(live.state().profile.finished()),
+            Source::Live(live) => Ok(Arc::clone(&live.state().profile)),
+            _ => self
+                .read(
+                    LoadOptions::default(),
+                    &AtomicU64::new(0),
+                    &AtomicBool::new(false),
+                )
+                .map(Arc::new),
+        }
+    }
+
+    /// Bytes a full read goes through (for progress), if known.
+    fn len(&self) -> Option<u64> {
+        match self {
+            Source::File(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+            Source::Bytes(bytes) => Some(bytes.len() as u64),
+            Source::Live(_) => None,
+        }
+    }
+
+    /// Reads a file or in-memory trace with `options`, storing the bytes read so far in
+    /// `progress`; stops with an error once `cancel` is set. A live stream is not kept: it
+    /// cannot be read again (its ranges come from the time-slot sums).
+    fn read(
+        &self,
+        options: LoadOptions,
+        progress: &AtomicU64,
+        cancel: &AtomicBool,
+    ) -> Result<Profile, TraceError> {
+        // Relaxed, both: a progress figure and a stop flag; no data travel through them.
+        let mut report = |offset| progress.store(offset, Ordering::Relaxed);
+        match self {
+            Source::File(path) => {
+                let file = std::fs::File::open(path)?;
+                let input = Cancellable {
+                    inner: std::io::BufReader::with_capacity(1 << 20, file),
+                    cancel,
+                };
+                Profile::load(input, options, &mut report)
+            }
+            Source::Bytes(bytes) => Profile::load(
+                Cancellable {
+                    inner: &bytes[..],
+                    cancel,
+                },
+                options,
+                &mut report,
+            ),
             Source::Live(_) => Err(TraceError::Io(std::io::Error::other(
-                "a time range needs a trace file (a live stream is not kept)",
+                "a live stream is not kept, so it cannot be read again",
             ))),
         }
     }
@@ -77,79 +129,50 @@ impl Source {
     }
 }
 
-/// A live stream from a running instrumented process (the tracker's `socket=` option), read
-/// on a thread of its own into a profile that keeps growing.
-#[derive(Debug)]
-pub struct Live {
-    /// The socket attached to.
-    pub socket: PathBuf,
-    state: Mutex<LiveState>,
+/// A reader that fails once its flag is set (a re-read the user no longer waits for).
+struct Cancellable<'a, R> {
+    inner: R,
+    cancel: &'a AtomicBool,
 }
 
-/// What the reading thread has gathered so far.
-#[derive(Debug)]
-pub struct LiveState {
-    /// The profile, records pushed as they arrive.
-    pub profile: Profile,
-    /// Bumped per record.
-    pub generation: u64,
-    /// Whether the stream is still open.
-    pub connected: bool,
-    /// Why it closed, if it did.
-    pub note: Option<String>,
+impl<R: Read> Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Relaxed: a stop flag; stopping a little late is harmless.
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.inner.read(buf)
+    }
 }
 
-impl Live {
-    /// Connects to a tracker's socket and starts reading.
-    pub fn attach(socket: &Path) -> Result<Arc<Live>, String> {
-        let stream = std::os::unix::net::UnixStream::connect(socket)
-            .map_err(|e| format!("cannot attach to {}: {e}", socket.display()))?;
-        let live = Arc::new(Live {
-            socket: socket.to_path_buf(),
-            state: Mutex::new(LiveState {
-                profile: Profile::new(LoadOptions::default()),
-                generation: 0,
-                connected: true,
-                note: None,
-            }),
-        });
-        let reader_side = Arc::clone(&live);
-        std::thread::Builder::new()
-            .name("allocscope-live".into())
-            .spawn(move || reader_side.read(std::io::BufReader::new(stream)))
-            .map_err(|e| format!("cannot start the reading thread: {e}"))?;
-        Ok(live)
-    }
+/// A trace being read again, on a thread of its own, for a range's exact figures.
+#[derive(Debug)]
+pub struct Reread {
+    /// The range being read for.
+    pub range: TimeRange,
+    /// Bytes read so far.
+    progress: Arc<AtomicU64>,
+    /// Bytes in all, if known.
+    total: Option<u64>,
+    cancel: Arc<AtomicBool>,
+    result: Receiver<Result<Profile, TraceError>>,
+}
 
-    /// The shared state (a poisoned lock still holds good data: records are pushed whole).
-    pub fn state(&self) -> MutexGuard<'_, LiveState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+impl Reread {
+    /// The share read so far, `0.0..=1.0`, if the size is known.
+    pub fn fraction(&self) -> Option<f32> {
+        // Relaxed: a progress figure.
+        let done = self.progress.load(Ordering::Relaxed);
+        self.total
+            .filter(|&t| t > 0)
+            .map(|t| (done as f64 / t as f64).min(1.0) as f32)
     }
+}
 
-    fn read(&self, input: impl std::io::Read) {
-        let note = match TraceReader::new(input) {
-            Err(e) => e.to_string(),
-            Ok(mut reader) => loop {
-                match reader.next_record() {
-                    Ok(Some(record)) => {
-                        let mut state = self.state();
-                        state.profile.push(record);
-                        state.generation += 1;
-                    }
-                    Ok(None) => {
-                        break match reader.ending() {
-                            Some(Ending::Truncated { .. }) => "cut inside a frame".to_owned(),
-                            _ => "the stream ended".to_owned(),
-                        };
-                    }
-                    Err(e) => break e.to_string(),
-                }
-            },
-        };
-        let mut state = self.state();
-        state.connected = false;
-        state.note = Some(note);
-        state.generation += 1;
+impl Drop for Reread {
+    fn drop(&mut self) {
+        // Relaxed: see `Cancellable`.
+        self.cancel.store(true, Ordering::Relaxed);
     }
 }
 
@@ -158,56 +181,110 @@ pub struct TraceData {
     /// Where it came from.
     pub source: Source,
     /// The whole trace (the overview's timeline).
-    pub full: Profile,
-    /// The trace filtered to the selected range (the same as `full` without a selection).
-    pub filtered: Profile,
+    pub full: Arc<Profile>,
+    /// The trace filtered to the selected range (the same as `full` without a selection). A
+    /// live stream's comes from its time-slot sums (widened to whole slots, see
+    /// [`Profile::range_view`]); a file's from reading it again for the range, which takes a
+    /// moment: until [`TraceData::rereading`] is done the previous figures stay.
+    pub filtered: Arc<Profile>,
     /// The selected range.
     pub range: Option<TimeRange>,
+    /// The trace being read again for the selected range's exact figures.
+    pub rereading: Option<Reread>,
     /// Symbols for the trace's addresses.
     pub symbols: Symbolizer,
     /// Bumped whenever `filtered` changes, so panels know to rebuild what they derived.
     pub generation: u64,
+    /// Why the last re-read failed, until taken.
+    pub error: Option<String>,
     /// The live state's generation last taken in.
     live_seen: u64,
+    /// Frame names of each stack symbolised so far, outermost first, and its allocation
+    /// site's label: a stack never changes, so panels rebuilt for fresh figures (live mode)
+    /// do not symbolise again.
+    names: HashMap<u32, (Arc<[String]>, Arc<str>)>,
 }
 
 impl TraceData {
-    /// Loads a trace.
+    /// Loads a trace (a live stream: what it has received so far).
     pub fn load(source: Source) -> Result<TraceData, TraceError> {
-        let full = source.load(LoadOptions::default())?;
+        let full = source.load()?;
         let symbols = Symbolizer::new(&full.modules);
         Ok(TraceData {
             source,
-            filtered: full.clone(),
+            filtered: Arc::clone(&full),
             full,
             range: None,
+            rereading: None,
             symbols,
             generation: 1,
+            error: None,
             live_seen: 0,
+            names: HashMap::new(),
         })
     }
 
-    /// Takes in what a live stream brought since the last call; `true` if anything changed.
+    /// Takes in what a live stream published, or a finished re-read, since the last call;
+    /// `true` if anything changed. Never waits for either.
     pub fn poll(&mut self) -> bool {
+        if let Some(job) = &self.rereading {
+            match job.result.try_recv() {
+                Err(TryRecvError::Empty) => {}
+                Ok(Ok(exact)) => {
+                    self.filtered = Arc::new(exact);
+                    self.rereading = None;
+                    self.generation += 1;
+                    return true;
+                }
+                Ok(Err(e)) => {
+                    self.error = Some(format!("cannot read the trace again for the range: {e}"));
+                    self.rereading = None;
+                }
+                Err(TryRecvError::Disconnected) => self.rereading = None,
+            }
+        }
         let Source::Live(live) = &self.source else {
             return false;
         };
-        let fresh = {
+        let (full, view) = {
             let state = live.state();
             if state.generation == self.live_seen {
                 return false;
             }
             self.live_seen = state.generation;
-            state.profile.finished()
+            (Arc::clone(&state.profile), state.view.clone())
         };
-        if fresh.modules.len() != self.full.modules.len() {
-            self.symbols = Symbolizer::new(&fresh.modules);
+        if full.modules.len() != self.full.modules.len() {
+            self.symbols = Symbolizer::new(&full.modules);
+            self.names.clear();
         }
-        self.filtered = fresh.clone();
-        self.full = fresh;
-        self.range = None;
+        match (self.range, view) {
+            (None, _) => self.filtered = Arc::clone(&full),
+            (Some(r), Some((shown, view))) if shown == r => self.filtered = view,
+            // The range's view comes with the next publication; the last one stands till then.
+            (Some(_), _) => {}
+        }
+        self.full = full;
         self.generation += 1;
         true
+    }
+
+    /// A stack's frame names, outermost first (as [`crate::export::stack_names`] gives them),
+    /// and its allocation site's label (the first frame of the program's own, else the
+    /// whole stack), symbolised once per stack.
+    pub fn stack_names(&mut self, stack: u32) -> (Arc<[String]>, Arc<str>) {
+        if let Some(known) = self.names.get(&stack) {
+            return known.clone();
+        }
+        let p = &self.filtered;
+        let names: Arc<[String]> = crate::export::stack_names(p, &mut self.symbols, stack).into();
+        let frames = self.symbols.stack(p.frames(stack));
+        let site: Arc<str> = crate::symbols::site_frame(&frames)
+            .map_or_else(|| names.join(";"), crate::symbols::frame_label)
+            .into();
+        self.names
+            .insert(stack, (Arc::clone(&names), Arc::clone(&site)));
+        (names, site)
     }
 
     /// Whether this is a live stream still open.
@@ -215,21 +292,61 @@ impl TraceData {
         matches!(&self.source, Source::Live(l) if l.state().connected)
     }
 
-    /// Filters every panel to `range` (`None`: the whole trace).
-    pub fn set_range(&mut self, range: Option<TimeRange>) -> Result<(), TraceError> {
+    /// Filters every panel to `range` (`None`: the whole trace). A live stream's range comes
+    /// at once from its time-slot sums, and its publications carry the range's view from then
+    /// on; a trace file or in-memory trace is read again on a thread of its own for the exact
+    /// figures ([`TraceData::rereading`]; [`TraceData::poll`] takes them in).
+    pub fn set_range(&mut self, range: Option<TimeRange>) {
         if range == self.range {
-            return Ok(());
+            return;
         }
-        self.filtered = match range {
-            None => self.full.clone(),
-            Some(r) => self.source.load(LoadOptions {
-                range: Some(r),
-                ..self.full.options
-            })?,
-        };
+        self.rereading = None;
         self.range = range;
         self.generation += 1;
-        Ok(())
+        let Some(r) = range else {
+            self.filtered = Arc::clone(&self.full);
+            if let Source::Live(live) = &self.source {
+                live.show_range(None);
+            }
+            return;
+        };
+        // A live stream still open has its index on the reading thread: its next
+        // publication brings the view.
+        if self.full.index.is_some() {
+            self.filtered = Arc::new(self.full.range_view(r));
+        }
+        match &self.source {
+            Source::Live(live) => live.show_range(Some(r)),
+            source => self.rereading = Some(Self::reread(source.clone(), r, self.full.options)),
+        }
+    }
+
+    fn reread(source: Source, range: TimeRange, options: LoadOptions) -> Reread {
+        let progress = Arc::new(AtomicU64::new(0));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (send, result) = std::sync::mpsc::channel();
+        let job = Reread {
+            range,
+            progress: Arc::clone(&progress),
+            total: source.len(),
+            cancel: Arc::clone(&cancel),
+            result,
+        };
+        let options = LoadOptions {
+            range: Some(range),
+            ..options
+        };
+        let spawned = std::thread::Builder::new()
+            .name("allocscope-reread".into())
+            .spawn(move || {
+                // The receiver is gone when the range changed meanwhile: nothing to tell.
+                let _ = send.send(source.read(options, &progress, &cancel));
+            });
+        if let Err(e) = spawned {
+            // The job's channel is then closed: `poll` drops it, the slot figures stand.
+            eprintln!("allocscope: cannot start reading the trace again: {e}");
+        }
+        job
     }
 }
 
@@ -314,17 +431,22 @@ impl ViewerApp {
 
     /// Filters every panel to `range`.
     pub fn set_range(&mut self, range: Option<TimeRange>) {
-        if let Err(e) = self.data.set_range(range) {
-            self.error = Some(format!("cannot re-read the trace: {e}"));
-        }
+        self.data.set_range(range);
     }
 
     /// Draws the viewer.
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         self.data.poll();
+        if let Some(e) = self.data.error.take() {
+            self.error = Some(e);
+        }
         if self.data.is_live_and_connected() {
             ui.ctx()
                 .request_repaint_after(std::time::Duration::from_millis(250));
+        }
+        if self.data.rereading.is_some() {
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(50));
         }
         egui::Panel::top("allocscope-tabs").show(ui, |ui| {
             ui.horizontal(|ui| {
@@ -339,6 +461,7 @@ impl ViewerApp {
                             crate::model::format_ns(r.start_ns),
                             crate::model::format_ns(r.end_ns)
                         ));
+                        range_precision(ui, &self.data);
                     }
                     None => {
                         ui.label("Range: whole trace");
@@ -373,19 +496,44 @@ impl ViewerApp {
     }
 }
 
+/// Says what the range's figures are: being read (with a progress bar), widened to whole
+/// time slots (live mode), or exact.
+fn range_precision(ui: &mut egui::Ui, data: &TraceData) {
+    if let Some(job) = &data.rereading {
+        ui.label("reading the trace again for the range; the figures shown are the previous ones");
+        let bar = egui::ProgressBar::new(job.fraction().unwrap_or(0.0))
+            .desired_width(120.0)
+            .show_percentage();
+        ui.add(bar);
+        return;
+    }
+    match (data.filtered.options.range, &data.full.index) {
+        (Some(shown), Some(index)) if Some(shown) != data.range => {
+            ui.label(format!(
+                "(figures for {} – {}: whole {} time slots)",
+                crate::model::format_ns(shown.start_ns),
+                crate::model::format_ns(shown.end_ns.saturating_add(1)),
+                crate::model::format_ns(index.slot_ns())
+            ));
+        }
+        _ => {}
+    }
+}
+
 impl eframe::App for ViewerApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         ViewerApp::ui(self, ui);
     }
 }
 
-/// Opens the viewer window on a trace file or a live stream at `tab`; returns when the window
-/// closes.
-pub fn run(source: Source, tab: Tab) -> Result<(), String> {
+/// Opens the viewer window on a trace file or a live stream at `tab`, with `range` selected;
+/// returns when the window closes.
+pub fn run(source: Source, tab: Tab, range: Option<TimeRange>) -> Result<(), String> {
     let name = source.name();
     let data = TraceData::load(source).map_err(|e| format!("{name}: {e}"))?;
     let mut app = ViewerApp::new(data);
     app.tab = tab;
+    app.set_range(range);
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_inner_size([1280.0, 800.0])

@@ -115,16 +115,11 @@ impl SizesPanel {
         ));
         if self.built_for != data.generation {
             self.built_for = data.generation;
-            self.temporary_sites = p
-                .top_stacks(Metric::Temporary)
+            let (top, _, _) = p.top_stacks_by(20, |s| Metric::Temporary.value(s));
+            self.temporary_sites = top
                 .into_iter()
-                .take(20)
                 .map(|(id, s)| {
-                    let frames = data.symbols.stack(p.frames(id));
-                    let site = crate::symbols::site_frame(&frames).map_or_else(
-                        || crate::export::stack_names(p, &mut data.symbols, id).join(";"),
-                        crate::symbols::frame_label,
-                    );
+                    let site = data.stack_names(id).1.to_string();
                     (site, s.temporary_count, s.temporary_bytes)
                 })
                 .collect();

@@ -3,15 +3,57 @@
 //! still live, per-stack figures, a fixed number of timeline buckets, a size histogram, the
 //! reports and the latest heap snapshot.
 //!
-//! May touch: the tracker's [`trace_format`] (reading only). Knows nothing of symbols or UI.
+//! May touch: the tracker's [`trace_format`](allocscope_tracker::trace_format) (reading only).
+//! Knows nothing of symbols or UI.
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Arc;
 
 use allocscope_tracker::trace_format::{
     DroppedCounts, Ending, Event, HeapSnapshot, Module, Record, ReportKind, ReportRecord,
     ThreadInfo, TraceEnd, TraceError, TraceReader, TraceStart, NO_STACK,
 };
+
+/// The hasher of the model's maps, keyed by addresses and ids: the standard SipHash resists
+/// flooding by chosen keys, which a trace cannot mount against its own reader, and costs a
+/// good part of loading. This is MurmurHash3's 64-bit finaliser, which spreads the low bits
+/// that aligned addresses lack over the whole word.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHash;
+
+/// The hasher [`IdHash`] builds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = self.0.rotate_left(32) ^ v;
+    }
+}
 
 /// Timeline buckets kept; when a trace runs longer, neighbouring buckets merge (width doubles).
 pub const TIMELINE_BUCKETS: usize = 512;
@@ -21,6 +63,9 @@ pub const SIZE_BINS: usize = 65;
 
 /// Default lifetime under which an allocation counts as temporary (1 ms).
 pub const DEFAULT_TEMPORARY_NS: u64 = 1_000_000;
+
+mod ranges;
+pub use ranges::{RangeIndex, ENTRY_BUDGET, MAX_SLOTS, MIN_SLOTS};
 
 /// A closed interval of trace time, in nanoseconds since the trace's time zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,11 +86,17 @@ impl TimeRange {
 /// How to aggregate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Only allocations made in this range count in per-stack figures, the histogram and
-    /// temporaries; "live" then means live at the range's end. `None`: the whole trace.
+    /// Only allocations made in this range count in the allocated, leaked and temporary
+    /// figures and the histogram; "live" then means live at the range's end (every block
+    /// allocated by then and not yet freed, whenever it was allocated). `None`: the whole
+    /// trace.
     pub range: Option<TimeRange>,
     /// An allocation freed within this many nanoseconds is temporary.
     pub temporary_ns: u64,
+    /// Also sum each stack's activity per time slot ([`Profile::index`]), so that any range
+    /// can be shown without reading again (live mode, whose stream is not kept). Costs
+    /// loading time (a trace file is rather read again for a range's exact figures).
+    pub slot_index: bool,
 }
 
 impl Default for LoadOptions {
@@ -53,6 +104,7 @@ impl Default for LoadOptions {
         LoadOptions {
             range: None,
             temporary_ns: DEFAULT_TEMPORARY_NS,
+            slot_index: false,
         }
     }
 }
@@ -189,6 +241,8 @@ pub struct SnapshotPoint {
 struct Block {
     size: u64,
     stack: u32,
+    /// Where the allocation's entry was in its stack's slot sums (a hint: entries move).
+    index_hint: u32,
     time_ns: u64,
     counted: bool,
 }
@@ -208,10 +262,11 @@ pub struct Profile {
     pub modules: Vec<Module>,
     /// Threads by trace id.
     pub threads: Vec<ThreadInfo>,
-    /// Stack definitions: return addresses, innermost first.
-    pub stacks: HashMap<u32, Vec<u64>>,
+    /// Stack definitions: return addresses, innermost first (shared by a profile's copies
+    /// and range views; a definition read later copies it if another holds it).
+    pub stacks: Arc<HashMap<u32, Vec<u64>>>,
     /// Per-stack figures ([`NO_STACK`] gathers unsampled allocations).
-    pub stack_stats: HashMap<u32, StackStats>,
+    pub stack_stats: HashMap<u32, StackStats, IdHash>,
     /// Heap activity over time (the whole trace, whatever the range).
     pub timeline: Timeline,
     /// Allocation sizes in range: (count, bytes) per log2 bin.
@@ -244,15 +299,19 @@ pub struct Profile {
     pub last_time_ns: u64,
     /// Frees whose allocation the trace never showed (made before tracing began, or dropped).
     pub unmatched_frees: u64,
+    /// Per-stack sums by time slot, for ranges without reading again
+    /// ([`Profile::range_view`]); `None` unless [`LoadOptions::slot_index`] asked for it (never
+    /// in a profile aggregated for a range).
+    pub index: Option<RangeIndex>,
     /// Working state dropped after loading.
     work: Work,
 }
 
 #[derive(Debug, Default)]
 struct Work {
-    live: HashMap<u64, Block>,
+    live: HashMap<u64, Block, IdHash>,
     /// Frees read before their allocation (another thread's batch came later): addr -> (time, size).
-    early_frees: HashMap<u64, (u64, u64)>,
+    early_frees: HashMap<u64, (u64, u64), IdHash>,
     current_bytes: u64,
     peak_epoch: u64,
 }
@@ -295,6 +354,7 @@ impl Profile {
             options,
             timeline: Timeline::new(),
             size_histogram: vec![(0, 0); SIZE_BINS],
+            index: (options.slot_index && options.range.is_none()).then(RangeIndex::default),
             ..Profile::default()
         }
     }
@@ -304,6 +364,18 @@ impl Profile {
     pub fn finished(&self) -> Profile {
         let mut copy = self.clone();
         copy.settle_figures(self.work.peak_epoch, self.work.early_frees.len());
+        if let Some(index) = &mut copy.index {
+            index.keep_live_blocks(self.work.live.values());
+        }
+        copy
+    }
+
+    /// [`Profile::finished`] without the time-slot index (the costly part to copy), which
+    /// stays with this profile.
+    pub fn finished_without_index(&mut self) -> Profile {
+        let index = self.index.take();
+        let copy = self.finished();
+        self.index = index;
         copy
     }
 
@@ -347,11 +419,14 @@ impl Profile {
             }
             Record::Thread(t) => self.threads.push(t),
             Record::Stack(def) => {
-                self.stacks.insert(def.id, def.frames);
+                Arc::make_mut(&mut self.stacks).insert(def.id, def.frames);
             }
             Record::Batch(batch) => {
                 for event in batch.events {
                     self.event(event);
+                }
+                if let Some(index) = &mut self.index {
+                    index.keep_to_budget(self.last_time_ns);
                 }
             }
             Record::Snapshot(s) => {
@@ -427,32 +502,47 @@ impl Profile {
             _ => None,
         };
         let counted = self.in_range(t);
+        let by_range_end = self.before_range_end(t);
         if counted {
             self.allocations += 1;
             self.allocated_bytes = self.allocated_bytes.saturating_add(size);
             let bin = (64 - size.leading_zeros()) as usize;
             let h = &mut self.size_histogram[bin];
             *h = (h.0 + 1, h.1.saturating_add(size));
+        }
+        if by_range_end {
             let epoch = self.work.peak_epoch;
             let s = self.stack_stats.entry(stack).or_insert(StackStats {
                 epoch,
                 ..StackStats::default()
             });
             s.note_epoch(epoch);
-            s.allocated_bytes = s.allocated_bytes.saturating_add(size);
-            s.allocated_count += 1;
+            // Live at the range's end: every block allocated by then, in range or before it.
             s.current_bytes = s.current_bytes.saturating_add(size);
             s.current_count += 1;
-            if s.current_bytes > s.max_live_bytes {
-                s.max_live_bytes = s.current_bytes;
-                s.max_live_count = s.current_count;
+            if counted {
+                s.allocated_bytes = s.allocated_bytes.saturating_add(size);
+                s.allocated_count += 1;
+                if s.current_bytes > s.max_live_bytes {
+                    s.max_live_bytes = s.current_bytes;
+                    s.max_live_count = s.current_count;
+                }
+                s.leaked_bytes = s.leaked_bytes.saturating_add(size);
+                s.leaked_count += 1;
             }
-            s.leaked_bytes = s.leaked_bytes.saturating_add(size);
-            s.leaked_count += 1;
         }
+        // A block freed before now never adds to the heap's level.
+        if early_free.is_none() {
+            self.work.current_bytes = self.work.current_bytes.saturating_add(size);
+        }
+        let index_hint = match &mut self.index {
+            Some(index) => index.alloc(t, stack, size, self.work.current_bytes),
+            None => u32::MAX,
+        };
         let block = Block {
             size,
             stack,
+            index_hint,
             time_ns: t,
             counted,
         };
@@ -460,7 +550,6 @@ impl Profile {
             self.settle(block, free_t);
             return;
         }
-        self.work.current_bytes = self.work.current_bytes.saturating_add(size);
         if counted && self.work.current_bytes > self.peak_bytes {
             self.peak_bytes = self.work.current_bytes;
             self.peak_time_ns = t;
@@ -489,32 +578,48 @@ impl Profile {
 
     /// Per-stack bookkeeping of a block freed at `t`.
     fn settle(&mut self, block: Block, t: u64) {
-        if !block.counted {
+        let lifetime = t.saturating_sub(block.time_ns);
+        let temporary = lifetime <= self.options.temporary_ns;
+        if let Some(index) = &mut self.index {
+            index.free(
+                t,
+                block.time_ns,
+                block.stack,
+                block.size,
+                temporary,
+                block.index_hint,
+            );
+        }
+        if !self.before_range_end(block.time_ns) {
             return;
         }
         let epoch = self.work.peak_epoch;
-        let lifetime = t.saturating_sub(block.time_ns);
-        let temporary = lifetime <= self.options.temporary_ns;
-        let freed_in_range = self.before_range_end(t);
+        let freed_by_range_end = self.before_range_end(t);
         let s = self.stack_stats.entry(block.stack).or_default();
         s.note_epoch(epoch);
+        if freed_by_range_end {
+            s.current_bytes = s.current_bytes.saturating_sub(block.size);
+            s.current_count = s.current_count.saturating_sub(1);
+        }
+        if !block.counted {
+            return;
+        }
         s.leaked_bytes = s.leaked_bytes.saturating_sub(block.size);
         s.leaked_count = s.leaked_count.saturating_sub(1);
         s.freed_lifetime_ns = s.freed_lifetime_ns.saturating_add(lifetime);
-        if freed_in_range {
-            s.current_bytes = s.current_bytes.saturating_sub(block.size);
-            s.current_count = s.current_count.saturating_sub(1);
-            if temporary {
-                s.temporary_bytes = s.temporary_bytes.saturating_add(block.size);
-                s.temporary_count += 1;
-                self.temporary_bytes = self.temporary_bytes.saturating_add(block.size);
-                self.temporary_count += 1;
-            }
+        if temporary {
+            s.temporary_bytes = s.temporary_bytes.saturating_add(block.size);
+            s.temporary_count += 1;
+            self.temporary_bytes = self.temporary_bytes.saturating_add(block.size);
+            self.temporary_count += 1;
         }
     }
 
     fn finish(&mut self) {
         self.settle_figures(self.work.peak_epoch, self.work.early_frees.len());
+        if let Some(index) = &mut self.index {
+            index.keep_live_blocks(self.work.live.values());
+        }
         self.work = Work::default();
     }
 
@@ -558,19 +663,38 @@ impl Profile {
 
     /// Stacks ordered by `metric`, largest first, zero values left out.
     pub fn top_stacks(&self, metric: Metric) -> Vec<(u32, StackStats)> {
-        let mut v: Vec<(u32, StackStats)> = self
+        self.top_stacks_by(usize::MAX, |s| metric.value(s)).0
+    }
+
+    /// The (at most) `k` stacks with the largest `key`, largest first (ties by id), zero
+    /// values left out; then how many other stacks had a non-zero `key`, and its sum over
+    /// them. What a panel draws is bounded by `k`, whatever the number of stacks.
+    pub fn top_stacks_by(
+        &self,
+        k: usize,
+        key: impl Fn(&StackStats) -> u64,
+    ) -> (Vec<(u32, StackStats)>, u64, u64) {
+        // Keys and ids only while choosing: the figures are copied for the chosen ones.
+        let mut v: Vec<(u64, u32)> = self
             .stack_stats
             .iter()
-            .map(|(&id, &s)| (id, s))
-            .filter(|(_, s)| metric.value(s) > 0)
+            .filter_map(|(&id, s)| Some((key(s), id)).filter(|&(k, _)| k > 0))
             .collect();
-        v.sort_by(|a, b| {
-            metric
-                .value(&b.1)
-                .cmp(&metric.value(&a.1))
-                .then(a.0.cmp(&b.0))
-        });
-        v
+        let order = |a: &(u64, u32), b: &(u64, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        let (mut others, mut others_sum) = (0, 0u64);
+        if v.len() > k {
+            v.select_nth_unstable_by(k.saturating_sub(1), order);
+            for (value, _) in v.drain(k..) {
+                others += 1;
+                others_sum = others_sum.saturating_add(value);
+            }
+        }
+        v.sort_unstable_by(order);
+        let v = v
+            .into_iter()
+            .map(|(_, id)| (id, self.stack_stats[&id]))
+            .collect();
+        (v, others, others_sum)
     }
 
     /// The frames of a stack id (empty for [`NO_STACK`] or an undefined id).
@@ -985,6 +1109,174 @@ mod tests {
             let noise: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             assert!(Profile::load(&noise[..], LoadOptions::default(), &mut |_| {}).is_err());
         }
+    }
+
+    /// A random trace over 40 stacks: allocations, frees of live blocks (some read before their
+    /// allocation, in another thread's later batch) and reallocs, spread over 3 ms.
+    fn random_trace(seed: u64) -> Vec<Record> {
+        let mut state = seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut records = vec![start()];
+        let (mut live, mut events, mut late) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..3_000u64 {
+            let t = i * 1_000 + next() % 700;
+            let r = next();
+            if !live.is_empty() && r % 3 == 0 {
+                let (addr, size) = live.swap_remove((r >> 8) as usize % live.len());
+                if r % 7 == 0 {
+                    late.push(free(t, addr, size));
+                } else {
+                    events.push(free(t, addr, size));
+                }
+            } else if !live.is_empty() && r % 11 == 1 {
+                let k = (r >> 8) as usize % live.len();
+                let (old_addr, old_size) = live[k];
+                let new_size = 1 + (r >> 24) % 4096;
+                live[k] = (0x10_0000 + i * 64, new_size);
+                events.push(Event::Realloc {
+                    time_ns: t,
+                    old_addr,
+                    new_addr: live[k].0,
+                    old_size,
+                    new_size,
+                    align: 8,
+                    stack: 1 + (r >> 40) as u32 % 40,
+                });
+            } else {
+                let size = 1 + (r >> 24) % 4096;
+                live.push((0x10_0000 + i * 64, size));
+                events.push(alloc(
+                    t,
+                    0x10_0000 + i * 64,
+                    size,
+                    1 + (r >> 40) as u32 % 40,
+                ));
+            }
+        }
+        // The frees read early come first, in a batch of their own.
+        records.push(batch(2, late));
+        records.push(batch(1, events));
+        records
+    }
+
+    #[test]
+    fn a_range_view_from_the_slot_sums_matches_reading_the_range_again() {
+        for seed in [0x9e37_79b9_7f4a_7c15u64, 0x2545_f491_4f6c_dd1d, 77] {
+            let records = random_trace(seed);
+            let indexed = LoadOptions {
+                slot_index: true,
+                ..LoadOptions::default()
+            };
+            let full = load(&records, indexed);
+            let index = full.index.as_ref().expect("asked for");
+            let w = index.slot_ns();
+            assert!(full.duration_ns() / w < MAX_SLOTS);
+            let slots = full.duration_ns() / w + 1;
+            for (from, to) in [
+                (0, slots),
+                (1, slots / 2),
+                (slots / 3, slots / 3 + 1),
+                (2, slots),
+            ] {
+                let range = TimeRange {
+                    start_ns: from * w,
+                    end_ns: to * w - 1,
+                };
+                let view = full.range_view(range);
+                assert_eq!(view.options.range, Some(range));
+                let exact = load(
+                    &records,
+                    LoadOptions {
+                        range: Some(range),
+                        ..LoadOptions::default()
+                    },
+                );
+                let figures = |p: &Profile| {
+                    let mut v: Vec<_> = p
+                        .stack_stats
+                        .iter()
+                        .map(|(&id, s)| {
+                            (
+                                id,
+                                [
+                                    s.allocated_bytes,
+                                    s.allocated_count,
+                                    s.live_bytes,
+                                    s.live_count,
+                                    s.leaked_bytes,
+                                    s.leaked_count,
+                                    s.temporary_bytes,
+                                    s.temporary_count,
+                                ],
+                            )
+                        })
+                        .filter(|(_, f)| f.iter().any(|&x| x > 0))
+                        .collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(figures(&view), figures(&exact), "{range:?}");
+                assert_eq!(
+                    (view.allocations, view.allocated_bytes, view.temporary_count),
+                    (
+                        exact.allocations,
+                        exact.allocated_bytes,
+                        exact.temporary_count
+                    )
+                );
+                assert_eq!(view.size_histogram, exact.size_histogram);
+                assert_eq!(view.peak_bytes, exact.peak_bytes, "{range:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_range_view_widens_to_whole_slots_and_keeps_its_reports() {
+        let mut records = two_stacks();
+        records.push(Record::Report(ReportRecord {
+            time_ns: 5_500_000,
+            kind: ReportKind::DoubleFree,
+            address: 0x10,
+            block_start: None,
+            block_size: None,
+            offset: None,
+            thread: 1,
+            access_stack: 0,
+            alloc_stack: 0,
+            free_stack: 0,
+            text: "double-free".into(),
+        }));
+        let full = load(
+            &records,
+            LoadOptions {
+                slot_index: true,
+                ..LoadOptions::default()
+            },
+        );
+        assert!(load(&records, LoadOptions::default()).index.is_none());
+        let w = full.index.as_ref().unwrap().slot_ns();
+        let view = full.range_view(TimeRange {
+            start_ns: 18,
+            end_ns: 40,
+        });
+        let r = view.options.range.unwrap();
+        assert_eq!((r.start_ns, (r.end_ns + 1) % w), (0, 0));
+        assert_eq!(view.corruption_reports().count(), 0);
+        let late = full.range_view(TimeRange {
+            start_ns: 5_000_000,
+            end_ns: 6_000_000,
+        });
+        assert_eq!(late.corruption_reports().count(), 1);
+        // Stack 1's 200 B block is live at the end of the late range though allocated before.
+        assert_eq!(late.stack_stats[&1].live_bytes, 200);
+        assert_eq!(late.stack_stats[&1].allocated_bytes, 0);
+        assert!(view.index.is_none());
+        assert_eq!(view.range_view(r).stack_stats, view.stack_stats);
     }
 
     const HEADER_BYTES: usize = allocscope_tracker::trace_format::HEADER_LEN;
