@@ -6,12 +6,22 @@
 //! Every benchmark reports the time of one iteration of `N` operations (criterion's
 //! throughput figure is per element: divide 1e9 by it for nanoseconds per pair). Patterns:
 //!
-//! * `pool_pairs`: fixed 64 B, an allocation immediately freed, 1000 times (the floor case);
-//! * `pool_bursts`: fixed 64 B, bursts of 1000 allocated then freed LIFO;
-//! * `stack_frame`: a frame of 1000 allocations of 8–256 B, then everything freed at once;
+//! * `pool_pairs`: fixed 64 B, an allocation immediately freed, 1000 times (the floor case).
+//!   Each block gets a volatile one-byte write, which the compiler cannot drop, so neither can
+//!   it drop the allocation; unlike `black_box(p).write(1)` it adds no spill of the pointer to
+//!   the stack and reload (measured at 0.36 ns a pair here, 3.5 times the pool's budget);
+//! * `pool_bursts`: fixed 64 B, bursts of 1000 allocated (each written once, its pointer
+//!   kept in a fixed array) then freed LIFO from that array;
+//! * `harness_floor` (in both): the same loops, writes and array over fixed blocks, without
+//!   allocating (as for `buddy_random` and the ring); what an allocator spends above it is its
+//!   own work;
+//! * `stack_frame`: a frame of 1000 allocations of 8–256 B (each written once), then
+//!   everything freed at once; `harness_floor` writes at the same addresses without
+//!   allocating;
 //! * `buddy_random`: 4096 live blocks of 8–256 B, replaced at random (free + allocate);
-//! * `lock_free_producer_consumer`: one thread allocates 64-byte blocks and hands them through
-//!   a ring of 4096 slots to another that frees them (every free remote); time per block.
+//! * `lock_free_producer_consumer`: one thread allocates 64-byte blocks and hands them in
+//!   batches of 256 to another that frees them (every free remote); time per block, in the
+//!   steady state (both threads live for the whole benchmark).
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -20,7 +30,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Instant;
 
 use allocscope_core::buddy::Buddy;
 use allocscope_core::lock_free::LockFreePool;
@@ -63,7 +74,7 @@ fn global_pairs<A: GlobalAlloc>(a: &A) {
         // SAFETY: a non-zero layout; the pointer is freed with it at once.
         unsafe {
             let p = a.alloc(BLOCK);
-            black_box(p).write(1);
+            p.write_volatile(1);
             a.dealloc(p, BLOCK);
         }
     }
@@ -74,36 +85,77 @@ fn typed_pairs<A: TypedAlloc>(a: &A) {
         let p = a.allocate_bytes(64, 8).unwrap();
         // SAFETY: a live 64-byte block, freed at once.
         unsafe {
-            black_box(p).as_ptr().write(1);
+            p.as_ptr().write_volatile(1);
             a.deallocate_bytes(p, 64, 8);
         }
     }
 }
 
-fn global_bursts<A: GlobalAlloc>(a: &A, held: &mut Vec<*mut u8>) {
+/// The pointers of a burst: a fixed array, so the harness around a burst is a store and a
+/// load per block (a `Vec`'s push and pop cost about as much as the pool's own work).
+type Held = Box<[*mut u8; N]>;
+
+fn held() -> Held {
+    Box::new([std::ptr::null_mut(); N])
+}
+
+/// The harness alone for the pair and burst patterns: the same loops and writes over `N`
+/// fixed 64-byte homes instead of an allocator.
+struct Homes(Vec<[u64; 8]>);
+
+impl Homes {
+    fn new() -> Self {
+        Homes(vec![[0; 8]; N])
+    }
+
+    fn pairs(&mut self) {
+        let home = self.0.as_mut_ptr().cast::<u8>();
+        for _ in 0..N {
+            // SAFETY: the first home, 64 bytes of ours.
+            unsafe { home.write_volatile(1) };
+        }
+    }
+
+    fn bursts(&mut self, held: &mut Held) {
+        for (slot, home) in held.iter_mut().zip(self.0.iter_mut()) {
+            let p = (home as *mut [u64; 8]).cast::<u8>();
+            // SAFETY: a home of ours.
+            unsafe { p.write(1) };
+            *slot = p;
+        }
+        // What the free loop reads: every pointer, newest first.
+        let mut seen = 0;
+        for &p in held.iter().rev() {
+            seen ^= p as usize;
+        }
+        black_box(seen);
+    }
+}
+
+fn global_bursts<A: GlobalAlloc>(a: &A, held: &mut Held) {
     // SAFETY: non-zero layouts; every pointer freed once with its layout.
     unsafe {
-        for _ in 0..N {
+        for slot in held.iter_mut() {
             let p = a.alloc(BLOCK);
             p.write(1);
-            held.push(p);
+            *slot = p;
         }
-        while let Some(p) = held.pop() {
+        for &p in held.iter().rev() {
             a.dealloc(p, BLOCK);
         }
     }
 }
 
-fn typed_bursts<A: TypedAlloc>(a: &A, held: &mut Vec<NonNull<u8>>) {
-    for _ in 0..N {
+fn typed_bursts<A: TypedAlloc>(a: &A, held: &mut Held) {
+    for slot in held.iter_mut() {
         let p = a.allocate_bytes(64, 8).unwrap();
         // SAFETY: a live block.
         unsafe { p.as_ptr().write(1) };
-        held.push(p);
+        *slot = p.as_ptr();
     }
-    while let Some(p) = held.pop() {
-        // SAFETY: live blocks, each freed once.
-        unsafe { a.deallocate_bytes(p, 64, 8) };
+    for &p in held.iter().rev() {
+        // SAFETY: live blocks of this allocator, each freed once.
+        unsafe { a.deallocate_bytes(NonNull::new_unchecked(p), 64, 8) };
     }
 }
 
@@ -116,8 +168,10 @@ fn pool_benches(c: &mut Criterion) {
     let object_pool = lockfree_object_pool::LinearObjectPool::<[u8; 64]>::new(|| [0; 64], |_| {});
     let heap = Allocscope::new();
 
+    let mut homes = Homes::new();
     let mut group = c.benchmark_group("pool_pairs");
     group.throughput(Throughput::Elements(N as u64));
+    group.bench_function("harness_floor", |b| b.iter(|| homes.pairs()));
     group.bench_function("glibc", |b| b.iter(|| global_pairs(&System)));
     group.bench_function("allocscope_heap", |b| b.iter(|| global_pairs(&heap)));
     group.bench_function("pool", |b| b.iter(|| typed_pairs(&pool)));
@@ -127,7 +181,8 @@ fn pool_benches(c: &mut Criterion) {
         b.iter(|| {
             for _ in 0..N {
                 let mut obj = object_pool.pull();
-                black_box(&mut obj)[0] = 1;
+                // SAFETY: the object's first byte, ours while `obj` lives.
+                unsafe { obj.as_mut_ptr().write_volatile(1) };
             }
         })
     });
@@ -135,19 +190,20 @@ fn pool_benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("pool_bursts");
     group.throughput(Throughput::Elements(N as u64));
-    let mut raw = Vec::with_capacity(N);
-    let mut blocks = Vec::with_capacity(N);
-    group.bench_function("glibc", |b| b.iter(|| global_bursts(&System, &mut raw)));
+    let mut held = held();
+    group.bench_function("harness_floor", |b| b.iter(|| homes.bursts(&mut held)));
+    group.bench_function("glibc", |b| b.iter(|| global_bursts(&System, &mut held)));
     group.bench_function("allocscope_heap", |b| {
-        b.iter(|| global_bursts(&heap, &mut raw))
+        b.iter(|| global_bursts(&heap, &mut held))
     });
-    group.bench_function("pool", |b| b.iter(|| typed_bursts(&pool, &mut blocks)));
+    group.bench_function("pool", |b| b.iter(|| typed_bursts(&pool, &mut held)));
     group.bench_function("slab_magazine", |b| {
-        b.iter(|| typed_bursts(&magazine, &mut blocks))
+        b.iter(|| typed_bursts(&magazine, &mut held))
     });
     group.bench_function("lock_free_cache", |b| {
-        b.iter(|| typed_bursts(&cache, &mut blocks))
+        b.iter(|| typed_bursts(&cache, &mut held))
     });
+    // Its objects are guards (returned on drop), so they are held in a Vec.
     group.bench_function("lockfree_object_pool", |b| {
         let mut held = Vec::with_capacity(N);
         b.iter(|| {
@@ -166,20 +222,35 @@ fn stack_benches(c: &mut Criterion) {
     let sizes = sizes(N);
     let mut group = c.benchmark_group("stack_frame");
     group.throughput(Throughput::Elements(N as u64));
-    let mut held = Vec::with_capacity(N);
+    // The harness alone: the same writes at the addresses a bump allocator gives, in a
+    // buffer of our own (a frame spans about 130 KiB, more than L1: these writes are most of
+    // what a bump allocation costs).
+    let mut frame = vec![0u64; 256 * N / 8];
+    group.bench_function("harness_floor", |b| {
+        let base = frame.as_mut_ptr().cast::<u8>();
+        b.iter(|| {
+            let mut at = 0;
+            for &size in &sizes {
+                // SAFETY: `at` stays below the sum of the rounded sizes, within the buffer.
+                unsafe { base.add(at).write_volatile(1) };
+                at += (size + 7) & !7;
+            }
+        })
+    });
+    drop(frame);
+    let mut held = held();
     group.bench_function("glibc", |b| {
         b.iter(|| {
-            for &size in &sizes {
-                let layout = Layout::from_size_align(size, 8).unwrap();
+            for (slot, &size) in held.iter_mut().zip(&sizes) {
                 // SAFETY: a non-zero layout.
-                let p = unsafe { System.alloc(layout) };
+                let p = unsafe { System.alloc(Layout::from_size_align_unchecked(size, 8)) };
                 // SAFETY: a live block.
                 unsafe { p.write(1) };
-                held.push((p, layout));
+                *slot = p;
             }
-            for (p, layout) in held.drain(..) {
-                // SAFETY: live blocks, freed once.
-                unsafe { System.dealloc(p, layout) };
+            for (&p, &size) in held.iter().zip(&sizes) {
+                // SAFETY: live blocks, freed once with the layout they were allocated with.
+                unsafe { System.dealloc(p, Layout::from_size_align_unchecked(size, 8)) };
             }
         })
     });
@@ -187,9 +258,10 @@ fn stack_benches(c: &mut Criterion) {
     group.bench_function("bumpalo", |b| {
         b.iter(|| {
             for &size in &sizes {
-                let p = bump.alloc_layout(Layout::from_size_align(size, 8).unwrap());
+                // SAFETY: sizes are 8..=256, the alignment a power of two.
+                let p = bump.alloc_layout(unsafe { Layout::from_size_align_unchecked(size, 8) });
                 // SAFETY: a live block.
-                unsafe { black_box(p).as_ptr().write(1) };
+                unsafe { p.as_ptr().write_volatile(1) };
             }
             bump.reset();
         })
@@ -200,7 +272,7 @@ fn stack_benches(c: &mut Criterion) {
             for &size in &sizes {
                 let p = stack.allocate_bytes(size, 8).unwrap();
                 // SAFETY: a live block.
-                unsafe { black_box(p).as_ptr().write(1) };
+                unsafe { p.as_ptr().write_volatile(1) };
             }
             stack.reset();
         })
@@ -321,52 +393,136 @@ fn wait(spins: &mut u32) {
     }
 }
 
-/// One producer allocating blocks, one consumer freeing them (every free remote), linked by a
-/// single-producer single-consumer ring of addresses; returns the time for `blocks` blocks.
-fn producer_consumer<A, F>(blocks: u64, make_producer: A, make_consumer: F) -> Duration
-where
-    A: FnOnce() -> Box<dyn FnMut() -> usize + Send> + Send,
-    F: FnOnce() -> Box<dyn FnMut(usize) + Send> + Send,
-{
-    const RING: usize = 4096;
-    let ring: Vec<AtomicUsize> = (0..RING).map(|_| AtomicUsize::new(0)).collect();
+type Producer = Box<dyn FnMut() -> usize>;
+type Consumer = Box<dyn FnMut(usize)>;
+
+/// Blocks handed over at once, as in PERFORMANCE.md's producer/consumer pattern.
+const HANDOFF: usize = 256;
+
+/// One batch of addresses in the hand-over ring: `len` is 0 while the producer may fill it,
+/// else the number of addresses the consumer is to free.
+struct Handoff {
+    len: AtomicUsize,
+    slots: [AtomicUsize; HANDOFF],
+}
+
+/// The blocks of the next batch of a job with `left` blocks to go.
+fn batch_len(left: u64) -> usize {
+    left.min(HANDOFF as u64) as usize
+}
+
+/// One producer allocating blocks, one consumer freeing them (every free remote), handing
+/// them over in batches of [`HANDOFF`] through a ring of 16 batches (so the hand-over costs a
+/// plain store and load per block and one cache-line transfer per batch, not per block). The
+/// two threads live for the whole benchmark and run one sample's blocks per job, so what is
+/// measured is the steady state (threads born for each sample of a few hundred blocks measured
+/// their start-up instead: glibc's arena and tcache set-up, first touches).
+fn producer_consumer(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    make_producer: impl FnOnce() -> Producer + Send,
+    make_consumer: impl FnOnce() -> Consumer + Send,
+) {
+    const RING: usize = 16;
+    let ring: Vec<Handoff> = (0..RING)
+        .map(|_| Handoff {
+            len: AtomicUsize::new(0),
+            slots: [const { AtomicUsize::new(0) }; HANDOFF],
+        })
+        .collect();
     let ring = &ring;
-    let start = Instant::now();
+    let (to_producer, producer_jobs) = mpsc::channel::<u64>();
+    let (to_consumer, consumer_jobs) = mpsc::channel::<u64>();
+    let (done, finished) = mpsc::channel::<()>();
     std::thread::scope(|s| {
+        let producer_done = done.clone();
         s.spawn(move || {
             let mut alloc = make_producer();
-            for i in 0..blocks as usize {
-                let p = alloc();
-                let slot = &ring[i % RING];
-                let mut spins = 0;
-                // Acquire: the consumer is done with the slot's previous address.
-                while slot.load(Ordering::Acquire) != 0 {
-                    wait(&mut spins);
+            let mut at = 0;
+            for mut left in producer_jobs {
+                while left != 0 {
+                    let batch = &ring[at % RING];
+                    at += 1;
+                    let mut spins = 0;
+                    // Acquire: the consumer is done with the batch's previous addresses.
+                    while batch.len.load(Ordering::Acquire) != 0 {
+                        wait(&mut spins);
+                    }
+                    let n = batch_len(left);
+                    for slot in &batch.slots[..n] {
+                        // Relaxed: published by the Release store of `len`.
+                        slot.store(alloc(), Ordering::Relaxed);
+                    }
+                    // Release: the blocks' contents and ownership go with the addresses.
+                    batch.len.store(n, Ordering::Release);
+                    left -= n as u64;
                 }
-                // Release: the block's contents and ownership go with the address.
-                slot.store(p, Ordering::Release);
+                producer_done.send(()).unwrap();
             }
         });
         s.spawn(move || {
             let mut free = make_consumer();
-            for i in 0..blocks as usize {
-                let slot = &ring[i % RING];
-                let mut spins = 0;
-                let p = loop {
+            let mut at = 0;
+            for mut left in consumer_jobs {
+                while left != 0 {
+                    let batch = &ring[at % RING];
+                    at += 1;
+                    let mut spins = 0;
                     // Acquire: pairs with the producer's Release store.
-                    let p = slot.load(Ordering::Acquire);
-                    if p != 0 {
-                        break p;
+                    let n = loop {
+                        let n = batch.len.load(Ordering::Acquire);
+                        if n != 0 {
+                            break n;
+                        }
+                        wait(&mut spins);
+                    };
+                    for slot in &batch.slots[..n] {
+                        // Relaxed: ordered by the Acquire load of `len`.
+                        free(slot.load(Ordering::Relaxed));
                     }
-                    wait(&mut spins);
-                };
-                // Release: the slot may be reused.
-                slot.store(0, Ordering::Release);
-                free(p);
+                    // Release: the batch may be refilled.
+                    batch.len.store(0, Ordering::Release);
+                    left -= n as u64;
+                }
+                done.send(()).unwrap();
             }
         });
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter_custom(|blocks| {
+                let start = Instant::now();
+                to_producer.send(blocks).unwrap();
+                to_consumer.send(blocks).unwrap();
+                finished.recv().unwrap();
+                finished.recv().unwrap();
+                start.elapsed()
+            })
+        });
+        // Ends both threads' job loops.
+        drop((to_producer, to_consumer));
     });
-    start.elapsed()
+}
+
+/// The producer/consumer pattern through a `GlobalAlloc` (glibc, allocscope's heap).
+fn global_producer_consumer<A: GlobalAlloc + Sync>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    a: &'static A,
+) {
+    producer_consumer(
+        group,
+        name,
+        || {
+            Box::new(|| {
+                // SAFETY: a non-zero layout.
+                let p = unsafe { a.alloc(BLOCK) };
+                // SAFETY: a live block.
+                unsafe { p.write(1) };
+                p as usize
+            })
+        },
+        // SAFETY: blocks from the producer's `a.alloc` with this layout.
+        || Box::new(|p| unsafe { a.dealloc(p as *mut u8, BLOCK) }),
+    );
 }
 
 fn lock_free_benches(c: &mut Criterion) {
@@ -375,96 +531,54 @@ fn lock_free_benches(c: &mut Criterion) {
     // The harness alone: blocks come from a fixed array, frees do nothing.
     let homes: &'static mut [u64] = Box::leak(vec![0u64; 8 * 8192].into_boxed_slice());
     let homes_base = homes.as_mut_ptr() as usize;
-    group.bench_function(BenchmarkId::from_parameter("harness_floor"), |b| {
-        b.iter_custom(|iters| {
-            producer_consumer(
-                iters,
-                move || {
-                    let mut next = 0;
-                    Box::new(move || {
-                        next = (next + 1) % 8192;
-                        let p = (homes_base + next * 64) as *mut u8;
-                        // SAFETY: a 64-byte slot of the leaked array.
-                        unsafe { p.write(1) };
-                        p as usize
-                    })
-                },
-                || {
-                    Box::new(|p| {
-                        black_box(p);
-                    })
-                },
-            )
-        })
-    });
-    group.bench_function(BenchmarkId::from_parameter("glibc"), |b| {
-        b.iter_custom(|iters| {
-            producer_consumer(
-                iters,
-                || {
-                    Box::new(|| {
-                        // SAFETY: a non-zero layout.
-                        let p = unsafe { System.alloc(BLOCK) };
-                        // SAFETY: a live block.
-                        unsafe { p.write(1) };
-                        p as usize
-                    })
-                },
-                // SAFETY: blocks from the producer's System.alloc with this layout.
-                || Box::new(|p| unsafe { System.dealloc(p as *mut u8, BLOCK) }),
-            )
-        })
-    });
-    group.bench_function(BenchmarkId::from_parameter("allocscope_heap"), |b| {
-        b.iter_custom(|iters| {
-            producer_consumer(
-                iters,
-                || {
-                    Box::new(|| {
-                        // SAFETY: a non-zero layout.
-                        let p = unsafe { Allocscope.alloc(BLOCK) };
-                        // SAFETY: a live block.
-                        unsafe { p.write(1) };
-                        p as usize
-                    })
-                },
-                // SAFETY: blocks from the producer's Allocscope.alloc with this layout.
-                || Box::new(|p| unsafe { Allocscope.dealloc(p as *mut u8, BLOCK) }),
-            )
-        })
-    });
+    producer_consumer(
+        &mut group,
+        "harness_floor",
+        move || {
+            let mut next = 0;
+            Box::new(move || {
+                next = (next + 1) % 8192;
+                let p = (homes_base + next * 64) as *mut u8;
+                // SAFETY: a 64-byte slot of the leaked array.
+                unsafe { p.write(1) };
+                p as usize
+            })
+        },
+        || {
+            Box::new(|p| {
+                black_box(p);
+            })
+        },
+    );
+    global_producer_consumer(&mut group, "glibc", &System);
+    global_producer_consumer(&mut group, "allocscope_heap", &Allocscope);
     let pool: &'static LockFreePool<'static> =
         Box::leak(Box::new(LockFreePool::new(64, 8, 8192).unwrap()));
-    group.bench_function(BenchmarkId::from_parameter("lock_free_pool"), |b| {
-        b.iter_custom(|iters| {
-            producer_consumer(
-                iters,
-                || {
-                    let cache = pool.cache();
-                    Box::new(move || {
-                        let p = loop {
-                            match cache.allocate_bytes(64, 8) {
-                                Some(p) => break p,
-                                None => std::thread::yield_now(),
-                            }
-                        };
-                        // SAFETY: a live block.
-                        unsafe { p.as_ptr().write(1) };
-                        p.as_ptr() as usize
-                    })
-                },
-                || {
-                    let cache = pool.cache();
-                    Box::new(move |p| {
-                        // SAFETY: a live block of the pool handed over by the producer.
-                        unsafe {
-                            cache.deallocate_bytes(NonNull::new_unchecked(p as *mut u8), 64, 8)
-                        }
-                    })
-                },
-            )
-        })
-    });
+    producer_consumer(
+        &mut group,
+        "lock_free_pool",
+        || {
+            let cache = pool.cache();
+            Box::new(move || {
+                let p = loop {
+                    match cache.allocate_bytes(64, 8) {
+                        Some(p) => break p,
+                        None => std::thread::yield_now(),
+                    }
+                };
+                // SAFETY: a live block.
+                unsafe { p.as_ptr().write(1) };
+                p.as_ptr() as usize
+            })
+        },
+        || {
+            let cache = pool.cache();
+            Box::new(move |p| {
+                // SAFETY: a live block of the pool handed over by the producer.
+                unsafe { cache.deallocate_bytes(NonNull::new_unchecked(p as *mut u8), 64, 8) }
+            })
+        },
+    );
     group.finish();
 }
 

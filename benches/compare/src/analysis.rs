@@ -67,7 +67,7 @@ pub fn render(v: &Value, plots: &mut Vec<(String, String)>) -> String {
     if load0 > 0.5 || load1 > 2.5 {
         let _ = writeln!(
             s,
-            "> **The machine was busy** (other engineers compiling on the same 2 cores): every \
+            "> **The machine was busy** (other processes shared its CPUs during the run): every \
              figure is a median of {} interleaved runs, and only ratios between allocators \
              measured side by side mean much; multi-threaded figures are the least reliable.\n",
             v["reps"]
@@ -75,11 +75,14 @@ pub fn render(v: &Value, plots: &mut Vec<(String, String)>) -> String {
     }
     let _ = writeln!(
         s,
-        "Every throughput figure is the median of {} runs, each in a fresh process, allocators \
-         interleaved (A B C D, then B C D A, ...). {}\n",
+        "Every figure measured on the machine (throughput, peak RSS, the memory and latency \
+         probes, the real programs, hardware counters) is the median of {} runs, each in a fresh \
+         process, allocators interleaved (A B C D, then B C D A, ...); cachegrind's simulation \
+         is deterministic and runs once. {}\n",
         v["reps"],
         if v["quick"].as_bool() == Some(true) {
-            "This was a `--quick` run: half the default length, threads 1, 2, 4, 8, 16 for the multi-threaded workloads."
+            "This was a `--quick` run: half the default length, and threads 1, 2, 4, 8, 16 for \
+             the multi-threaded workloads unless `--threads` (in the command above) chose others."
         } else {
             ""
         }
@@ -166,9 +169,11 @@ fn throughput(v: &Value, s: &mut String, plots: &mut Vec<(String, String)>) {
     let _ = writeln!(s, "## Throughput and contention\n");
     let _ = writeln!(
         s,
-        "`rust`: the workloads in Rust over each allocator's `GlobalAlloc` (mimalloc and \
-         jemalloc from their crates). `c`: the same workloads in C (benches/c/workloads.c) on \
-         glibc and under `LD_PRELOAD` of Debian's libraries and liballocscope.so. Every thread \
+        "`rust`: the workloads in Rust over each allocator's `GlobalAlloc` (mimalloc, \
+         jemalloc, snmalloc and rpmalloc from their crates). `c`: the same workloads in C \
+         (benches/c/workloads.c) on glibc and under `LD_PRELOAD` of Debian's mimalloc, jemalloc \
+         and tcmalloc, of snmalloc and rpmalloc compiled by the script, and of \
+         liballocscope.so. Every thread \
          count does the same total work, so throughput (million malloc+free pairs per second) \
          compares directly across thread counts; the machine has {} CPUs, so 4, 8 and 16 \
          threads are oversubscribed.\n",
@@ -404,6 +409,31 @@ fn latency(v: &Value, s: &mut String, plots: &mut Vec<(String, String)>) {
     let _ = writeln!(s, "\n![allocation latency](perf/latency-alloc.svg)\n");
 }
 
+/// A real program's medians on one allocator.
+struct ProgramCell {
+    seconds: f64,
+    peak_rss_kib: Option<f64>,
+    /// The floor under `peak_rss_kib`: the benchmark's own RSS when it forked the program.
+    base_rss_kib: Option<f64>,
+}
+
+/// One allocator's entry of a real program; older suite files hold the seconds alone.
+fn program_cell(x: &Value) -> Option<ProgramCell> {
+    match x {
+        Value::Number(_) => Some(ProgramCell {
+            seconds: f(x)?,
+            peak_rss_kib: None,
+            base_rss_kib: None,
+        }),
+        Value::Object(_) => Some(ProgramCell {
+            seconds: f(&x["seconds"])?,
+            peak_rss_kib: f(&x["peak_rss_kib"]),
+            base_rss_kib: f(&x["base_rss_kib"]),
+        }),
+        _ => None,
+    }
+}
+
 fn programs(v: &Value, s: &mut String) {
     let Some(p) = v["programs"].as_object() else {
         return;
@@ -415,42 +445,157 @@ fn programs(v: &Value, s: &mut String) {
         .collect();
     names.sort();
     names.dedup();
-    let _ = writeln!(
-        s,
-        "## Real programs under LD_PRELOAD\n\nWall time of the whole process (seconds, median), \
-         and allocscope's time ÷ each: a python3 script building and dropping dicts, lists and \
-         strings; `sort` of a generated 300 000-line file; `awk` (mawk) counting its keys.\n\n| \
-         program | {} |\n|---|{}",
+    // In the run's order of the C allocators (glibc first, allocscope last) where it is known.
+    let order: Vec<&str> = v["c_allocators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
+    let header = format!(
+        "| program | {} |\n|---|{}",
         names.join(" | "),
         "---|".repeat(names.len())
     );
-    for (prog, r) in p {
-        let me = f(&r["allocscope"]);
-        let cells: Vec<String> = names
+    let _ = writeln!(
+        s,
+        "## Real programs under LD_PRELOAD\n\nA python3 script building and dropping dicts, \
+         lists and strings; `sort` of a generated 300 000-line file; `awk` (mawk) counting its \
+         keys. Medians of {} interleaved runs.\n\nWall time of the whole process (seconds), and \
+         allocscope's time ÷ each:\n\n{header}",
+        v["reps"]
+    );
+    // (time or RSS of one cell, allocscope's) → the cell's text.
+    let row = |r: &Value,
+               pick: &dyn Fn(ProgramCell) -> Option<f64>,
+               unit: &dyn Fn(f64) -> String|
+     -> Vec<String> {
+        let me = program_cell(&r["allocscope"]).and_then(pick);
+        names
             .iter()
-            .map(|a| match (f(&r[a.as_str()]), me) {
-                (Some(t), Some(m)) if a != "allocscope" => format!("{t:.3} ({:.2})", m / t),
-                (Some(t), _) => format!("{t:.3}"),
-                _ => "-".into(),
-            })
-            .collect();
+            .map(
+                |a| match (program_cell(&r[a.as_str()]).and_then(pick), me) {
+                    (Some(t), Some(m)) if a != "allocscope" => {
+                        format!("{} ({:.2})", unit(t), m / t)
+                    }
+                    (Some(t), _) => unit(t),
+                    _ => "-".into(),
+                },
+            )
+            .collect()
+    };
+    for (prog, r) in p {
+        let cells = row(r, &|c| Some(c.seconds), &|t| format!("{t:.3}"));
         let _ = writeln!(s, "| {prog} | {} |", cells.join(" | "));
+    }
+    let has_rss = p
+        .values()
+        .filter_map(|r| r.as_object())
+        .flat_map(|r| r.values())
+        .any(|x| program_cell(x).is_some_and(|c| c.peak_rss_kib.is_some()));
+    if has_rss {
+        let floor = p
+            .values()
+            .filter_map(|r| r.as_object())
+            .flat_map(|r| r.values())
+            .filter_map(|x| program_cell(x)?.base_rss_kib)
+            .fold(0.0f64, f64::max);
+        let _ = writeln!(
+            s,
+            "\nPeak RSS (MiB, `ru_maxrss` from `wait4`), and allocscope's ÷ each. The programs \
+             are started with `fork`, so each figure has this benchmark's own RSS at the fork \
+             (at most {:.1} MiB in this run) as its floor; none is the benchmark's peak.\n\n\
+             {header}",
+            floor / 1024.0
+        );
+        for (prog, r) in p {
+            let cells = row(r, &|c| c.peak_rss_kib, &|k| format!("{:.1}", k / 1024.0));
+            let _ = writeln!(s, "| {prog} | {} |", cells.join(" | "));
+        }
     }
     s.push('\n');
 }
 
+/// Hardware-counter events of the report: (result key, column heading).
+const HW_COLUMNS: [(&str, &str); 6] = [
+    ("instructions", "instructions"),
+    ("l1d_load_misses", "L1d load misses"),
+    ("llc_load_misses", "LLC load misses"),
+    ("dtlb_load_misses", "dTLB load misses"),
+    ("dtlb_store_misses", "dTLB store misses"),
+    ("itlb_load_misses", "iTLB load misses"),
+];
+
 fn cache(v: &Value, s: &mut String) {
-    let Some(c) = v["cachegrind"].as_object() else {
+    let hw = &v["counters"];
+    let cg = v["cachegrind"].as_object();
+    if hw.is_null() && cg.is_none() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## Cache and TLB behaviour\n\nPer malloc+free pair, the C program single-threaded \
+         under each preload library, from the difference of a short and a long run (so start-up \
+         and exit are subtracted). Every figure says its source: **hardware counters** (`perf \
+         stat`) where the kernel exposes them, **cachegrind's simulation** everywhere.\n"
+    );
+    match hw["available"].as_bool() {
+        Some(true) => {
+            let _ = writeln!(
+                s,
+                "### From hardware counters (perf stat)\n\nMedians of {} interleaved runs of \
+                 {} and {} pairs; \"n/a\": the CPU or kernel could not count that event (see \
+                 the notes).\n\n| workload | allocator | {} |\n|---|---|{}",
+                v["reps"],
+                hw["ops"][0],
+                hw["ops"][1],
+                HW_COLUMNS.map(|c| c.1).join(" | "),
+                "---|".repeat(HW_COLUMNS.len())
+            );
+            for (w, r) in hw["workloads"].as_object().into_iter().flatten() {
+                for (a, x) in r.as_object().into_iter().flatten() {
+                    let cells: Vec<String> = HW_COLUMNS
+                        .iter()
+                        .map(|(k, _)| match f(&x[*k]) {
+                            Some(n) if *k == "instructions" => format!("{n:.1}"),
+                            Some(n) => format!("{n:.4}"),
+                            None => "n/a".into(),
+                        })
+                        .collect();
+                    let _ = writeln!(s, "| {w} | {a} | {} |", cells.join(" | "));
+                }
+            }
+            s.push('\n');
+        }
+        Some(false) => {
+            let _ = writeln!(
+                s,
+                "**Hardware counters: unavailable on this machine** ({}). So **TLB misses are \
+                 not reported** for this run: cachegrind, the only source below, simulates the \
+                 caches but has no TLB model. On a machine whose kernel exposes counters the \
+                 same command adds a table of instructions, L1d, LLC and dTLB/iTLB misses per \
+                 pair from `perf stat`.\n",
+                hw["why"].as_str().unwrap_or("perf could not read them")
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "This run did not try hardware counters (the `counters` part), so no TLB \
+                 figures: cachegrind has no TLB model.\n"
+            );
+        }
+    }
+    let Some(c) = cg else {
         return;
     };
     let _ = writeln!(
         s,
-        "## Cache behaviour (cachegrind, simulated)\n\nHardware counters are not available on \
-         this virtual machine (`perf stat -e instructions true`: not supported), so these come \
-         from **cachegrind's simulation** (valgrind --tool=cachegrind --cache-sim=yes) of the C \
-         program, single-threaded, per malloc+free pair (the difference of a 100 000- and a \
-         200 000-pair run, so start-up is subtracted). TLB misses are not simulated.\n\n| \
-         workload | allocator | instructions | data refs | D1 misses | LL data misses |\n|---|---|---|---|---|---|"
+        "### From cachegrind (simulated)\n\n`valgrind --tool=cachegrind --cache-sim=yes`, \
+         100 000- and 200 000-pair runs; one run per case, since the simulation is deterministic. \
+         Simulated caches, not this CPU's; no TLB.\n\n| workload | allocator | instructions | \
+         data refs | D1 misses | LL data misses |\n|---|---|---|---|---|---|"
     );
     for (w, r) in c {
         for (a, x) in r.as_object().into_iter().flatten() {
@@ -469,17 +614,54 @@ fn cache(v: &Value, s: &mut String) {
 }
 
 fn left_out(v: &Value, s: &mut String) {
+    // The C side's allocators of this run (older files: those of the C harness's table).
+    let c_allocators = if v["c_allocators"].is_array() {
+        &v["c_allocators"]
+    } else {
+        &v["throughput"]["c"]["allocators"]
+    };
+    let in_c: Vec<&str> = c_allocators
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let built: Vec<&str> = ["snmalloc", "rpmalloc"]
+        .into_iter()
+        .filter(|a| in_c.contains(a))
+        .collect();
+    let missing: Vec<&str> = ["snmalloc", "rpmalloc"]
+        .into_iter()
+        .filter(|a| !in_c.contains(a))
+        .collect();
+    let _ = writeln!(s, "## Peers left out, and notes from the run\n");
+    if !built.is_empty() {
+        let _ = writeln!(
+            s,
+            "- **{}**: from their crates in the Rust harness and the probes, and as preload \
+               libraries in the C harness, the real programs and the cache measurements: \
+               Debian ships none, so benches/run_compare.sh compiles them from the C/C++ \
+               sources the snmalloc-sys and rpmalloc-sys crates vendor (snmalloc's \
+               `override/malloc.cc` + `new.cc` shim, rpmalloc with `ENABLE_OVERRIDE` and \
+               `ENABLE_PRELOAD`), with upstream's release flags.",
+            built.join("** and **")
+        );
+    }
+    if !missing.is_empty() {
+        let _ = writeln!(
+            s,
+            "- **{}**: measured in the Rust harness and the memory and latency probes only, \
+               from their crates; no preload library was built for this run (see the notes \
+               below), so not in the C harness, the real programs or the cache measurements.",
+            missing.join("** and **")
+        );
+    }
     let _ = writeln!(
         s,
-        "## Peers left out, and notes from the run\n\n\
-         - **snmalloc** and **rpmalloc**: measured in the Rust harness and the memory and \
-           latency probes only, from their crates (snmalloc-rs built with cc, rpmalloc); Debian \
-           ships no preload library for either, so they are not in the C harness, the real \
-           programs or cachegrind.\n\
-         - **nedmalloc**: unmaintained since 2014; left out on purpose.\n\
+        "- **nedmalloc**: unmaintained since 2014; left out on purpose.\n\
          - Peers: glibc (the system allocator), mimalloc and jemalloc (as crates in the Rust \
-           harness, as Debian libraries in the C harness), snmalloc and rpmalloc (crates, Rust \
-           harness), tcmalloc (Debian's \
+           harness, as Debian libraries in the C harness), snmalloc and rpmalloc (crates in the \
+           Rust harness, preload libraries built here in the C harness), tcmalloc (Debian's \
            libtcmalloc_minimal, C harness and programs only)."
     );
     for n in v["notes"].as_array().into_iter().flatten() {
@@ -493,16 +675,19 @@ fn left_out(v: &Value, s: &mut String) {
 fn reproduce(s: &mut String) {
     let _ = writeln!(
         s,
-        "## Reproducing\n\n```sh\nbenches/run_compare.sh --suite --quick   # a few minutes: \
-         writes bench-results/suite.json and this file\nbenches/run_compare.sh --suite          \
-         # longer, steadier\ntarget/release/allocscope-bench analyse bench-results/suite.json   \
-         # this file again from saved results\ntarget/release/allocscope-bench check --baseline \
-         OLD.json --current bench-results/suite.json --margin 0.10\n```\n\n`check` compares \
+        "## Reproducing\n\n```sh\nbenches/run_compare.sh --suite --quick   # writes \
+         bench-results/suite.json and this file (plots in perf/)\nbenches/run_compare.sh --suite \
+                  # default lengths: longer, steadier\ntarget/release/allocscope-bench analyse \
+         bench-results/suite.json   # this file again from saved results\n\
+         target/release/allocscope-bench check --baseline docs/perf/suite.json --current \
+         bench-results/suite.json --margin 0.10\n```\n\nThe script builds everything first \
+         (allocscope-bench, liballocscope.so, the C program, snmalloc and rpmalloc as preload \
+         libraries) and installs Debian's peers when run as root. `check` compares \
          allocscope's time ÷ each peer's in the new run with the same ratio in the baseline \
-         (geometric mean over the shared cases) and exits with status 1 when allocscope lost \
-         more than the margin against any peer. The results this document was generated \
-         from are kept in `docs/perf/suite.json`, which serves as a baseline: \
-         `allocscope-bench check --baseline docs/perf/suite.json`."
+         (geometric mean over the cases both runs have) and exits with status 1 when \
+         allocscope lost more than the margin against any peer (0: passed; 2: nothing to \
+         compare). The results this document was generated from are kept in \
+         `docs/perf/suite.json`, the baseline for the next run."
     );
 }
 
@@ -552,5 +737,49 @@ mod tests {
                 "latency-alloc.svg"
             ]
         );
+    }
+
+    #[test]
+    fn program_rss_and_each_cache_figure_say_where_they_come_from() {
+        let base = json!({
+            "reps": 5,
+            "machine": {"load_at_start": 0.1, "load_at_end": 0.2},
+            "throughput": {"c": {"allocators": ["glibc", "snmalloc", "allocscope"], "medians": []}},
+            "programs": {"sort": {
+                "glibc": {"seconds": 1.0, "peak_rss_kib": 20480.0, "base_rss_kib": 4096.0, "runs": 5},
+                "allocscope": {"seconds": 0.5, "peak_rss_kib": 10240.0, "base_rss_kib": 4096.0, "runs": 5}}},
+            "cachegrind": {"random": {"glibc": {"instructions": 100.0, "data_refs": 30.0,
+                           "d1_misses": 0.5, "lld_misses": 0.01}}},
+        });
+        let mut with_hw = base.clone();
+        with_hw["counters"] = json!({"available": true, "ops": [10, 20], "workloads": {
+            "random": {"glibc": {"instructions": 90.0, "l1d_load_misses": 0.25,
+                                 "dtlb_load_misses": 0.0125}}}});
+        let doc = render(&with_hw, &mut Vec::new());
+        assert!(doc.contains("| sort | 0.500 | 1.000 (0.50) |"), "{doc}");
+        assert!(doc.contains("| sort | 10.0 | 20.0 (0.50) |"), "{doc}");
+        assert!(doc.contains("at most 4.0 MiB"), "{doc}");
+        assert!(doc.contains("### From hardware counters (perf stat)"));
+        assert!(
+            doc.contains("| random | glibc | 90.0 | 0.2500 | n/a | 0.0125 | n/a | n/a |"),
+            "{doc}"
+        );
+        assert!(doc.contains("### From cachegrind (simulated)"));
+        assert!(!doc.contains("unavailable on this machine"));
+        assert!(doc.contains("- **snmalloc**: from their crates"), "{doc}");
+        assert!(
+            doc.contains("- **rpmalloc**: measured in the Rust harness"),
+            "{doc}"
+        );
+
+        let mut without = base;
+        without["counters"] = json!({"available": false, "why": "instructions <not supported>"});
+        let doc = render(&without, &mut Vec::new());
+        assert!(doc.contains(
+            "**Hardware counters: unavailable on this machine** (instructions <not supported>). \
+             So **TLB misses are not reported**"
+        ));
+        assert!(!doc.contains("From hardware counters"));
+        assert!(doc.contains("### From cachegrind (simulated)"));
     }
 }

@@ -1,9 +1,12 @@
-//! Cache behaviour per allocation, from cachegrind's simulation: hardware counters are not
-//! available on the virtual machines this runs on (`perf stat -e instructions true` says "not
-//! supported"), so the C program runs under `valgrind --tool=cachegrind --cache-sim=yes` with
+//! Cache behaviour per allocation, from cachegrind's simulation — the source that works
+//! everywhere, beside the hardware counters of [`crate::counters`] where the kernel exposes
+//! them (it does not on the virtual machines this was written on): the C program runs under `valgrind --tool=cachegrind --cache-sim=yes` with
 //! each preload library, single-threaded, at two lengths; the difference of the two runs'
 //! counts over the difference of their pairs gives instructions, data references, D1 misses and
 //! last-level data misses per malloc+free pair, with start-up and exit subtracted out.
+//! Cachegrind does not model a TLB. One run per case: the simulation is deterministic (two runs
+//! of the same case differ by a handful of instructions out of millions), so repetitions and
+//! medians would only repeat it.
 //!
 //! May touch: child processes (valgrind).
 
@@ -92,7 +95,15 @@ fn counts(
         .output()
         .map_err(|e| format!("cannot run valgrind: {e}"))?;
     if !out.status.success() {
-        return Err(format!("valgrind failed ({})", out.status));
+        // The program's own last words, not valgrind's `==pid==` commentary.
+        let err = String::from_utf8_lossy(&out.stderr);
+        let why = err
+            .lines()
+            .rfind(|l| !l.starts_with("==") && !l.starts_with("--") && !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        return Err(format!("valgrind failed ({}): {why}", out.status));
     }
     let report = Report::parse(&String::from_utf8_lossy(&out.stdout))?;
     let stderr = String::from_utf8_lossy(&out.stderr);

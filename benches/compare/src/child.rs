@@ -63,6 +63,13 @@ impl Report {
     }
 }
 
+/// Why a child process failed, for a note: `"{what} failed (exit status): its last stderr line"`.
+pub fn failure(what: &str, status: impl std::fmt::Display, stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let last = stderr.lines().next_back().unwrap_or("").trim();
+    format!("{what} failed ({status}): {last}")
+}
+
 /// A `Vm*` field of `/proc/self/status` in KiB (0 where the file does not exist).
 pub fn proc_status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -11,6 +11,7 @@ mod analysis;
 mod cachegrind;
 mod check;
 mod child;
+mod counters;
 mod latency;
 mod machine;
 mod memory;
@@ -51,10 +52,11 @@ enum Command {
     /// jemalloc, allocscope.
     Rust(RustArgs),
     /// The C program (benches/c/workloads.c) on glibc and under LD_PRELOAD of mimalloc,
-    /// jemalloc, tcmalloc and liballocscope.so.
+    /// jemalloc, tcmalloc, snmalloc, rpmalloc and liballocscope.so.
     C(CArgs),
     /// The whole suite: both harnesses with the contention sweep, memory and latency probes,
-    /// real programs under LD_PRELOAD, cachegrind; writes a suite JSON file and
+    /// real programs under LD_PRELOAD, hardware counters (where perf can read them),
+    /// cachegrind; writes a suite JSON file and
     /// docs/performance_analysis.md with its SVG plots.
     Suite(suite::SuiteArgs),
     /// Regenerates the analysis document from a saved suite JSON file.
@@ -140,8 +142,12 @@ struct CArgs {
     /// allocscope's preload library; left out with a note until it exports malloc.
     #[arg(long, default_value = "target/release/liballocscope.so")]
     allocscope_lib: PathBuf,
-    /// Only these allocators (names: glibc, mimalloc, jemalloc, tcmalloc, allocscope, or those
-    /// given with --preload).
+    /// Where snmalloc and rpmalloc built as preload libraries are (benches/run_compare.sh builds
+    /// them there; default: peers/ beside --program).
+    #[arg(long)]
+    peer_dir: Option<PathBuf>,
+    /// Only these allocators (names: glibc, mimalloc, jemalloc, tcmalloc, snmalloc, rpmalloc,
+    /// allocscope, or those given with --preload).
     #[arg(long, value_delimiter = ',')]
     allocators: Vec<String>,
     /// Adds or replaces an allocator: NAME=PATH preloads PATH; NAME= runs on the C library.
@@ -243,7 +249,13 @@ fn c_contenders(args: &CArgs) -> Result<(Vec<Contender>, Vec<String>), String> {
         ));
     }
     let mut notes = Vec::new();
-    let mut preloads = preload::defaults(&args.allocscope_lib, &mut notes);
+    let peer_dir = args.peer_dir.clone().unwrap_or_else(|| {
+        args.program
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("peers")
+    });
+    let mut preloads = preload::defaults(&args.allocscope_lib, &peer_dir, &mut notes);
     for spec in &args.preloads {
         let p = preload::parse_spec(spec)?;
         match preloads.iter_mut().find(|q| q.name == p.name) {

@@ -1,8 +1,10 @@
 //! The C harness's contenders: the C library's own malloc (no preload) and allocators brought in
-//! with `LD_PRELOAD`, found where the distribution installs them.
+//! with `LD_PRELOAD`, found where the distribution installs them or, for the peers no
+//! distribution packages (snmalloc, rpmalloc), in the directory benches/run_compare.sh compiles
+//! them into from the sources their -sys crates vendor.
 //!
-//! May touch: the file system (to find libraries), `nm` (to see whether a library exports
-//! `malloc`).
+//! May touch: the file system (to find libraries and their build logs), `nm` (to see whether a
+//! library exports `malloc`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +28,13 @@ const PEERS: [(&str, &str); 3] = [
     ("tcmalloc", "libtcmalloc_minimal.so.4"),
 ];
 
+/// Peers without a distribution package: (name, library file, the crate whose vendored sources
+/// benches/run_compare.sh compiles it from), found in the peer directory.
+pub const BUILT_PEERS: [(&str, &str, &str); 2] = [
+    ("snmalloc", "libsnmallocshim.so", "snmalloc-sys"),
+    ("rpmalloc", "librpmalloc.so", "rpmalloc-sys"),
+];
+
 /// Where distributions put shared libraries, most specific first.
 const LIB_DIRS: [&str; 5] = [
     "/usr/lib/x86_64-linux-gnu",
@@ -35,9 +44,10 @@ const LIB_DIRS: [&str; 5] = [
     "/usr/local/lib",
 ];
 
-/// The default contenders: the C library, each peer that is installed, and allocscope's
-/// preload library when it exists and exports `malloc`. Says in `notes` why any was left out.
-pub fn defaults(allocscope_lib: &Path, notes: &mut Vec<String>) -> Vec<Preload> {
+/// The default contenders: the C library, each peer that is installed, each peer built into
+/// `peer_dir`, and allocscope's preload library when it exists and exports `malloc`. Says in
+/// `notes` why any was left out.
+pub fn defaults(allocscope_lib: &Path, peer_dir: &Path, notes: &mut Vec<String>) -> Vec<Preload> {
     let mut all = vec![Preload {
         name: SYSTEM.to_string(),
         lib: None,
@@ -59,6 +69,20 @@ pub fn defaults(allocscope_lib: &Path, notes: &mut Vec<String>) -> Vec<Preload> 
             )),
         }
     }
+    for (name, file, krate) in BUILT_PEERS {
+        let lib = peer_dir.join(file);
+        match exports_malloc(&lib) {
+            Ok(true) => all.push(Preload {
+                name: name.to_string(),
+                lib: Some(lib),
+            }),
+            Ok(false) => notes.push(format!(
+                "{name}: skipped, {} does not export malloc",
+                lib.display()
+            )),
+            Err(_) => notes.push(not_built(name, &lib, krate, peer_dir)),
+        }
+    }
     match exports_malloc(allocscope_lib) {
         Ok(true) => all.push(Preload {
             name: "allocscope".to_string(),
@@ -71,6 +95,31 @@ pub fn defaults(allocscope_lib: &Path, notes: &mut Vec<String>) -> Vec<Preload> 
         Err(e) => notes.push(format!("allocscope: skipped, {e}")),
     }
     all
+}
+
+/// Why a peer built from vendored sources is missing: its build log's last line when there is
+/// one, else how to build it.
+fn not_built(name: &str, lib: &Path, krate: &str, peer_dir: &Path) -> String {
+    let log = peer_dir.join(format!("{name}.log"));
+    let last = std::fs::read_to_string(&log).ok().and_then(|t| {
+        t.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(str::to_string)
+    });
+    match last {
+        Some(line) => format!(
+            "{name}: skipped, it did not build as a preload library from the {krate} crate's \
+             sources ({}: {})",
+            log.display(),
+            line.trim()
+        ),
+        None => format!(
+            "{name}: skipped, {} not built (benches/run_compare.sh builds it from the {krate} \
+             crate's vendored sources)",
+            lib.display()
+        ),
+    }
 }
 
 fn debian_package(name: &str) -> &'static str {
@@ -145,9 +194,34 @@ mod tests {
     fn a_missing_library_is_reported_not_assumed() {
         assert!(exports_malloc(Path::new("/no/such/liballocscope.so")).is_err());
         let mut notes = Vec::new();
-        let all = defaults(Path::new("/no/such/liballocscope.so"), &mut notes);
+        let all = defaults(
+            Path::new("/no/such/liballocscope.so"),
+            Path::new("/no/such/peers"),
+            &mut notes,
+        );
         assert_eq!(all[0].name, SYSTEM);
-        assert!(all.iter().all(|p| p.name != "allocscope"));
+        assert!(all
+            .iter()
+            .all(|p| !["allocscope", "snmalloc", "rpmalloc"].contains(&p.name.as_str())));
         assert!(notes.iter().any(|n| n.starts_with("allocscope: skipped")));
+        assert!(notes
+            .iter()
+            .any(|n| n.starts_with("snmalloc: skipped") && n.contains("snmalloc-sys")));
+    }
+
+    #[test]
+    fn a_failed_peer_build_is_reported_with_its_log() {
+        let dir = std::env::temp_dir().join(format!("allocscope-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("rpmalloc.log"), "cc: error: no such file\n\n").unwrap();
+        let mut notes = Vec::new();
+        let all = defaults(Path::new("/no/such/liballocscope.so"), &dir, &mut notes);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(all.iter().all(|p| p.name != "rpmalloc"));
+        let note = notes.iter().find(|n| n.starts_with("rpmalloc:")).unwrap();
+        assert!(
+            note.contains("did not build") && note.ends_with("cc: error: no such file)"),
+            "{note}"
+        );
     }
 }

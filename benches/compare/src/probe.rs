@@ -96,12 +96,7 @@ fn run_one(kind: Kind, a: RustAllocator, ops: u64, seed: u64) -> Result<Value, S
         .output()
         .map_err(|e| format!("cannot start the child: {e}"))?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "child failed ({}): {}",
-            out.status,
-            err.lines().last().unwrap_or("").trim()
-        ));
+        return Err(crate::child::failure("child", out.status, &out.stderr));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout

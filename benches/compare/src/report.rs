@@ -192,7 +192,9 @@ impl Summary {
                     Some(c) => {
                         let _ = write!(
                             s,
-                            "{:>9.1} ns {:>6.1}M",
+                            // A space first: a time wider than 9 digits must not run into
+                            // the previous cell's RSS.
+                            " {:>8.1} ns {:>6.1}M",
                             c.ns_per_op,
                             c.peak_rss_kib / 1024.0
                         );

@@ -158,9 +158,7 @@ fn run_one(contender: &Contender, case: Case, seed: u64) -> Result<Report, Strin
         .output()
         .map_err(|e| format!("cannot start the child: {e}"))?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().last().unwrap_or("").trim();
-        return Err(format!("child failed ({}): {last}", out.status));
+        return Err(crate::child::failure("child", out.status, &out.stderr));
     }
     Report::parse(&String::from_utf8_lossy(&out.stdout))
 }

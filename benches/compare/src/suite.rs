@@ -1,6 +1,6 @@
 //! The whole suite in one command: the Rust and C harnesses (with the contention sweep under
-//! --quick), the memory and latency probes on the Rust allocators, real programs and cachegrind
-//! under the C preloads; everything goes into one JSON file, from which
+//! --quick), the memory and latency probes on the Rust allocators, real programs, hardware
+//! counters (where perf can read them) and cachegrind under the C preloads; everything goes into one JSON file, from which
 //! [`crate::analysis`] writes docs/performance_analysis.md and [`crate::check`] compares runs.
 //!
 //! May touch: child processes, the result files and the document it is given.
@@ -14,13 +14,22 @@ use serde_json::{json, Map, Value};
 use crate::allocator::RustAllocator;
 use crate::report::Summary;
 use crate::runner::Contender;
-use crate::{analysis, cachegrind, machine, probe, programs, CArgs};
+use crate::{analysis, cachegrind, counters, machine, probe, programs, CArgs};
 
 /// Parts of the suite.
-const PARTS: [&str; 6] = ["rust", "c", "memory", "latency", "programs", "cachegrind"];
+const PARTS: [&str; 7] = [
+    "rust",
+    "c",
+    "memory",
+    "latency",
+    "programs",
+    "counters",
+    "cachegrind",
+];
 
-/// The workloads cachegrind runs (single-threaded: valgrind runs threads one at a time).
-const CACHEGRIND_WORKLOADS: [&str; 3] = ["random", "larson", "pareto"];
+/// The workloads the cache measurements run (single-threaded: valgrind runs threads one at a
+/// time, and per-pair counts of one thread are what both sources can give).
+const CACHE_WORKLOADS: [&str; 3] = ["random", "larson", "pareto"];
 
 /// Single allocations and frees the latency probe times per run.
 const LATENCY_OPS: u64 = 1_000_000;
@@ -30,7 +39,8 @@ const LATENCY_OPS: u64 = 1_000_000;
 pub struct SuiteArgs {
     #[command(flatten)]
     c: CArgs,
-    /// Parts to run (default: all): rust, c, memory, latency, programs, cachegrind.
+    /// Parts to run (default: all): rust, c, memory, latency, programs, counters (hardware
+    /// counters through perf, where the kernel allows), cachegrind.
     #[arg(long, value_delimiter = ',')]
     parts: Vec<String>,
     /// The suite's result file (the input of `analyse` and `check`).
@@ -86,13 +96,14 @@ fn run_inner(args: &SuiteArgs) -> Result<(), String> {
         throughput.insert("rust".into(), summary_json(&m.summary));
         failures_to_notes(&m.failures, &mut notes);
     }
-    let c_contenders = if wants("c") || wants("programs") || wants("cachegrind") {
-        let (contenders, c_notes) = crate::c_contenders(&args.c)?;
-        notes.extend(c_notes);
-        contenders
-    } else {
-        Vec::new()
-    };
+    let c_contenders =
+        if wants("c") || wants("programs") || wants("counters") || wants("cachegrind") {
+            let (contenders, c_notes) = crate::c_contenders(&args.c)?;
+            notes.extend(c_notes);
+            contenders
+        } else {
+            Vec::new()
+        };
     if wants("c") {
         let m = crate::measure("c", c_contenders.clone(), common, &notes)?;
         throughput.insert("c".into(), summary_json(&m.summary));
@@ -121,6 +132,10 @@ fn run_inner(args: &SuiteArgs) -> Result<(), String> {
             Contender::Rust(_) => None,
         })
         .collect();
+    if !preloads.is_empty() {
+        let names: Vec<&str> = preloads.iter().map(|p| p.name.as_str()).collect();
+        out.insert("c_allocators".into(), json!(names));
+    }
     if wants("programs") {
         let dir = std::env::temp_dir().join(format!("allocscope-suite-{}", std::process::id()));
         let (v, n) = programs::run(&preloads, reps, &dir)?;
@@ -128,9 +143,23 @@ fn run_inner(args: &SuiteArgs) -> Result<(), String> {
         notes.extend(n);
         out.insert("programs".into(), v);
     }
+    if wants("counters") {
+        let v = match counters::available() {
+            Ok(()) => {
+                let (v, n) = counters::run(&args.c.program, &preloads, &CACHE_WORKLOADS, reps);
+                notes.extend(n);
+                v
+            }
+            Err(why) => {
+                eprintln!("hardware counters: not available ({why})");
+                counters::unavailable(&why)
+            }
+        };
+        out.insert("counters".into(), v);
+    }
     if wants("cachegrind") {
         if cachegrind::available() {
-            let (v, n) = cachegrind::run(&args.c.program, &preloads, &CACHEGRIND_WORKLOADS);
+            let (v, n) = cachegrind::run(&args.c.program, &preloads, &CACHE_WORKLOADS);
             notes.extend(n);
             out.insert("cachegrind".into(), v);
         } else {

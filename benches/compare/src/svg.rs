@@ -77,7 +77,7 @@ impl Chart<'_> {
         );
         // y ticks: five, in the axis's own scale.
         for i in 0..=4 {
-            let v = y0 + (y1 - y0) * i as f64 / 4.0;
+            let v = y0 + (y1 - y0) * f64::from(i) / 4.0;
             let value = if self.log_y { 10f64.powf(v) } else { v };
             let y = TOP + ph - (v - y0) / (y1 - y0) * ph;
             let _ = writeln!(
@@ -92,7 +92,7 @@ impl Chart<'_> {
         let ticks: Vec<(f64, String)> = if self.x_ticks.is_empty() {
             (0..=4)
                 .map(|i| {
-                    let v = x0 + (x1 - x0) * i as f64 / 4.0;
+                    let v = x0 + (x1 - x0) * f64::from(i) / 4.0;
                     let value = if self.log_x { 10f64.powf(v) } else { v };
                     (value, number(value))
                 })
