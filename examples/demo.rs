@@ -10,16 +10,8 @@ use std::time::Instant;
 use allocscope::typed::TypedAlloc;
 use allocscope::Allocscope;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+mod support;
+use support::Rng;
 
 /// A window of live objects of 8–512 bytes, one replaced at random per step.
 fn random_window<A: GlobalAlloc>(a: &A, steps: usize) -> f64 {
@@ -143,5 +135,5 @@ fn main() {
 }
 
 fn mib(b: usize) -> f64 {
-    b as f64 / (1 << 20) as f64
+    b as f64 / f64::from(1 << 20)
 }

@@ -1,10 +1,30 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(feature = "std"), no_std)]
 
-//! The facade re-exports everything of [`allocscope_core`] (the heap, the strategy allocators,
-//! statistics, the OS layer), and with the `instrumented` feature the tracker as [`tracker`].
+//! # The facade
+//!
+//! This crate re-exports everything of [`allocscope_core`]: the heap ([`Allocscope`],
+//! [`collect`], [`stats`](stats())), the strategy allocators ([`pool`], [`lock_free`],
+//! [`stack`], [`buddy`], [`slab`]), the typed interface they share ([`typed`]), sharing a
+//! single-owner allocator ([`spin`]), failure reasons ([`error`]), run-time options
+//! ([`options`]) and the OS layer ([`os`]). [`GlobalHeap`] is the type to install as the
+//! global allocator.
+//!
+//! With the `instrumented` feature the tracker crate (`allocscope-tracker`: canaries, guard
+//! pages, quarantine, leak checks, traces) is re-exported as `allocscope::tracker`, and
+//! [`GlobalHeap`] becomes its `Tracker`.
+//!
+//! Features: `std` (default; the heap, `GlobalHeap`, the OS-backed constructors) and
+//! `instrumented`. Without `std` the strategy allocators work over caller buffers (`no_std`).
+//! The examples (`examples/`) show each part running; `docs/api_reference.md` is a guide to
+//! the whole API.
 
 pub use allocscope_core::*;
+
+// The API guide's examples run as doctests, so the guide cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/api_reference.md")]
+mod api_reference {}
 
 #[cfg(feature = "instrumented")]
 pub use allocscope_tracker as tracker;

@@ -17,10 +17,10 @@ bash tests/corruption/run.sh "$target/release/liballocscope_debug.so"
 
 step "32-bit: the heap's tests on i686-unknown-linux-gnu (release)"
 cargo test -p allocscope-core --release --target i686-unknown-linux-gnu --lib \
-  --test heap_basics --test heap_model --test heap_stress
+  --test heap_basics --test heap_model --test heap_stress --test heap_remote
 
-step "Windows: the core crate type-checks for x86_64-pc-windows-gnu (VirtualAlloc layer)"
-cargo check -p allocscope-core --target x86_64-pc-windows-gnu
+step "Windows: core and tracker build for x86_64-pc-windows-gnu, the core's tests run under Wine"
+bash tests/windows.sh
 
 step "loom: the heap's remote-free list and delayed-free hand-off"
 LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$target/loom" \
@@ -37,6 +37,14 @@ fi
 
 step "no_std: the strategy allocators build for thumbv7em-none-eabihf (32-bit atomics only)"
 cargo build -p allocscope-core --no-default-features --target thumbv7em-none-eabihf
+
+step "no_std: no panic reachable from the strategies' allocation paths (link-time check)"
+bash tests/no_panic.sh
+
+step "stats feature: the strategy allocators' tests with their operation counts kept"
+cargo test -p allocscope-core --features stats \
+  --test strategy_pool --test strategy_stack --test strategy_buddy --test strategy_slab \
+  --test strategy_lock_free
 
 step "32-bit: the strategy allocators' tests on i686-unknown-linux-gnu (release)"
 cargo test -p allocscope-core --release --target i686-unknown-linux-gnu \
@@ -58,6 +66,15 @@ MIRIFLAGS="-Zmiri-strict-provenance" CARGO_TARGET_DIR="$target/miri" \
   --test strategy_pool --test strategy_stack --test strategy_buddy --test strategy_slab \
   --test strategy_lock_free --test stress_lock_free -- --skip matches_model
 
+step "ThreadSanitizer: the heap's and the lock-free pool's multi-threaded stress tests"
+bash tests/sanitizers.sh tsan
+
+step "AddressSanitizer: the strategy allocators' tests"
+bash tests/sanitizers.sh asan
+
+step "Valgrind memcheck: the strategy allocators' tests on the system allocator"
+bash tests/sanitizers.sh valgrind
+
 if command -v xvfb-run >/dev/null; then
   step "the viewer binary under Xvfb: a recorded trace, its report, a screenshot of every panel"
   bash viewer/screenshots.sh "$target/screenshots"
@@ -65,5 +82,9 @@ else
   echo "xvfb-run is missing (apt-get install xvfb): the viewer screenshot step cannot run" >&2
   exit 1
 fi
+
+step "docs: rustdoc warning-free (missing_docs denied); the tracker examples end in their reports"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+cargo test -p allocscope --features instrumented --test examples
 
 step "done in $(( $(date +%s) - start ))s"
