@@ -16,7 +16,14 @@
 //! into a freed block faults for as long as possible. Slot metadata are atomics so the fault
 //! handler can read them without a lock.
 //!
-//! May touch: [`allocscope_core::os`] (protect/decommit), [`crate::os_memory`],
+//! A guarded allocation's price is mostly its two `mprotect`s (one to open the slot, one to
+//! close it at free, which must be synchronous: a use-after-free right after the free faults).
+//! Each costs a syscall; what made them dear was the kernel splitting the pool's mapping at
+//! every opening and merging it back at every closing. The guard pages are therefore set apart
+//! ([`os_memory::set_apart`]): each slot's data pages stay one mapping of their own, and both
+//! calls change the protection of one whole mapping.
+//!
+//! May touch: [`allocscope_core::os`] (protect), [`crate::os_memory`],
 //! [`crate::spin`], [`crate::canary`].
 
 use core::ptr::NonNull;
@@ -33,6 +40,11 @@ use crate::trace_format::ReportKind;
 const NEVER_USED: u32 = 0;
 const LIVE: u32 = 1;
 const FREED: u32 = 2;
+
+/// Largest pool whose guard pages are set apart (see `GuardPool::new`): each slot then costs
+/// two mappings for the pool's whole life, out of the process's limit (`vm.max_map_count`,
+/// 65530 by default), which the program needs too; 4096 slots hold 8193.
+const SET_APART_MAX_SLOTS: usize = 4096;
 
 /// What the fault handler and the reports need about a slot. All fields are written under the
 /// pool's lock before `state` is stored (Release) and read after `state` (Acquire).
@@ -112,6 +124,23 @@ impl GuardPool {
             // SAFETY: the mapping was made just above with this length.
             unsafe { os_memory::unmap(base, len) };
             return None;
+        }
+        // Each guard page gets an attribute of its own, so that a slot's data pages, whatever
+        // their protection, are never merged with their guard pages into one VMA: `allocate`
+        // and `free` then change the protection of one whole VMA, without splitting or
+        // merging any (4.8 instead of 11.6 µs for the two calls, measured with 64 of 256 slots
+        // live). Where the OS refuses, the pool works as before, at the higher price; so does
+        // a pool of more than `SET_APART_MAX_SLOTS` slots.
+        let set_apart = if slots <= SET_APART_MAX_SLOTS {
+            slots + 1
+        } else {
+            0
+        };
+        for i in 0..set_apart {
+            // SAFETY: guard page `i` is one page of the mapping made above.
+            unsafe {
+                os_memory::set_apart(NonNull::new_unchecked(base.as_ptr().add(i * stride)), page)
+            };
         }
         let meta = os_memory::map(slots * core::mem::size_of::<SlotMeta>())?.cast::<SlotMeta>();
         let ring = os_memory::map(slots * 4)?.cast::<u32>();

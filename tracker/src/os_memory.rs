@@ -71,6 +71,31 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, bytes: usize) {
     unsafe { SystemOs.release(ptr, len) };
 }
 
+/// Gives `ptr..ptr+len` (part of a mapping of ours) an attribute of its own that nothing else
+/// reads: it is left out of core dumps. Used on the guard pool's guard pages, which never
+/// change, so that the kernel never merges them with a neighbouring slot's data pages when
+/// those are inaccessible too; each slot's data pages then stay a mapping (VMA) of their own
+/// and every change of their protection covers one whole VMA, with no split and no merge
+/// (a split or merge allocates and frees kernel tree nodes: it doubled the price of each
+/// `mprotect`). `false` where the OS has no such attribute (nothing changes then; the pool
+/// still works, its `mprotect`s split and merge).
+///
+/// # Safety
+/// The range is page-aligned and part of a live mapping made by [`map`].
+pub(crate) unsafe fn set_apart(ptr: NonNull<u8>, len: usize) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: MADV_DONTDUMP changes no contents and no access, only whether the pages
+        // appear in a core dump; the caller passes a range of our own mapping.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTDUMP) == 0 }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (ptr, len);
+        false
+    }
+}
+
 /// Bytes the tracker has mapped for itself.
 pub(crate) fn mapped_bytes() -> usize {
     // Relaxed: a statistic.
