@@ -30,19 +30,21 @@
 //! freed from any context, and are removed outright when freed.
 //!
 //! Figures (live blocks and bytes) are kept per thread: a thread owns one counter slot of each
-//! table while it runs and updates it with plain loads and stores.
+//! table while it runs ([`crate::thread_state::counter_slot`]) and updates it with plain loads
+//! and stores.
 //!
-//! May touch: [`crate::cold_table`], [`crate::spin`], [`crate::os_memory`], [`crate::barrier`].
+//! May touch: [`crate::cold_table`], [`crate::spin`], [`crate::os_memory`], [`crate::barrier`],
+//! [`crate::thread_state`] (the thread's counter slot).
 
-use core::cell::Cell;
 use core::ptr::{null_mut, NonNull};
 
-use allocscope_core::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use allocscope_core::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::barrier;
 use crate::cold_table::ColdTable;
 use crate::os_memory;
 use crate::spin::SpinLock;
+use crate::thread_state::{counter_slot, COUNTER_SLOTS, FAST_THREAD_LIMIT};
 
 /// Block states (`u8` so that an all-zero word is an empty one).
 pub(crate) mod state {
@@ -98,6 +100,37 @@ impl BlockInfo {
     }
 }
 
+/// A live, plain block's word (no flags, no stack, no cold entry), built by the default path
+/// before it has the address.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlainWord(u64);
+
+impl PlainWord {
+    /// Requires (checked in debug builds only; a violation garbles the word, nothing worse):
+    /// `size < PLAIN_SIZE_LIMIT`, `0 < thread < FAST_THREAD_LIMIT`, `align_log2 < 64`.
+    #[inline(always)]
+    pub(crate) fn new(size: usize, align_log2: u8, thread: u32) -> Self {
+        debug_assert!(size < PLAIN_SIZE_LIMIT && thread != 0 && thread < word::THREAD_LIMIT);
+        debug_assert!(align_log2 < 64);
+        PlainWord(
+            u64::from(state::LIVE)
+                | (u64::from(align_log2) << word::ALIGN_SHIFT)
+                | (u64::from(thread) << word::THREAD_SHIFT)
+                | ((size as u64) << word::SIZE_SHIFT),
+        )
+    }
+
+    /// The entry the word stands for.
+    pub(crate) fn info(self) -> BlockInfo {
+        unpack(self.0)
+    }
+
+    #[inline(always)]
+    fn size(self) -> usize {
+        (self.0 >> word::SIZE_SHIFT) as usize
+    }
+}
+
 /// Figures summed over the table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct TableTotals {
@@ -128,6 +161,8 @@ const REGION_SHIFT: u32 = 22;
 const REGIONS: usize = 1 << (ADDRESS_BITS - REGION_SHIFT);
 const WORDS_PER_REGION: usize = 1 << (REGION_SHIFT - GRANULE_SHIFT);
 const REGION_MAP_BYTES: usize = WORDS_PER_REGION * 8;
+/// Sizes below this fit a live table word: the default path's blocks.
+pub(crate) const PLAIN_SIZE_LIMIT: usize = word::SIZE_LIMIT;
 /// Regions remembered in creation order, for walks (beyond this, walks scan the top level).
 const LISTED_REGIONS: usize = 1 << 16;
 
@@ -142,7 +177,7 @@ mod word {
     pub(super) const FLAGS_MASK: u64 = 0b111 << FLAGS_SHIFT;
     pub(super) const COLD: u64 = 1 << 5;
     pub(super) const STACK_LIMIT: u32 = 1 << 16;
-    pub(super) const THREAD_LIMIT: u32 = 1 << 12;
+    pub(super) const THREAD_LIMIT: u32 = super::FAST_THREAD_LIMIT;
     // Live layout.
     pub(super) const ALIGN_SHIFT: u32 = 6;
     pub(super) const STACK_SHIFT: u32 = 12;
@@ -263,71 +298,6 @@ pub(crate) fn prefetch(addr: usize) {
 // -------------------------------------------------------------------------------------------
 // Per-thread figures
 // -------------------------------------------------------------------------------------------
-
-/// Counter slots per table; slot 0 is shared (updated with atomic read-modify-writes), the
-/// others are each owned by one running thread.
-const COUNTER_SLOTS: usize = 64;
-// `BlockTable::count` masks slot indexes with COUNTER_SLOTS - 1.
-const _: () = assert!(COUNTER_SLOTS.is_power_of_two());
-
-/// Slot i (i >= 1) is owned by a running thread. Process-wide: a thread owns the same slot in
-/// every table.
-static SLOT_OWNED: [AtomicBool; COUNTER_SLOTS] = [const { AtomicBool::new(false) }; COUNTER_SLOTS];
-
-/// The current thread's counter slot (0 = shared, or not claimed yet), given back at thread
-/// exit by [`release_counter_slot`]. No destructor of its own: registering one allocates,
-/// which would re-enter the tracker at a thread's first allocation.
-struct SlotOwner {
-    index: Cell<usize>,
-    claimed: Cell<bool>,
-}
-
-thread_local! {
-    static SLOT: SlotOwner = const { SlotOwner { index: Cell::new(0), claimed: Cell::new(false) } };
-}
-
-/// Gives the current thread's counter slot back (thread exit); later updates from this thread
-/// use the shared slot.
-pub(crate) fn release_counter_slot() {
-    let _ = SLOT.try_with(|s| {
-        let i = s.index.replace(0);
-        s.claimed.set(true);
-        if i != 0 {
-            // Release: this thread's last counter stores happen before the next owner's.
-            SLOT_OWNED[i].store(false, Ordering::Release);
-        }
-    });
-}
-
-/// The current thread's counter slot.
-#[inline(always)]
-fn counter_slot() -> usize {
-    SLOT.try_with(|s| {
-        if s.claimed.get() {
-            s.index.get()
-        } else {
-            claim_slot(s)
-        }
-    })
-    .unwrap_or(0)
-}
-
-#[cold]
-#[inline(never)]
-fn claim_slot(s: &SlotOwner) -> usize {
-    s.claimed.set(true);
-    for (i, owned) in SLOT_OWNED.iter().enumerate().skip(1) {
-        // Acquire: the previous owner's counter stores happen before ours.
-        if owned
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            s.index.set(i);
-            return i;
-        }
-    }
-    0
-}
 
 #[derive(Default)]
 #[repr(align(64))]
@@ -476,9 +446,15 @@ impl BlockTable {
 
     #[inline(always)]
     fn count(&self, flags: u8, size: usize, sign: isize) {
+        self.count_at(counter_slot(), flags, size, sign);
+    }
+
+    /// As `count`, for the current thread's counter `slot` (which the caller read).
+    #[inline(always)]
+    fn count_at(&self, slot: usize, flags: u8, size: usize, sign: isize) {
         // The mask keeps the index in range without a bounds check (and its panic path) on the
-        // default path; `claim_slot` hands out indexes below COUNTER_SLOTS only.
-        let slot = counter_slot() & (COUNTER_SLOTS - 1);
+        // default path; slots are below COUNTER_SLOTS already.
+        let slot = slot & (COUNTER_SLOTS - 1);
         self.counts[slot].add(slot == 0, flags, size, sign);
     }
 
@@ -701,32 +677,36 @@ impl BlockTable {
         align_log2: u8,
         thread: u32,
     ) -> bool {
-        if size >= word::SIZE_LIMIT
-            || thread == 0
-            || thread >= word::THREAD_LIMIT
-            || align_log2 > 63
-            || !self.covers(key)
-        {
+        if size >= PLAIN_SIZE_LIMIT || thread == 0 || thread >= word::THREAD_LIMIT {
             return false;
         }
-        let Some(slot) = self.word(key, true) else {
+        let w = PlainWord::new(size, align_log2, thread);
+        self.insert_owned(key, w, counter_slot())
+    }
+
+    /// [`BlockTable::insert_plain`] of a word built beforehand (the default path builds it
+    /// before the inner allocation, so that one register, not four, lives across that call),
+    /// with the current thread's counter `slot`. `false` (nothing written) for an address the
+    /// direct map does not cover.
+    #[inline(always)]
+    pub(crate) fn insert_owned(&self, key: usize, w: PlainWord, slot: usize) -> bool {
+        if !self.covers(key) {
+            return false;
+        }
+        let Some(slot_word) = self.word(key, true) else {
             return false;
         };
-        let w = u64::from(state::LIVE)
-            | (u64::from(align_log2) << word::ALIGN_SHIFT)
-            | (u64::from(thread) << word::THREAD_SHIFT)
-            | ((size as u64) << word::SIZE_SHIFT);
         // Relaxed: the address was just handed to this thread (see `insert`). The store does
         // not wait for the load: the word is usually far out of cache, and nothing here needs
         // the old value before writing the new one (what a stale word needs is done after).
-        let old = slot.load(Ordering::Relaxed);
+        let old = slot_word.load(Ordering::Relaxed);
         // Relaxed: the word is all there is to see (no cold entry); another thread learns of
         // the block through the program's own hand-over, which orders this store before it.
-        slot.store(w, Ordering::Relaxed);
+        slot_word.store(w.0, Ordering::Relaxed);
         if old & word::COLD != 0 || old & word::STATE_MASK == u64::from(state::LIVE) {
             self.replaced_stale(key, old);
         }
-        self.count(0, size, 1);
+        self.count_at(slot, 0, w.size(), 1);
         true
     }
 
@@ -752,29 +732,64 @@ impl BlockTable {
     /// them). The reasoning for the plain store is in `release_with`'s owner path.
     #[inline(always)]
     pub(crate) fn release_plain(&self, key: usize, thread: u32) -> Option<(usize, u8)> {
-        if thread == 0 || thread >= word::THREAD_LIMIT || !self.covers(key) {
+        if thread == 0 || thread >= word::THREAD_LIMIT {
             return None;
         }
-        let slot = self.word(key, false)?;
+        self.release_owned(key, thread, counter_slot(), None)
+    }
+
+    /// [`BlockTable::release_plain`] for a caller that checked `0 < thread <
+    /// FAST_THREAD_LIMIT`, with the current thread's counter `slot`; with `expect` = (size,
+    /// log2 alignment), only a block of exactly that layout is released (the layout check
+    /// folded into the word's comparison: anything else, a mismatch among them, is `None`).
+    #[inline(always)]
+    pub(crate) fn release_owned(
+        &self,
+        key: usize,
+        thread: u32,
+        slot: usize,
+        expect: Option<(usize, u8)>,
+    ) -> Option<(usize, u8)> {
+        debug_assert!(thread != 0 && thread < word::THREAD_LIMIT);
+        if !self.covers(key) {
+            return None;
+        }
+        let slot_word = self.word(key, false)?;
         // Relaxed: only this thread writes a word it allocated while the block is live (see
         // `release_with`); nothing beyond the word is read.
-        let w = slot.load(Ordering::Relaxed);
+        let w = slot_word.load(Ordering::Relaxed);
         let stack = u64::from(word::STACK_LIMIT - 1) << word::STACK_SHIFT;
         let owner = u64::from(word::THREAD_LIMIT - 1) << word::THREAD_SHIFT;
-        let mask = word::STATE_MASK | word::FLAGS_MASK | word::COLD | stack | owner;
-        if w & mask != u64::from(state::LIVE) | (u64::from(thread) << word::THREAD_SHIFT) {
+        let plain = word::STATE_MASK | word::FLAGS_MASK | word::COLD | stack | owner;
+        let mine = u64::from(state::LIVE) | (u64::from(thread) << word::THREAD_SHIFT);
+        // A size that a freed word cannot hold takes the general release (with its cold
+        // entry), like any word that is not this thread's live plain block.
+        let (mask, want) = match expect {
+            Some((size, align_log2)) => {
+                if size >= word::FREED_SIZE_LIMIT || align_log2 > 63 {
+                    return None;
+                }
+                (
+                    plain | (63 << word::ALIGN_SHIFT) | (!0u64 << word::SIZE_SHIFT),
+                    mine | (u64::from(align_log2) << word::ALIGN_SHIFT)
+                        | ((size as u64) << word::SIZE_SHIFT),
+                )
+            }
+            None => {
+                let too_large = !((word::FREED_SIZE_LIMIT as u64) - 1) << word::SIZE_SHIFT;
+                (plain | too_large, mine)
+            }
+        };
+        if w & mask != want {
             return None;
         }
         let size = (w >> word::SIZE_SHIFT) as usize;
-        if size >= word::FREED_SIZE_LIMIT {
-            return None;
-        }
         let freed = u64::from(state::FREED)
             | (u64::from(thread) << word::FREED_THREAD_SHIFT)
             | ((size as u64) << word::FREED_SIZE_SHIFT);
         // Relaxed: as for `release_with`'s owner path.
-        slot.store(freed, Ordering::Relaxed);
-        self.count(0, size, -1);
+        slot_word.store(freed, Ordering::Relaxed);
+        self.count_at(slot, 0, size, -1);
         self.wait_for_walks_after_store();
         Some((size, ((w >> word::ALIGN_SHIFT) & 63) as u8))
     }
@@ -789,13 +804,37 @@ impl BlockTable {
 
     /// Moves the block at `key` from `from` to `to` state (both freed states: a live word has
     /// another layout); `false` if it was not in `from`.
+    ///
+    /// The caller must be the one thread that owns the block in state `from` — for
+    /// `QUARANTINED`, the thread the quarantine handed the block to (the freeing thread when the
+    /// quarantine did not keep it, else the one whose insert evicted it: one `Held` entry, one
+    /// thread). That is what lets a word without a cold entry change with a plain load and
+    /// store instead of a compare-and-swap. Who else may write a freed word meanwhile:
+    /// - inserts: not at this address, whose memory the inner allocator does not have back
+    ///   until the owner gives it after this call;
+    /// - frees (`release_with`, `release_owned`): they write live words only; a double free
+    ///   of this block reads the word and reports;
+    /// - other `transition`s: only the owner calls it for this block;
+    /// - walks and lookups: they only read (and see one state or the other, both freed).
+    ///
+    /// A word with a cold entry keeps the compare-and-swap, which orders the state change
+    /// with the entry's update.
     pub(crate) fn transition(&self, key: usize, from: u8, to: u8) -> bool {
         debug_assert!(from != state::LIVE && to != state::LIVE);
         let Some(slot) = self.covers(key).then(|| self.word(key, false)).flatten() else {
             return !self.covers(key) && self.cold.transition(key, from, to);
         };
-        // Relaxed load: the CAS below decides.
+        // Relaxed: the owner reads the word it alone writes (see above); the compare-and-swap
+        // below decides for a word with a cold entry.
         let mut w = slot.load(Ordering::Relaxed);
+        if w != 0 && w & word::STATE_MASK == u64::from(from) && w & word::COLD == 0 {
+            // Relaxed: nothing but the word itself is published (no cold entry). The block's
+            // memory goes back to the inner allocator after this store, and whoever inserts at
+            // this address next gets the block through the inner allocator's own hand-over,
+            // which orders this store before that insert's.
+            slot.store((w & !word::STATE_MASK) | u64::from(to), Ordering::Relaxed);
+            return true;
+        }
         loop {
             if w == 0 || w & word::STATE_MASK != u64::from(from) {
                 return false;
@@ -977,6 +1016,13 @@ mod tests {
         }
     }
 
+    fn sampled(size: usize, alloc_stack: u32) -> BlockInfo {
+        BlockInfo {
+            alloc_stack,
+            ..live(size)
+        }
+    }
+
     #[test]
     fn free_then_free_again_is_told_apart_from_unknown() {
         let t = BlockTable::new();
@@ -1041,6 +1087,40 @@ mod tests {
         assert_eq!(t.totals().live_blocks, 2);
     }
 
+    #[test]
+    fn a_quarantined_word_without_a_cold_entry_leaves_the_quarantine_once() {
+        let t = BlockTable::new();
+        let sampled = sampled(40, 12);
+        assert!(t.insert(0x6000, sampled));
+        assert!(matches!(
+            t.release(0x6000, state::QUARANTINED, 34, 5),
+            Release::Was(i) if i == sampled
+        ));
+        // A double free while quarantined is told apart and changes nothing.
+        assert!(matches!(
+            t.release(0x6000, state::FREED, 0, 6),
+            Release::AlreadyFreed(i) if i.state == state::QUARANTINED
+        ));
+        assert!(!t.transition(0x6000, state::FREED, state::QUARANTINED));
+        assert!(t.transition(0x6000, state::QUARANTINED, state::FREED));
+        assert!(!t.transition(0x6000, state::QUARANTINED, state::FREED));
+        let freed = t.get(0x6000).unwrap();
+        assert_eq!(
+            (
+                freed.state,
+                freed.size,
+                freed.alloc_stack,
+                freed.free_stack,
+                freed.free_thread
+            ),
+            (state::FREED, 40, 12, 34, 5)
+        );
+        // Unknown addresses: nothing to move.
+        assert!(!t.transition(0x6008, state::QUARANTINED, state::FREED));
+        assert!(!t.transition(0x7_0000_0000, state::QUARANTINED, state::FREED));
+        assert_eq!(t.totals().live_blocks, 0);
+    }
+
     /// Keys at `base + 16 i`: 8-aligned bases go to the direct map, odd ones to the cold table
     /// (which grows through this many entries).
     fn many_blocks_survive_deletion(base: usize) {
@@ -1087,10 +1167,7 @@ mod tests {
     #[test]
     fn freed_words_keep_both_stacks_and_large_freed_blocks_go_cold() {
         let t = BlockTable::new();
-        let sampled = BlockInfo {
-            alloc_stack: 12,
-            ..live(40)
-        };
+        let sampled = sampled(40, 12);
         assert!(t.insert(0x8000, sampled));
         assert_eq!(
             t.release(0x8000, state::FREED, 34, 6),

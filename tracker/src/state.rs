@@ -62,11 +62,13 @@ pub(crate) struct FastPath {
     pub(crate) free: bool,
     /// Stacks are sampled by the byte countdown (a mean above 1).
     pub(crate) sample: bool,
-    /// Guard pages are chosen by the allocation countdown (1 in N), for allocations of at most
-    /// `guard_max_size` bytes aligned to at most `guard_max_align`.
-    pub(crate) guard: bool,
-    pub(crate) guard_max_size: usize,
-    pub(crate) guard_max_align: usize,
+    /// Guard pages are chosen by the allocation countdown (1 in N) for allocations of fewer
+    /// than `guard_below` bytes (aligned to at most `max_align`); 0 when they are not (no
+    /// pool, or a pool for every allocation), so the default path tests one bound.
+    pub(crate) guard_below: usize,
+    /// The largest alignment the default path serves: a page, the guard pool's limit, so that
+    /// every allocation it serves counts for the guard countdown by its size alone.
+    pub(crate) max_align: usize,
 }
 
 impl FastPath {
@@ -79,9 +81,11 @@ impl FastPath {
             alloc,
             free: alloc && options.quarantine_bytes == 0,
             sample: options.sample_bytes > 1,
-            guard: guard.is_some() && matches!(options.guard, GuardRate::OneIn(_)),
-            guard_max_size: guard.map_or(0, GuardPool::max_size),
-            guard_max_align: crate::os_memory::page_size(),
+            guard_below: match (guard, options.guard) {
+                (Some(pool), GuardRate::OneIn(_)) => pool.max_size().saturating_add(1),
+                _ => 0,
+            },
+            max_align: crate::os_memory::page_size(),
         }
     }
 }

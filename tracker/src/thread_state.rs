@@ -7,12 +7,14 @@
 //! destructor, so it is readable at every moment of a thread's life, including while its other
 //! thread-locals are being destroyed.
 //!
-//! May touch: `std::thread_local`, [`crate::stream`] (to flush the buffer at thread exit),
-//! [`crate::block_table`] (to give the thread's counter slot back).
+//! The thread's counter slot (which of the block tables' per-thread figures it updates) is
+//! here too, in the hot thread-local, so the default path reaches it with the rest.
+//!
+//! May touch: `std::thread_local`, [`crate::stream`] (to flush the buffer at thread exit).
 
 use core::cell::{Cell, RefCell};
 
-use allocscope_core::sync::{AtomicU32, AtomicUsize, Ordering};
+use allocscope_core::sync::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use crate::stream::EventBuffer;
 
@@ -30,10 +32,36 @@ pub(crate) struct Hot {
     busy: Cell<bool>,
     /// The thread's trace id (0 = not assigned yet: see [`thread_id`]).
     tid: Cell<u32>,
+    /// `tid` while the default path may run on this thread — an id assigned, small enough for
+    /// a table word ([`FAST_THREAD_LIMIT`]), a counter slot chosen (its own or the shared one),
+    /// the flag clear — and 0 otherwise: the default path's one load and test instead of four.
+    /// Kept in step with `busy`, `tid` and `slot` by every function here that changes them.
+    gate: Cell<u32>,
+    /// What `gate` is while the flag is clear (recomputed when `tid` or `slot` changes), so
+    /// that entering and leaving the tracker update the gate with a load and a store.
+    open: Cell<u32>,
+    /// The thread's counter slot in every block table: 0 = not claimed yet, 1 ..
+    /// `COUNTER_SLOTS - 1` = owned, [`SHARED_SLOT`] = the shared slot (none was free, or the
+    /// thread is exiting).
+    slot: Cell<u8>,
     /// Bytes left before the next sampled stack.
     pub(crate) sample_countdown: Cell<i64>,
     /// Allocations left before the next guarded one (0 = draw a new interval).
     pub(crate) guard_countdown: Cell<u32>,
+}
+
+/// Thread ids at or above this take the general paths (a table word holds 12 bits of id).
+pub(crate) const FAST_THREAD_LIMIT: u32 = 1 << 12;
+
+/// The gate, while the flag is clear, of a thread with id `tid` and counter slot `slot` (see
+/// [`Hot::gate`]).
+#[inline(always)]
+fn open_gate(tid: u32, slot: u8) -> u32 {
+    if tid >= FAST_THREAD_LIMIT || slot == 0 {
+        0
+    } else {
+        tid
+    }
 }
 
 impl Hot {
@@ -41,22 +69,106 @@ impl Hot {
         Hot {
             busy: Cell::new(false),
             tid: Cell::new(0),
+            gate: Cell::new(0),
+            open: Cell::new(0),
+            slot: Cell::new(0),
             sample_countdown: Cell::new(0),
             guard_countdown: Cell::new(0),
         }
     }
 
-    /// Whether the thread is inside the tracker (a nested call).
-    #[inline]
-    pub(crate) fn busy(&self) -> bool {
-        self.busy.get()
+    /// Sets the re-entrancy flag to `busy`, keeping the gate in step.
+    #[inline(always)]
+    fn set_busy(&self, busy: bool) {
+        self.busy.set(busy);
+        self.gate.set(if busy { 0 } else { self.open.get() });
     }
 
-    /// The thread's trace id, 0 before [`thread_id`] assigned one.
-    #[inline]
-    pub(crate) fn tid(&self) -> u32 {
-        self.tid.get()
+    /// Recomputes the gate after `tid` or `slot` changed.
+    fn update_gate(&self) {
+        self.open.set(open_gate(self.tid.get(), self.slot.get()));
+        self.set_busy(self.busy.get());
     }
+
+    /// The thread's id if the default path may run (see [`Hot::gate`]), else 0.
+    #[inline(always)]
+    pub(crate) fn gate(&self) -> u32 {
+        self.gate.get()
+    }
+
+    /// The thread's counter slot (claimed at the first call), below `COUNTER_SLOTS`.
+    #[inline(always)]
+    pub(crate) fn counter_slot(&self) -> usize {
+        let s = self.slot.get();
+        if s == 0 {
+            return claim_slot(self);
+        }
+        usize::from(s) & (COUNTER_SLOTS - 1)
+    }
+
+    /// The thread's counter slot for a caller that saw the gate open (which implies one was
+    /// chosen: no claim to try), below `COUNTER_SLOTS`.
+    #[inline(always)]
+    pub(crate) fn owned_slot(&self) -> usize {
+        usize::from(self.slot.get()) & (COUNTER_SLOTS - 1)
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Counter slots
+// -------------------------------------------------------------------------------------------
+
+/// Counter slots per block table; slot 0 is shared (updated with atomic read-modify-writes),
+/// the others are each owned by one running thread, which updates its slot with plain loads
+/// and stores.
+pub(crate) const COUNTER_SLOTS: usize = 64;
+// `Hot::counter_slot` masks slot numbers with COUNTER_SLOTS - 1, and they fit a u8.
+const _: () = assert!(COUNTER_SLOTS.is_power_of_two() && COUNTER_SLOTS < 256);
+
+/// [`Hot::slot`]'s value for the shared slot (masks to 0).
+const SHARED_SLOT: u8 = COUNTER_SLOTS as u8;
+
+/// Slot i (i >= 1) is owned by a running thread. Process-wide: a thread owns the same slot in
+/// every table.
+static SLOT_OWNED: [AtomicBool; COUNTER_SLOTS] = [const { AtomicBool::new(false) }; COUNTER_SLOTS];
+
+#[cold]
+#[inline(never)]
+fn claim_slot(hot: &Hot) -> usize {
+    for (i, owned) in SLOT_OWNED.iter().enumerate().skip(1) {
+        // Acquire: the previous owner's counter stores happen before ours.
+        if owned
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            hot.slot.set(i as u8);
+            hot.update_gate();
+            return i;
+        }
+    }
+    hot.slot.set(SHARED_SLOT);
+    hot.update_gate();
+    0
+}
+
+/// The current thread's counter slot (0, the shared one, if it has no hot state left).
+#[inline(always)]
+pub(crate) fn counter_slot() -> usize {
+    // SAFETY: the current thread's hot state, used during this call on this thread.
+    hot().map_or(0, |h| unsafe { &*h }.counter_slot())
+}
+
+/// Gives the current thread's counter slot back (thread exit); later updates from this thread
+/// use the shared slot.
+pub(crate) fn release_counter_slot() {
+    let _ = HOT.try_with(|h| {
+        let i = usize::from(h.slot.replace(SHARED_SLOT)) & (COUNTER_SLOTS - 1);
+        h.update_gate();
+        if i != 0 {
+            // Release: this thread's last counter stores happen before the next owner's.
+            SLOT_OWNED[i].store(false, Ordering::Release);
+        }
+    });
 }
 
 /// Runs `f` with the current thread's hot state (`None` only if the platform has no
@@ -90,7 +202,7 @@ pub(crate) struct Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         let previous = self.previous;
-        let _ = HOT.try_with(|h| h.busy.set(previous));
+        let _ = HOT.try_with(|h| h.set_busy(previous));
     }
 }
 
@@ -101,7 +213,7 @@ pub(crate) fn enter() -> Option<Busy> {
         if h.busy.get() {
             None
         } else {
-            h.busy.set(true);
+            h.set_busy(true);
             Some(Busy { previous: false })
         }
     })
@@ -111,7 +223,13 @@ pub(crate) fn enter() -> Option<Busy> {
 
 /// Sets the flag whatever its state (exit hooks, signal handlers, the writer thread).
 pub(crate) fn enter_always() -> Busy {
-    let previous = HOT.try_with(|h| h.busy.replace(true)).unwrap_or(true);
+    let previous = HOT
+        .try_with(|h| {
+            let previous = h.busy.get();
+            h.set_busy(true);
+            previous
+        })
+        .unwrap_or(true);
     Busy { previous }
 }
 
@@ -126,6 +244,11 @@ pub(crate) fn thread_id() -> u32 {
         // Relaxed: uniqueness is all that is needed.
         let id = NEXT_TID.fetch_add(1, Ordering::Relaxed);
         h.tid.set(id);
+        // The default path needs a counter slot chosen: claimed with the id.
+        if h.slot.get() == 0 {
+            claim_slot(h);
+        }
+        h.update_gate();
         id
     })
     .unwrap_or(0)
@@ -200,7 +323,7 @@ impl Drop for Local {
         // Thread exit: the buffer's memory is internal, so free it (and send what it holds)
         // with the flag set.
         let _busy = enter_always();
-        crate::block_table::release_counter_slot();
+        release_counter_slot();
         if let Some(buffer) = self.events.get_mut().take() {
             buffer.flush_and_close();
         }
@@ -316,4 +439,73 @@ pub(crate) fn process_random() -> u64 {
         }
     }
     seed() | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate() -> u32 {
+        // SAFETY: the current thread's hot state, used during this call on this thread.
+        hot().map_or(u32::MAX, |h| unsafe { &*h }.gate())
+    }
+
+    #[test]
+    fn the_gate_is_the_thread_id_only_outside_the_tracker() {
+        std::thread::spawn(|| {
+            // A fresh thread: no id yet, so the default path is closed.
+            assert_eq!(gate(), 0);
+            let id = thread_id();
+            assert!(id != 0 && id < FAST_THREAD_LIMIT);
+            assert_eq!(gate(), id);
+            {
+                let outer = enter().expect("not nested");
+                assert_eq!(gate(), 0);
+                assert!(enter().is_none(), "nested");
+                {
+                    let _always = enter_always();
+                    assert_eq!(gate(), 0);
+                }
+                // Leaving the inner guard restores the outer state: still inside.
+                assert_eq!(gate(), 0);
+                drop(outer);
+            }
+            assert_eq!(gate(), id);
+            // A thread that stays inside the tracker for good (the writer thread) stays closed.
+            core::mem::forget(enter_always());
+            assert_eq!(gate(), 0);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn counter_slots_are_owned_once_and_given_back_at_exit() {
+        let claim = || {
+            std::thread::spawn(|| {
+                let slot = counter_slot();
+                assert_eq!(counter_slot(), slot, "stable");
+                release_counter_slot();
+                assert_eq!(counter_slot(), 0, "the shared slot after exit");
+                slot
+            })
+            .join()
+            .unwrap()
+        };
+        let first = claim();
+        assert!(first < COUNTER_SLOTS);
+        // Two threads alive at once never share an owned slot.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            tx.send(counter_slot()).unwrap();
+            go_rx.recv().unwrap();
+            release_counter_slot();
+        });
+        let held = rx.recv().unwrap();
+        let other = claim();
+        assert!(held == 0 || other == 0 || held != other, "{held} {other}");
+        go_tx.send(()).unwrap();
+        holder.join().unwrap();
+    }
 }

@@ -8,12 +8,16 @@
 //!
 //! The default path (no red zones, no quarantine, no stream, neither sampled nor guarded, the
 //! thread's own block at free) is `allocate_fast` / `deallocate_fast`: one hot thread-local
-//! read, two countdowns, the inner call, one table word and the thread's live counters; anything
-//! else takes the path below. Measured (callgrind, the overhead bench's table-only row): about
-//! 240 instructions per alloc/free pair against the core's 43, all inline but the core's
-//! allocation; cachegrind counts about two more D1 misses per pair than the core's three (the
-//! table word at alloc and at free, one word per 8 heap bytes, so rarely in cache), and perf
-//! puts a third of the tracker's own samples on the instruction after each of those loads.
+//! (whose "gate" word stands for the re-entrancy flag, the thread id and its counter slot at
+//! once), two countdowns, the inner call, one table word — at free, compared with the layout
+//! given in one comparison, so a mismatch takes the general path, which reports it — and the
+//! thread's live counters; anything else takes the path below. Measured (cachegrind, the
+//! overhead bench's table-only row): about 200 instructions per alloc/free pair, core included,
+//! against the core's 43 (240 before the gate, the folded layout check and the word built
+//! beside the inner call), all inline but the core's allocation; about two more D1 misses per
+//! pair than the core's three (the table word at alloc and at free, one word per 8 heap bytes,
+//! so rarely in cache), and perf put a third of the tracker's own samples on the instruction
+//! after each of those loads.
 //!
 //! ```text
 //! alloc:   flag -> sample? (byte countdown) -> guard? (1 in N) -> guard slot | inner + red zones
@@ -36,7 +40,9 @@ use std::time::Duration;
 use allocscope_core::sync::{AtomicPtr, AtomicU32, Ordering};
 use allocscope_core::Allocscope;
 
-use crate::block_table::{flag, prefetch, state as block_state, BlockInfo, Release};
+use crate::block_table::{
+    flag, prefetch, state as block_state, BlockInfo, PlainWord, Release, PLAIN_SIZE_LIMIT,
+};
 use crate::canary;
 use crate::options::{LeakCheck, Options};
 use crate::quarantine::Held;
@@ -200,6 +206,15 @@ impl<A: GlobalAlloc> Tracker<A> {
     /// Allocates `size` bytes aligned to `align` (a power of two); null when out of memory.
     #[inline(always)]
     pub fn allocate(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        if !align.is_power_of_two() {
+            return null_mut();
+        }
+        self.allocate_pow2(size, align, zeroed)
+    }
+
+    /// [`Tracker::allocate`] for an alignment known to be a power of two (a `Layout`'s).
+    #[inline(always)]
+    fn allocate_pow2(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
         match self.allocate_fast(size, align, zeroed) {
             Some(p) => p,
             None => self.allocate_slow(size, align, zeroed),
@@ -207,29 +222,32 @@ impl<A: GlobalAlloc> Tracker<A> {
     }
 
     /// The default path (fast path; falls back to `allocate_slow`): the program's allocation
-    /// that is neither sampled nor guarded, with no red zones and no event stream. Two
-    /// countdown decrements, the inner allocation and one table store. `None` when anything
-    /// else applies, having changed nothing.
+    /// that is neither sampled nor guarded, with no red zones and no event stream, of a size a
+    /// table word holds and an alignment of at most a page. Two countdown decrements, the inner
+    /// allocation and one table store. `None` when anything else applies, having changed
+    /// nothing. `align` is a power of two.
     ///
-    /// The re-entrancy flag is only read, not set: nothing below calls back into the
-    /// allocator (the inner allocator does not; the table maps its memory from the OS).
+    /// The re-entrancy flag is only read (through the thread's gate), not set: nothing below
+    /// calls back into the allocator (the inner allocator does not; the table maps its memory
+    /// from the OS).
     #[inline(always)]
     fn allocate_fast(&self, size: usize, align: usize, zeroed: bool) -> Option<*mut u8> {
         let state = self.ready()?;
         let fast = &state.fast;
-        if !fast.alloc || !align.is_power_of_two() {
+        if !fast.alloc || size >= PLAIN_SIZE_LIMIT || align > fast.max_align {
             return None;
         }
         let hot = hot()?;
         // SAFETY: the current thread's hot state, used during this call on this thread.
         let hot = unsafe { &*hot };
-        let tid = hot.tid();
+        // Non-zero: an id a table word holds, a counter slot of the thread's own, and the flag
+        // clear (not a nested call).
+        let tid = hot.gate();
         let left = hot.sample_countdown.get() - size as i64;
-        let counts_guard =
-            fast.guard && size <= fast.guard_max_size && align <= fast.guard_max_align;
+        // `align` is at most a page, the guard pool's limit (`FastPath::max_align`).
+        let counts_guard = size < fast.guard_below;
         let guard_left = hot.guard_countdown.get();
-        if hot.busy() || tid == 0 || (fast.sample && left <= 0) || (counts_guard && guard_left <= 1)
-        {
+        if tid == 0 || (fast.sample && left <= 0) || (counts_guard && guard_left <= 1) {
             return None;
         }
         if fast.sample {
@@ -238,13 +256,23 @@ impl<A: GlobalAlloc> Tracker<A> {
         if counts_guard {
             hot.guard_countdown.set(guard_left - 1);
         }
-        let p = self.inner_alloc(size.max(1), align, zeroed);
+        let w = PlainWord::new(size, align.trailing_zeros() as u8, tid);
+        // SAFETY: 0 < size.max(1) < 2^24 and `align` is a power of two of at most a page, so
+        // the layout is valid.
+        let layout = unsafe { Layout::from_size_align_unchecked(size.max(1), align) };
+        // SAFETY: the layout's size is not zero.
+        let p = unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        };
         if p.is_null() {
             return Some(p);
         }
-        let align_log2 = align.trailing_zeros() as u8;
-        if !state.table.insert_plain(p as usize, size, align_log2, tid) {
-            return Some(self.insert_general(state, p, size, align_log2, tid));
+        if !state.table.insert_owned(p as usize, w, hot.owned_slot()) {
+            return Some(self.insert_general(state, p, w));
         }
         Some(p)
     }
@@ -254,21 +282,8 @@ impl<A: GlobalAlloc> Tracker<A> {
     /// (the block given back) when there is no room to record it.
     #[cold]
     #[inline(never)]
-    fn insert_general(
-        &self,
-        state: &'static State,
-        p: *mut u8,
-        size: usize,
-        align_log2: u8,
-        tid: u32,
-    ) -> *mut u8 {
-        let info = BlockInfo {
-            size,
-            align_log2,
-            state: block_state::LIVE,
-            alloc_thread: tid,
-            ..Default::default()
-        };
+    fn insert_general(&self, state: &'static State, p: *mut u8, w: PlainWord) -> *mut u8 {
+        let info = w.info();
         if !state.table.insert(p as usize, info) {
             // No room to record it: better out of memory than an untracked block.
             self.release_memory(state, p as usize, &info);
@@ -279,9 +294,7 @@ impl<A: GlobalAlloc> Tracker<A> {
 
     #[inline(never)]
     fn allocate_slow(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
-        if !align.is_power_of_two() {
-            return null_mut();
-        }
+        // `align` is a power of two (`allocate_pow2`).
         let Some(busy) = enter() else {
             return self.alloc_internal(size, align, zeroed);
         };
@@ -462,19 +475,39 @@ impl<A: GlobalAlloc> Tracker<A> {
     /// another live block's address frees that block.
     #[inline(always)]
     pub unsafe fn deallocate(&self, ptr: *mut u8, layout: Option<(usize, usize)>) {
-        if ptr.is_null() || self.deallocate_fast(ptr, layout) {
+        match layout {
+            Some((size, align)) if align.is_power_of_two() => {
+                self.deallocate_given(ptr, Given { size, align })
+            }
+            // An alignment that is no power of two cannot be the block's: the general path
+            // reports the mismatch.
+            Some((size, align)) if !ptr.is_null() => {
+                self.deallocate_slow(ptr, Given { size, align })
+            }
+            Some(_) => {}
+            None => self.deallocate_given(ptr, Given::NONE),
+        }
+    }
+
+    /// [`Tracker::deallocate`] with the caller's layout as a [`Given`] whose alignment, if
+    /// any, is a power of two (a `Layout`'s). Same contract.
+    #[inline(always)]
+    fn deallocate_given(&self, ptr: *mut u8, given: Given) {
+        if ptr.is_null() || self.deallocate_fast(ptr, given) {
             return;
         }
-        self.deallocate_slow(ptr, layout);
+        self.deallocate_slow(ptr, given);
     }
 
     /// The default path's free (fast path; falls back to `deallocate_slow`): a plain block
-    /// freed by the thread that allocated it, with no quarantine and no event stream; one
-    /// table load and store (see `BlockTable::release_plain` for why no locked instruction is
-    /// needed) and the inner free. `false` when anything else applies — every double and
-    /// invalid free among them — having changed nothing.
+    /// freed by the thread that allocated it, with the layout it was allocated with (or none
+    /// given), no quarantine and no event stream; one table load and store (see
+    /// `BlockTable::release_with`'s owner path for why no locked instruction is needed) and the
+    /// inner free. The layout check is part of the table word's comparison, so a mismatch, like
+    /// every double and invalid free, takes the general path, which reports it. `false` when
+    /// anything else applies, having changed nothing.
     #[inline(always)]
-    fn deallocate_fast(&self, ptr: *mut u8, layout: Option<(usize, usize)>) -> bool {
+    fn deallocate_fast(&self, ptr: *mut u8, given: Given) -> bool {
         let Some(state) = self.ready() else {
             return false;
         };
@@ -486,65 +519,41 @@ impl<A: GlobalAlloc> Tracker<A> {
         };
         // SAFETY: the current thread's hot state, used during this call on this thread.
         let hot = unsafe { &*hot };
-        if hot.busy() {
+        // Non-zero: an id a table word holds, a counter slot of the thread's own, and the flag
+        // clear (not a nested call).
+        let tid = hot.gate();
+        if tid == 0 {
             return false;
         }
+        // A power of two or none (`deallocate_given`'s contract).
+        let expect = (given.align != 0).then(|| (given.size, given.align.trailing_zeros() as u8));
         // No prefetch of the block here: the core heap's free only stores into it (its free-list
         // link), which waits in the store buffer instead of stalling; the prefetch cost more
         // than it saved (the overhead bench's table-only row, 16.9 -> 16.2 ns per pair).
-        let Some((size, align_log2)) = state.table.release_plain(ptr as usize, hot.tid()) else {
+        let Some((size, align_log2)) =
+            state
+                .table
+                .release_owned(ptr as usize, tid, hot.owned_slot(), expect)
+        else {
             return false;
         };
-        let align = 1usize << align_log2;
-        if let Some(given) = layout {
-            if given != (size, align) {
-                self.report_mismatch(state, ptr as usize, (size, align_log2), given);
-            }
-        }
         // SAFETY: a plain block came from the inner allocator with exactly (size.max(1),
         // align) (`allocate_fast`, `alloc_tracked`); the release above moved it out of
         // LIVE on this thread, so it is freed once.
         unsafe {
-            self.inner
-                .dealloc(ptr, Layout::from_size_align_unchecked(size.max(1), align))
+            self.inner.dealloc(
+                ptr,
+                Layout::from_size_align_unchecked(size.max(1), 1 << align_log2),
+            )
         };
         true
     }
 
-    /// An alloc-dealloc-mismatch found on the fast path (the block is freed all the same).
-    #[cold]
+    /// The rest of [`Tracker::deallocate`] (whose contract the caller keeps). `given` in
+    /// registers, not an `Option` in memory, so the default path reaches this by a jump.
     #[inline(never)]
-    fn report_mismatch(
-        &self,
-        state: &'static State,
-        ptr: usize,
-        (size, align_log2): (usize, u8),
-        given: (usize, usize),
-    ) {
-        let _busy = enter_always();
-        let info = BlockInfo {
-            size,
-            align_log2,
-            state: block_state::FREED,
-            alloc_thread: thread_id(),
-            ..Default::default()
-        };
-        let mut facts = state.facts_for(
-            ReportKind::AllocDeallocMismatch,
-            Detection::Free,
-            ptr,
-            ptr,
-            &info,
-        );
-        facts.mismatch = Some(((size, 1 << align_log2), given));
-        if with_local(|local| state.raise(facts.clone(), Some(local))).is_none() {
-            state.raise(facts, None);
-        }
-    }
-
-    /// The rest of [`Tracker::deallocate`] (whose contract the caller keeps).
-    #[inline(never)]
-    fn deallocate_slow(&self, ptr: *mut u8, layout: Option<(usize, usize)>) {
+    fn deallocate_slow(&self, ptr: *mut u8, given: Given) {
+        let layout = given.layout();
         let Some(busy) = enter() else {
             self.free_nested(ptr as usize, layout);
             return;
@@ -1160,6 +1169,22 @@ impl<A: GlobalAlloc> Drop for Tracker<A> {
     }
 }
 
+/// The layout a caller gives at free: `align` 0 for none (C's `free`). Two words passed in
+/// registers.
+#[derive(Clone, Copy)]
+struct Given {
+    size: usize,
+    align: usize,
+}
+
+impl Given {
+    const NONE: Given = Given { size: 0, align: 0 };
+
+    fn layout(self) -> Option<(usize, usize)> {
+        (self.align != 0).then_some((self.size, self.align))
+    }
+}
+
 fn env_options() -> Result<Options, String> {
     // getenv, not std::env: no lock (std's environment lock may be held by this very thread
     // while it allocates) and no allocation.
@@ -1180,18 +1205,24 @@ fn env_options() -> Result<Options, String> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.allocate(layout.size(), layout.align(), false)
+        self.allocate_pow2(layout.size(), layout.align(), false)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.allocate(layout.size(), layout.align(), true)
+        self.allocate_pow2(layout.size(), layout.align(), true)
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: GlobalAlloc's contract: `ptr` is not used after this.
-        unsafe { self.deallocate(ptr, Some((layout.size(), layout.align()))) }
+        self.deallocate_given(
+            ptr,
+            Given {
+                size: layout.size(),
+                align: layout.align(),
+            },
+        )
     }
 
     #[inline]

@@ -1,0 +1,174 @@
+//! The default options' short paths (`allocate_fast` / `deallocate_fast`): every double free,
+//! invalid free and layout mismatch must still be caught there, the bad call ignored and the
+//! figures kept right. The corruption suite records every stack (`sample=1`), which takes the
+//! general paths; these tests keep the default sampling and guard rate.
+
+use std::alloc::{GlobalAlloc, Layout};
+
+use allocscope_core::Allocscope;
+use allocscope_tracker::{LeakCheck, Options, ReportKind, Tracker};
+
+/// The default options, quiet: nothing printed, no leak check, nothing at exit.
+fn tracker() -> Tracker<Allocscope> {
+    let quiet = Options::builder().print_reports(false).check_at_exit(false);
+    Tracker::with_options(
+        Allocscope::new(),
+        quiet.leak_check(LeakCheck::Off).build().unwrap(),
+    )
+}
+
+/// The kinds of report raised so far, with how many of each.
+fn counts(t: &Tracker<Allocscope>) -> Vec<(ReportKind, u64)> {
+    ReportKind::ALL
+        .iter()
+        .map(|&k| (k, t.report_count(k)))
+        .filter(|&(_, n)| n != 0)
+        .collect()
+}
+
+fn kinds(t: &Tracker<Allocscope>) -> Vec<ReportKind> {
+    t.take_reports().into_iter().map(|r| r.kind).collect()
+}
+
+#[test]
+fn every_second_free_is_caught_on_the_default_path() {
+    let t = tracker();
+    let mut doubles = 0;
+    for i in 0..2000usize {
+        let l = Layout::from_size_align(8 + (i * 37) % 500, 8 << (i % 2)).unwrap();
+        // SAFETY: (test) the second free is the bug; the tracker ignores it.
+        unsafe {
+            let p = t.alloc(l);
+            assert!(!p.is_null());
+            p.write(1);
+            t.dealloc(p, l);
+            if i % 3 == 0 {
+                t.dealloc(p, l);
+                doubles += 1;
+            } else if i % 3 == 1 {
+                // C's free, with no layout.
+                t.deallocate(p, None);
+                doubles += 1;
+            }
+        }
+    }
+    // Counted, not taken: the report log keeps the latest 1024 only.
+    assert_eq!(counts(&t), vec![(ReportKind::DoubleFree, doubles as u64)]);
+    assert_eq!(t.stats().live_blocks, 0);
+}
+
+#[test]
+fn invalid_frees_are_caught_on_the_default_path() {
+    let t = tracker();
+    let l = Layout::from_size_align(100, 8).unwrap();
+    let mut on_stack = 0u64;
+    // SAFETY: (test) interior and foreign pointers are the bugs; they are ignored, and the
+    // blocks stay live until freed properly.
+    unsafe {
+        let blocks: Vec<*mut u8> = (0..64).map(|_| t.alloc(l)).collect();
+        for &p in &blocks {
+            t.dealloc(p.add(8), Layout::from_size_align(92, 8).unwrap());
+            t.deallocate(p.add(16), None);
+        }
+        t.deallocate((&mut on_stack as *mut u64).cast(), None);
+        let found = kinds(&t);
+        assert_eq!(found.len(), 2 * blocks.len() + 1, "{found:?}");
+        assert!(
+            found.iter().all(|k| *k == ReportKind::InvalidFree),
+            "{found:?}"
+        );
+        assert_eq!(t.stats().live_blocks, blocks.len());
+        for &p in &blocks {
+            t.dealloc(p, l);
+        }
+    }
+    assert!(t.take_reports().is_empty());
+    assert_eq!(t.stats().live_blocks, 0);
+}
+
+#[test]
+fn layout_mismatches_are_caught_on_the_default_path_and_the_block_freed() {
+    let t = tracker();
+    let cases = [
+        ((48, 16), (40, 8)), // both
+        ((48, 8), (56, 8)),  // size only, same size class
+        ((48, 8), (48, 16)), // alignment only
+        ((0, 8), (1, 8)),    // a zero-size allocation
+        ((5000, 8), (5000, 4096)),
+    ];
+    for _ in 0..50 {
+        for &((size, align), (given_size, given_align)) in &cases {
+            // SAFETY: (test) the wrong layout is the bug; the block is freed all the same.
+            unsafe {
+                let p = t.alloc(Layout::from_size_align(size, align).unwrap());
+                assert!(!p.is_null());
+                t.dealloc(p, Layout::from_size_align(given_size, given_align).unwrap());
+            }
+        }
+        // An alignment that is no power of two (only the inherent API can give one).
+        // SAFETY: as above.
+        unsafe {
+            let p = t.alloc(Layout::from_size_align(48, 8).unwrap());
+            t.deallocate(p, Some((48, 24)));
+        }
+    }
+    let found = kinds(&t);
+    assert_eq!(found.len(), 50 * (cases.len() + 1), "{found:?}");
+    assert!(
+        found.iter().all(|k| *k == ReportKind::AllocDeallocMismatch),
+        "{found:?}"
+    );
+    assert_eq!(
+        t.stats().live_blocks,
+        0,
+        "every block was freed all the same"
+    );
+    // A right layout is no mismatch, and a second free of a block freed with a wrong one is
+    // a double free.
+    // SAFETY: (test) the last free is the bug.
+    unsafe {
+        let l = Layout::from_size_align(48, 16).unwrap();
+        let p = t.alloc(l);
+        t.dealloc(p, l);
+        assert!(t.take_reports().is_empty());
+        let p = t.alloc(l);
+        t.dealloc(p, Layout::from_size_align(40, 8).unwrap());
+        t.dealloc(p, l);
+    }
+    assert_eq!(
+        kinds(&t),
+        vec![ReportKind::AllocDeallocMismatch, ReportKind::DoubleFree]
+    );
+}
+
+#[test]
+fn blocks_freed_by_another_thread_are_told_apart() {
+    // A block freed by a thread that did not allocate it takes the general path; its second
+    // free, on either thread, is caught.
+    let t = std::sync::Arc::new(tracker());
+    let l = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: (test) allocated here, freed on the other thread, then again here (the bug).
+    let ptrs: Vec<usize> = (0..100).map(|_| unsafe { t.alloc(l) } as usize).collect();
+    let t2 = t.clone();
+    let sent = ptrs.clone();
+    std::thread::spawn(move || {
+        for p in sent {
+            // SAFETY: live blocks handed over to this thread.
+            unsafe { t2.dealloc(p as *mut u8, l) };
+        }
+    })
+    .join()
+    .unwrap();
+    assert!(t.take_reports().is_empty());
+    for &p in &ptrs {
+        // SAFETY: (test) the second free is the bug.
+        unsafe { t.dealloc(p as *mut u8, l) };
+    }
+    let found = kinds(&t);
+    assert_eq!(found.len(), ptrs.len(), "{found:?}");
+    assert!(
+        found.iter().all(|k| *k == ReportKind::DoubleFree),
+        "{found:?}"
+    );
+    assert_eq!(t.stats().live_blocks, 0);
+}
