@@ -96,6 +96,31 @@ pub(crate) unsafe fn set_apart(ptr: NonNull<u8>, len: usize) -> bool {
     }
 }
 
+/// Makes `ptr..ptr+len` (part of a mapping of ours) fault on any access whatever the
+/// mapping's protection, with guard markers in the page table (`MADV_GUARD_INSTALL`, Linux
+/// 6.13): the range's contents are dropped, and the mapping is neither split nor changed, so
+/// a later `mprotect` over a run of guard-pool slots opens their data pages in one call while
+/// the guard pages between them keep faulting. `false` where the kernel has no guard markers.
+///
+/// # Safety
+/// The range is page-aligned, part of a live mapping made by [`map`], and holds nothing
+/// anyone needs.
+pub(crate) unsafe fn install_guard_markers(ptr: NonNull<u8>, len: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        /// From the kernel's uapi `asm-generic/mman-common.h` (not in the `libc` crate yet).
+        const MADV_GUARD_INSTALL: libc::c_int = 102;
+        // SAFETY: the caller passes a range of our own mapping whose contents nobody needs;
+        // an older kernel refuses the advice with EINVAL and changes nothing.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, MADV_GUARD_INSTALL) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (ptr, len);
+        false
+    }
+}
+
 /// Bytes the tracker has mapped for itself.
 pub(crate) fn mapped_bytes() -> usize {
     // Relaxed: a statistic.
