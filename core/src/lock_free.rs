@@ -5,31 +5,47 @@
 //! A Treiber stack (R. K. Treiber, "Systems Programming: Coping with Parallelism", IBM RJ 5118,
 //! 1986) whose entries are *batches* of blocks: a thread moves up to [`BATCH`] blocks with one
 //! CAS. Links never live in the blocks (a block in use belongs to its user, and reading it
-//! while another thread writes would be a data race); they live in a side table of atomics,
-//! one [`Link`] per block, addressed by block index.
+//! while another thread writes would be a data race); they live in pool-owned atomics beside
+//! the blocks. An entry is one of two kinds, told apart by its number (see [`Entry`]):
+//! * a *chain*: a head block whose [`Link`] (a side table of atomics, one per block) names the
+//!   next entry and the next block of the batch, and so on down the chain;
+//! * an *array*: a [`BatchArray`] that lists the batch's blocks and names the next entry.
+//!
+//! A cache's flush writes an array: taking it is the one CAS of the pop, and handing it to a
+//! cache is a copy of independent loads (the array's few lines are fetched together) and a
+//! store that frees the array. Walking a chain is one dependent load per block, each on a
+//! side-table line last written by the freeing thread's core: a producer's refill stalled on
+//! every one of them in turn. The pool keeps `capacity / BATCH + 1` arrays, each with an
+//! `in_use` flag a flusher claims by CAS and the thread that popped the batch clears; an array
+//! holds at least 2 blocks, so when every array tried is claimed the flusher makes a chain
+//! instead (the fallback; chains are also the initial batches and the cacheless path's
+//! one-block batches). Only the thread that took an array's batch off the list frees the
+//! array, so no entry on the list is a free array.
 //!
 //! # ABA
-//! A pop reads the head batch `A` and its successor, then CASes the head from `A` to the
-//! successor. If meanwhile `A` was popped, other batches changed, and `A` was pushed back, a
-//! bare index CAS would succeed and install a stale successor. So the head word packs the
-//! index with a version tag incremented by every successful CAS, in the *same* atomic word:
-//! `head = tag << INDEX_BITS | (index + 1)`. The CAS succeeds only if no other update happened,
-//! unless the tag wrapped all the way round to the same value with the same batch on top.
-//! With 64-bit atomics the tag has 32 bits: 2^32 successful updates (about 40 s at 10 ns each,
-//! faster than any contended CAS loop runs) would have to happen while one thread sits between
-//! two adjacent instructions of `pop`. Targets with only 32-bit atomics (`thumbv7em`) split the
-//! word 16/16: at most 65 534 blocks, and 65 536 updates inside that window — an interrupt
-//! handler would have to run that many pool operations while it preempts a pop; pools on such
-//! targets are small and handlers short.
+//! A pop reads the head entry `A` and its successor, then CASes the head from `A` to the
+//! successor. If meanwhile `A` was popped, other entries changed, and `A` was pushed back (for
+//! an array: freed, claimed again and pushed), a bare CAS would succeed and install a stale
+//! successor. So the head word packs the entry number with a version tag incremented by every
+//! successful CAS, in the *same* atomic word: `head = tag << INDEX_BITS | entry`. The CAS
+//! succeeds only if no other update happened, unless the tag wrapped all the way round to the
+//! same value with the same entry on top. With 64-bit atomics the tag has 32 bits: 2^32
+//! successful updates (about 40 s at 10 ns each, faster than any contended CAS loop runs)
+//! would have to happen while one thread sits between two adjacent instructions of `pop`.
+//! Targets with only 32-bit atomics (`thumbv7em`) split the word 16/16: at most 65 535
+//! entries (blocks and arrays), and 65 536 updates inside that window — an interrupt handler
+//! would have to run that many pool operations while it preempts a pop; pools on such targets
+//! are small and handlers short.
 //!
 //! # Per-thread caches
 //! A [`LocalCache`] (from [`LockFreePool::cache`], one per thread; it is `!Sync`) keeps up to
 //! [`CACHE_SLOTS`] block indices. Allocation pops from it, free pushes to it: no atomics. An
 //! empty cache refills with one batch (one CAS); a full cache flushes its older half as one
-//! batch (one CAS). Every [`REBALANCE_PERIOD`] operations a cache returns half of the blocks
-//! that sat unused for the whole period (its low-water mark), so an idle thread does not
-//! strand memory. Producer/consumer — one thread allocating, another freeing — costs two CASes
-//! per [`BATCH`] blocks: the producer refills, the consumer flushes.
+//! batch (one CAS, and one to claim an array). Every [`REBALANCE_PERIOD`] operations a cache
+//! returns half of the blocks that sat unused for the whole period (its low-water mark), so an
+//! idle thread does not strand memory. Producer/consumer — one thread allocating, another
+//! freeing — costs a few CASes per [`BATCH`] blocks: the producer refills, the consumer
+//! flushes.
 //!
 //! Caches are values a thread holds, not thread-locals the pool looks up. A pool-keyed
 //! thread-local would cost every call a TLS access and a search by pool identity, and it would
@@ -71,7 +87,7 @@ type Word = u32;
 #[cfg(any(not(target_has_atomic = "64"), allocscope_narrow_word))]
 type AtomicWord = AtomicU32;
 
-/// Bits of the head word holding `index + 1`; the rest is the ABA tag.
+/// Bits of the head word holding the top entry's number; the rest is the ABA tag.
 const INDEX_BITS: u32 = Word::BITS / 2;
 const INDEX_MASK: Word = (1 << INDEX_BITS) - 1;
 /// One tag step.
@@ -86,6 +102,9 @@ pub const BATCH: usize = CACHE_SLOTS / 2;
 /// Operations of a cache between two rebalances.
 pub const REBALANCE_PERIOD: u32 = 256;
 
+/// Arrays a flushing cache tries to claim before it falls back to a chain.
+const ARRAY_PROBES: u32 = 4;
+
 /// Keeps a hot atomic on its own cache line (no false sharing with its neighbours).
 #[repr(align(64))]
 struct CachePadded<T>(T);
@@ -94,13 +113,39 @@ struct CachePadded<T>(T);
 /// keep 8 bytes per block, so a refill walking a batch's chain (lines last written by the
 /// freeing thread's core) crosses as few cache lines as possible.
 struct Link {
-    /// The next block of the same batch (or of a cache's chain being flushed).
+    /// The next block of the same chain.
     next: AtomicU32,
-    /// For the first block of a batch on the shared list: the first block of the next batch.
+    /// For the head block of a chain on the shared list: the next entry (an [`Entry`] number).
     batch_next: AtomicU32,
     /// Debug builds: 1 while the block is allocated.
     #[cfg(debug_assertions)]
     live: AtomicU32,
+}
+
+/// The blocks of one batch, listed: a batch on the shared list, or in flight between a flush
+/// and its push or between a pop and the copy into a cache. `len` and `blocks` belong to whoever
+/// claimed the array until its push, then to whoever pops it; they are atomics only so that
+/// loom checks that hand-over (Relaxed loads and stores compile to plain ones).
+#[repr(C, align(64))]
+struct BatchArray {
+    /// 1 while a batch uses the array. Claimed by CAS (flushers of any thread race for it),
+    /// cleared by the thread that popped the batch.
+    in_use: AtomicU32,
+    /// On the shared list: the next entry (an [`Entry`] number). Read by pops that may lose
+    /// their CAS, hence atomic.
+    batch_next: AtomicU32,
+    /// Blocks in `blocks` (2 to BATCH when pushed; the cacheless path takes them one by one).
+    len: AtomicU32,
+    blocks: [AtomicU32; BATCH],
+}
+
+/// What an entry number of the shared list (the head word's low bits, a `batch_next`) names:
+/// 0 is none, `1..=capacity` the chain whose head is block `number - 1`, and the next
+/// `array_count` numbers the arrays.
+#[derive(Clone, Copy)]
+enum Entry {
+    Chain(u32),
+    Array(u32),
 }
 
 /// Statistics shared by every thread: relaxed counters, updated at batch moves (caches) or per
@@ -118,11 +163,24 @@ struct Shared {
     misuse: AtomicUsize,
 }
 
+/// The shared list's head word and the shared statistics, on one cache line (64 bytes with
+/// 64-bit words): every batch move CASes the head and then updates a counter or two, so one
+/// line moves between the cores per batch move, not two. The counters are written only by the
+/// thread that just won the CAS, which holds the line, so they do not slow the CAS loops.
+struct Top {
+    /// `tag << INDEX_BITS | number of the top entry` (an [`Entry`] number, 0 when empty).
+    head: AtomicWord,
+    stats: Shared,
+}
+
 /// A fixed-size block allocator for many threads. See the [module documentation](self).
 pub struct LockFreePool<'a> {
-    /// `tag << INDEX_BITS | (index of the first block of the top batch + 1)`.
-    head: CachePadded<AtomicWord>,
+    /// The list's head word and the statistics (see [`Top`]).
+    top: CachePadded<Top>,
     links: NonNull<Link>,
+    arrays: NonNull<BatchArray>,
+    /// Number of batch arrays (at least 1).
+    array_count: u32,
     blocks: NonNull<u8>,
     /// Distance between blocks: the block size rounded up to the alignment. Non-zero by type,
     /// so dividing by it (`index_of`) needs no check that could panic.
@@ -133,7 +191,6 @@ pub struct LockFreePool<'a> {
     capacity: usize,
     block_size: usize,
     block_align: usize,
-    stats: CachePadded<Shared>,
     region: Region,
     os: Option<&'a dyn Os>,
     _buffer: PhantomData<&'a mut [MaybeUninit<u8>]>,
@@ -145,6 +202,41 @@ pub struct LockFreePool<'a> {
 unsafe impl Sync for LockFreePool<'_> {}
 // SAFETY: as above; moving the pool moves ownership of its region.
 unsafe impl Send for LockFreePool<'_> {}
+
+/// Where the parts of a pool of `capacity` blocks lie, as offsets from a region starting at
+/// address `start`: the side table of links, the batch arrays, the blocks.
+struct Layout {
+    links: usize,
+    arrays: usize,
+    array_count: usize,
+    blocks: usize,
+    end: usize,
+}
+
+/// The layout of `capacity` blocks of `stride` bytes aligned to `align` (a power of two);
+/// `None` if the sizes overflow.
+fn layout(start: usize, capacity: usize, align: usize, stride: usize) -> Option<Layout> {
+    let offset =
+        |addr: usize, to: usize| (addr.checked_add(to - 1)? & !(to - 1)).checked_sub(start);
+    let links = offset(start, align_of::<Link>())?;
+    let links_end = start
+        .checked_add(links)?
+        .checked_add(capacity.checked_mul(size_of::<Link>())?)?;
+    let arrays = offset(links_end, align_of::<BatchArray>())?;
+    let array_count = capacity / BATCH + 1;
+    let arrays_end = start
+        .checked_add(arrays)?
+        .checked_add(array_count.checked_mul(size_of::<BatchArray>())?)?;
+    let blocks = offset(arrays_end, align)?;
+    let end = blocks.checked_add(capacity.checked_mul(stride)?)?;
+    Some(Layout {
+        links,
+        arrays,
+        array_count,
+        blocks,
+        end,
+    })
+}
 
 impl<'a> LockFreePool<'a> {
     /// Lays the side table and at most `max_blocks` blocks over `region`.
@@ -165,20 +257,47 @@ impl<'a> LockFreePool<'a> {
             return None;
         };
         let start = region.base.as_ptr() as usize;
-        let links_off = align_up(start, align_of::<Link>()) - start;
-        let room = region.len.checked_sub(links_off + align)?;
-        let max_index = (INDEX_MASK - 1).min(Word::from(u32::MAX) - 1) as usize;
-        let mut capacity = (room / (size_of::<Link>() + stride.get()))
-            .min(max_index)
-            .min(max_blocks);
-        let blocks_off = align_up(start + links_off + capacity * size_of::<Link>(), align) - start;
-        capacity = capacity.min((region.len.checked_sub(blocks_off)?) / stride);
+        // The largest capacity whose layout fits (the end offset grows with the capacity) and
+        // whose entries (blocks and arrays) have numbers in the head word's index field and in
+        // a u32: a binary search over at most `usize::BITS` steps.
+        let max_entry = INDEX_MASK.min(Word::from(u32::MAX)) as usize;
+        let fits = |n: usize| {
+            layout(start, n, align, stride.get())
+                .is_some_and(|l| l.end <= region.len && n + l.array_count <= max_entry)
+        };
+        let (mut lo, mut hi) = (0, (region.len / stride).min(max_entry).min(max_blocks));
+        while lo < hi {
+            let mid = hi - (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let capacity = lo;
         if capacity == 0 {
             return None;
         }
-        // SAFETY: links_off and blocks_off lie inside the region (computed above to fit).
-        let (links, blocks) =
-            unsafe { (region.at(links_off).cast::<Link>(), region.at(blocks_off)) };
+        let layout = layout(start, capacity, align, stride.get())?;
+        // SAFETY: the offsets lie inside the region (the layout fits, checked above).
+        let (links, arrays, blocks) = unsafe {
+            (
+                region.at(layout.links).cast::<Link>(),
+                region.at(layout.arrays).cast::<BatchArray>(),
+                region.at(layout.blocks),
+            )
+        };
+        for a in 0..layout.array_count {
+            // SAFETY: a < array_count: the array lies in its table, which nobody uses yet.
+            unsafe {
+                arrays.as_ptr().add(a).write(BatchArray {
+                    in_use: AtomicU32::new(0),
+                    batch_next: AtomicU32::new(0),
+                    len: AtomicU32::new(0),
+                    blocks: core::array::from_fn(|_| AtomicU32::new(0)),
+                })
+            };
+        }
         // Initial shared list: batches of BATCH consecutive blocks, in index order.
         for i in 0..capacity {
             let batch_end = (i / BATCH + 1) * BATCH;
@@ -203,8 +322,22 @@ impl<'a> LockFreePool<'a> {
             };
         }
         let pool = LockFreePool {
-            head: CachePadded(AtomicWord::new(1)),
+            top: CachePadded(Top {
+                head: AtomicWord::new(1),
+                stats: Shared {
+                    shared_free: AtomicUsize::new(capacity),
+                    cached: AtomicUsize::new(0),
+                    peak_out: AtomicUsize::new(0),
+                    allocations: AtomicUsize::new(0),
+                    deallocations: AtomicUsize::new(0),
+                    failures: AtomicUsize::new(0),
+                    misuse: AtomicUsize::new(0),
+                },
+            }),
             links,
+            arrays,
+            // capacity + array_count fits in a u32 (checked by `fits`).
+            array_count: layout.array_count as u32,
             blocks,
             stride,
             stride_shift: if stride.is_power_of_two() {
@@ -215,15 +348,6 @@ impl<'a> LockFreePool<'a> {
             capacity,
             block_size,
             block_align: align,
-            stats: CachePadded(Shared {
-                shared_free: AtomicUsize::new(capacity),
-                cached: AtomicUsize::new(0),
-                peak_out: AtomicUsize::new(0),
-                allocations: AtomicUsize::new(0),
-                deallocations: AtomicUsize::new(0),
-                failures: AtomicUsize::new(0),
-                misuse: AtomicUsize::new(0),
-            }),
             region,
             os,
             _buffer: PhantomData,
@@ -255,9 +379,11 @@ impl<'a> LockFreePool<'a> {
         capacity: usize,
     ) -> Option<Self> {
         let stride = align_up(block_size.max(1), align.max(1));
-        let bytes = capacity
-            .checked_mul(stride + size_of::<Link>())?
-            .checked_add(2 * align + 64)?;
+        // From a page-aligned start the layout is the one computed here; the slack covers the
+        // alignment of the blocks should `align` exceed a page.
+        let bytes = layout(0, capacity, align.max(1), stride)?
+            .end
+            .checked_add(align)?;
         let region = Region::reserve(os, bytes, os.page_size())?;
         let pool = Self::over(region, Some(os), block_size, align, capacity);
         if pool.is_none() {
@@ -283,6 +409,7 @@ impl<'a> LockFreePool<'a> {
             ticks: Cell::new(0),
             published_ticks: Cell::new(0),
             published_len: Cell::new(0),
+            array_hint: Cell::new(0),
         }
     }
 
@@ -303,7 +430,7 @@ impl<'a> LockFreePool<'a> {
     /// allocations and frees from its operation count and the blocks it moved);
     /// `peak_used_bytes` is the high-water mark of blocks off the shared list (used or cached).
     pub fn stats(&self) -> StrategyStats {
-        let s = &self.stats.0;
+        let s = &self.top.0.stats;
         // Relaxed (all loads): statistics, a snapshot that may be slightly stale.
         let shared = s.shared_free.load(Ordering::Relaxed);
         let cached = s.cached.load(Ordering::Relaxed);
@@ -334,6 +461,50 @@ impl<'a> LockFreePool<'a> {
         }
     }
 
+    #[inline(always)]
+    fn array(&self, id: u32) -> &BatchArray {
+        // SAFETY: callers pass array numbers (< array_count): claim_array hands out only those,
+        // and `entry` decodes only those. The arrays live as long as the pool.
+        unsafe { &*self.arrays.as_ptr().add(id as usize) }
+    }
+
+    /// Claims a free batch array, trying up to [`ARRAY_PROBES`] from `*hint` on; the hint stays
+    /// on the one claimed (a consumer usually finds the array it used last freed again by the
+    /// producer's refill). `None` when every one tried is in use.
+    #[inline]
+    fn claim_array(&self, hint: &Cell<u32>) -> Option<u32> {
+        let mut id = hint.get();
+        for _ in 0..ARRAY_PROBES.min(self.array_count) {
+            if id >= self.array_count {
+                id = 0;
+            }
+            let in_use = &self.array(id).in_use;
+            // Load Relaxed: a look before the CAS, so that a claimed array's line is not taken
+            // for writing; a stale 0 only costs a failing CAS. CAS success Acquire: pairs with
+            // the Release store that freed the array, so the last batch's reads of `len` and
+            // `blocks` happen-before our writes (no write may be seen by those reads). Failure
+            // Relaxed: nothing is read.
+            if in_use.load(Ordering::Relaxed) == 0
+                && in_use
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                hint.set(id);
+                return Some(id);
+            }
+            id += 1;
+        }
+        None
+    }
+
+    /// Frees array `id`, whose batch this thread popped, once its blocks have been read.
+    #[inline]
+    fn release_array(&self, id: u32) {
+        // Release: our reads of `len` and `blocks` happen-before the writes of the next
+        // flusher to claim the array (its Acquire CAS reads this store).
+        self.array(id).in_use.store(0, Ordering::Release);
+    }
+
     /// The index of the block at `ptr`; `None` if it is not a block of this pool.
     #[inline(always)]
     fn index_of(&self, ptr: NonNull<u8>) -> Option<u32> {
@@ -352,31 +523,62 @@ impl<'a> LockFreePool<'a> {
         (index < self.capacity).then_some(index as u32)
     }
 
-    /// Takes the top batch off the shared list; returns its first block's index.
+    /// The entry numbered `number` (non-zero, as pushed: see [`Entry`]).
+    #[inline(always)]
+    fn entry(&self, number: u32) -> Entry {
+        match number.checked_sub(1) {
+            Some(block) if (block as usize) < self.capacity => Entry::Chain(block),
+            // Numbers past the blocks are arrays: `number - 1 - capacity < array_count`.
+            _ => Entry::Array(number.wrapping_sub(1).wrapping_sub(self.capacity as u32)),
+        }
+    }
+
+    /// The number of `entry`.
+    #[inline(always)]
+    fn number(&self, entry: Entry) -> u32 {
+        match entry {
+            Entry::Chain(block) => block + 1,
+            // capacity + array_count fits in a u32 (see `over`).
+            Entry::Array(id) => self.capacity as u32 + 1 + id,
+        }
+    }
+
+    /// Where `entry` keeps the number of the entry below it on the list.
+    #[inline(always)]
+    fn batch_next(&self, entry: Entry) -> &AtomicU32 {
+        match entry {
+            Entry::Chain(block) => &self.link(block).batch_next,
+            Entry::Array(id) => &self.array(id).batch_next,
+        }
+    }
+
+    /// Takes the top entry off the shared list.
     #[inline]
-    fn pop_batch(&self) -> Option<u32> {
-        // Acquire: pairs with the Release CAS of the push that published this batch (or of any
+    fn pop_batch(&self) -> Option<Entry> {
+        // Acquire: pairs with the Release CAS of the push that published this entry (or of any
         // later update: every write to `head` is an RMW, so release sequences continue through
-        // them), making its `batch_next` and `next` links visible before we read them.
-        let mut cur = self.head.0.load(Ordering::Acquire);
+        // them), making its `batch_next`, its chain or array visible before we read them.
+        let mut cur = self.top.0.head.load(Ordering::Acquire);
         loop {
-            let link = (cur & INDEX_MASK) as u32;
-            if link == 0 {
+            let number = (cur & INDEX_MASK) as u32;
+            if number == 0 {
                 return None;
             }
-            // Relaxed: if another thread took this batch meanwhile the value may be stale,
+            let entry = self.entry(number);
+            // Relaxed: if another thread took this entry meanwhile the value may be stale,
             // but then the tag moved and the CAS below fails.
-            let next = self.link(link - 1).batch_next.load(Ordering::Relaxed);
+            let next = self.batch_next(entry).load(Ordering::Relaxed);
             let new = ((cur & !INDEX_MASK).wrapping_add(TAG_ONE)) | Word::from(next);
             // Success Acquire: the batch and the blocks' contents (the freeing threads' last
             // writes, released by their push) become ours. Failure Acquire: `seen` is used as
             // the first load was.
-            match self
-                .head
-                .0
-                .compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Acquire)
-            {
-                Ok(_) => return Some(link - 1),
+            match self.top.0.head.compare_exchange_weak(
+                cur,
+                new,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(entry),
                 Err(seen) => cur = seen,
             }
         }
@@ -387,38 +589,39 @@ impl<'a> LockFreePool<'a> {
     /// refilling a cache): wait for it rather than report a false exhaustion. Only a nearly
     /// exhausted pool waits, and only on a thread already past its CAS.
     #[inline]
-    fn take_batch(&self) -> Option<u32> {
+    fn take_batch(&self) -> Option<Entry> {
         loop {
-            if let Some(first) = self.pop_batch() {
-                return Some(first);
+            if let Some(entry) = self.pop_batch() {
+                return Some(entry);
             }
             // Relaxed: any value will do; a stale positive one only costs another pop.
-            if self.stats.0.shared_free.load(Ordering::Relaxed) == 0 {
+            if self.top.0.stats.shared_free.load(Ordering::Relaxed) == 0 {
                 return None;
             }
             spin_hint();
         }
     }
 
-    /// Puts the batch starting at `first` (its `next` links already written, the last one 0)
-    /// on the shared list.
+    /// Puts `entry` (a chain with its `next` links written, the last one 0, or an array with
+    /// its blocks and `len` written) on the shared list.
     #[inline]
-    fn push_batch(&self, first: u32) {
+    fn push_batch(&self, entry: Entry) {
+        let number = Word::from(self.number(entry));
+        let batch_next = self.batch_next(entry);
         // Relaxed: nothing is read through the old head; the CAS validates it.
-        let mut cur = self.head.0.load(Ordering::Relaxed);
+        let mut cur = self.top.0.head.load(Ordering::Relaxed);
         loop {
             // Relaxed: published by the Release CAS below.
-            self.link(first)
-                .batch_next
-                .store((cur & INDEX_MASK) as u32, Ordering::Relaxed);
-            let new = ((cur & !INDEX_MASK).wrapping_add(TAG_ONE)) | (Word::from(first) + 1);
-            // Success Release: the links of the batch and the blocks' contents happen-before
+            batch_next.store((cur & INDEX_MASK) as u32, Ordering::Relaxed);
+            let new = ((cur & !INDEX_MASK).wrapping_add(TAG_ONE)) | number;
+            // Success Release: the links or the array and the blocks' contents happen-before
             // the pop that takes them. Failure Relaxed: we only rewrite our own link and retry.
-            match self
-                .head
-                .0
-                .compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed)
-            {
+            match self.top.0.head.compare_exchange_weak(
+                cur,
+                new,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return,
                 Err(seen) => cur = seen,
             }
@@ -461,26 +664,32 @@ impl<'a> LockFreePool<'a> {
     #[cold]
     fn report_misuse(&self, kind: AllocErrorKind) {
         // Relaxed: a statistic.
-        self.stats.0.misuse.fetch_add(1, Ordering::Relaxed);
+        self.top.0.stats.misuse.fetch_add(1, Ordering::Relaxed);
         record(kind);
     }
 
     #[cold]
     fn report_failure(&self, kind: AllocErrorKind) {
         // Relaxed: a statistic.
-        self.stats.0.failures.fetch_add(1, Ordering::Relaxed);
+        self.top.0.stats.failures.fetch_add(1, Ordering::Relaxed);
         record(kind);
     }
 
     /// Records that `taken` blocks left the shared list (peak tracking).
     fn note_taken(&self, taken: usize) {
         // Relaxed (all): statistics; the figure may lag the list by a few operations.
-        let left = self.stats.0.shared_free.fetch_sub(taken, Ordering::Relaxed) - taken;
+        let left = self
+            .top
+            .0
+            .stats
+            .shared_free
+            .fetch_sub(taken, Ordering::Relaxed)
+            - taken;
         let out = self.capacity - left;
         // A plain load first: the line is ours after the fetch_sub, and in a steady state the
         // peak holds, so the compare-and-swap loop of fetch_max is rarely run.
-        if out > self.stats.0.peak_out.load(Ordering::Relaxed) {
-            self.stats.0.peak_out.fetch_max(out, Ordering::Relaxed);
+        if out > self.top.0.stats.peak_out.load(Ordering::Relaxed) {
+            self.top.0.stats.peak_out.fetch_max(out, Ordering::Relaxed);
         }
     }
 
@@ -499,22 +708,52 @@ unsafe impl TypedAlloc for LockFreePool<'_> {
             self.report_failure(AllocErrorKind::InvalidRequest);
             return None;
         }
-        let Some(first) = self.take_batch() else {
-            self.report_failure(AllocErrorKind::Exhausted);
-            return None;
+        let index = loop {
+            let Some(batch) = self.take_batch() else {
+                self.report_failure(AllocErrorKind::Exhausted);
+                return None;
+            };
+            match batch {
+                Entry::Chain(first) => {
+                    // Relaxed: the batch is ours since the Acquire pop.
+                    let rest = self.link(first).next.load(Ordering::Relaxed);
+                    if rest != 0 {
+                        self.push_batch(Entry::Chain(rest - 1));
+                    }
+                    break first;
+                }
+                Entry::Array(id) => {
+                    // Take the last listed block; the rest goes back unless it was the last.
+                    let array = self.array(id);
+                    // Relaxed (len, blocks): the array is ours since the Acquire pop.
+                    let len = array.len.load(Ordering::Relaxed);
+                    let last = len
+                        .checked_sub(1)
+                        .and_then(|l| Some((l, array.blocks.get(l as usize)?)));
+                    let Some((left, block)) = last else {
+                        // Never pushed empty; freed should one ever be, and the next taken.
+                        self.release_array(id);
+                        continue;
+                    };
+                    let taken = block.load(Ordering::Relaxed);
+                    if left == 0 {
+                        self.release_array(id);
+                    } else {
+                        // Relaxed: published by push_batch's Release CAS.
+                        array.len.store(left, Ordering::Relaxed);
+                        self.push_batch(batch);
+                    }
+                    break taken;
+                }
+            }
         };
-        // Relaxed: the batch is ours since the Acquire pop.
-        let rest = self.link(first).next.load(Ordering::Relaxed);
-        if rest != 0 {
-            self.push_batch(rest - 1);
-        }
         self.note_taken(1);
         if cfg!(debug_assertions) {
-            self.set_live(first, true);
+            self.set_live(index, true);
         }
         // Relaxed: a statistic.
-        self.stats.0.allocations.fetch_add(1, Ordering::Relaxed);
-        Some(self.block(first))
+        self.top.0.stats.allocations.fetch_add(1, Ordering::Relaxed);
+        Some(self.block(index))
     }
 
     unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
@@ -523,10 +762,14 @@ unsafe impl TypedAlloc for LockFreePool<'_> {
         };
         // Relaxed: published by push_batch's Release CAS.
         self.link(index).next.store(0, Ordering::Relaxed);
-        self.push_batch(index);
+        self.push_batch(Entry::Chain(index));
         // Relaxed (both): statistics.
-        self.stats.0.shared_free.fetch_add(1, Ordering::Relaxed);
-        self.stats.0.deallocations.fetch_add(1, Ordering::Relaxed);
+        self.top.0.stats.shared_free.fetch_add(1, Ordering::Relaxed);
+        self.top
+            .0
+            .stats
+            .deallocations
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -537,6 +780,10 @@ impl Drop for LockFreePool<'_> {
         for i in 0..self.capacity {
             // SAFETY: every entry was written in `over`; nothing uses the pool any more.
             unsafe { core::ptr::drop_in_place(self.links.as_ptr().add(i)) };
+        }
+        for a in 0..self.array_count as usize {
+            // SAFETY: as above, for the batch arrays.
+            unsafe { core::ptr::drop_in_place(self.arrays.as_ptr().add(a)) };
         }
         if let Some(os) = self.os {
             // SAFETY: the region came from Region::reserve on this OS.
@@ -571,6 +818,8 @@ pub struct LocalCache<'p, 'a> {
     /// `ticks` and the fill level as last published to the pool's statistics.
     published_ticks: Cell<u32>,
     published_len: Cell<usize>,
+    /// The batch array this cache's flushes try first (see `claim_array`).
+    array_hint: Cell<u32>,
 }
 
 impl LocalCache<'_, '_> {
@@ -597,25 +846,48 @@ impl LocalCache<'_, '_> {
             return;
         }
         let pool = self.pool;
-        for i in 0..count {
-            let next = if i + 1 < count {
-                self.slots[i + 1].get() + 1
-            } else {
-                0
-            };
-            // Relaxed: published by push_batch's Release CAS.
-            pool.link(self.slots[i].get())
-                .next
-                .store(next, Ordering::Relaxed);
-        }
-        pool.push_batch(self.slots[0].get());
+        let Some(out) = self.slots.get(..count) else {
+            return;
+        };
+        let array = if (2..=BATCH).contains(&count) {
+            pool.claim_array(&self.array_hint)
+        } else {
+            None
+        };
+        let batch = match array {
+            Some(id) => {
+                let array = pool.array(id);
+                for (to, from) in array.blocks.iter().zip(out) {
+                    // Relaxed: published by push_batch's Release CAS.
+                    to.store(from.get(), Ordering::Relaxed);
+                }
+                // Relaxed: as above. count <= BATCH fits in u32.
+                array.len.store(count as u32, Ordering::Relaxed);
+                Entry::Array(id)
+            }
+            None => {
+                // Every array tried is in use (or one block): a chain.
+                for (i, slot) in out.iter().enumerate() {
+                    let next = out.get(i + 1).map_or(0, |n| n.get() + 1);
+                    // Relaxed: published by push_batch's Release CAS.
+                    pool.link(slot.get()).next.store(next, Ordering::Relaxed);
+                }
+                // count >= 1, so out[0] exists; the 0 is never used.
+                Entry::Chain(out.first().map_or(0, Cell::get))
+            }
+        };
+        pool.push_batch(batch);
         for i in count..len {
             self.slots[i - count].set(self.slots[i].get());
         }
         self.len.set(len - count);
         self.low_water.set(self.low_water.get().min(len - count));
         // Relaxed: a statistic.
-        pool.stats.0.shared_free.fetch_add(count, Ordering::Relaxed);
+        pool.top
+            .0
+            .stats
+            .shared_free
+            .fetch_add(count, Ordering::Relaxed);
         self.publish(0, count);
     }
 
@@ -624,30 +896,69 @@ impl LocalCache<'_, '_> {
     #[inline(never)]
     fn refill(&self) {
         let pool = self.pool;
-        let Some(mut index) = pool.take_batch() else {
+        let Some(batch) = pool.take_batch() else {
             return;
         };
-        let mut len = self.len();
+        let before = self.len();
+        let len = match batch {
+            Entry::Array(id) => self.take_array(before, id),
+            Entry::Chain(first) => self.take_chain(before, first),
+        };
+        self.len.set(len);
+        let taken = len - before;
+        pool.note_taken(taken);
+        self.publish(taken, 0);
+    }
+
+    /// Moves the blocks of the popped array `id` to `slots[len..]` and frees the array; returns
+    /// the new length. Whatever does not fit (nothing, for a refill of an empty cache: an array
+    /// holds at most BATCH <= CACHE_SLOTS blocks) goes back to the list in the array.
+    fn take_array(&self, len: usize, id: u32) -> usize {
+        let pool = self.pool;
+        let array = pool.array(id);
+        // Relaxed (len, blocks): the array is ours since the Acquire pop.
+        let listed = (array.len.load(Ordering::Relaxed) as usize).min(BATCH);
+        let moved = listed.min(CACHE_SLOTS.saturating_sub(len));
+        let (Some(to), Some(from)) = (
+            self.slots.get(len..len + moved),
+            array.blocks.get(listed - moved..listed),
+        ) else {
+            pool.push_batch(Entry::Array(id));
+            return len;
+        };
+        for (to, from) in to.iter().zip(from) {
+            to.set(from.load(Ordering::Relaxed));
+        }
+        if moved == listed {
+            pool.release_array(id);
+        } else {
+            // Relaxed: published by push_batch's Release CAS.
+            array.len.store((listed - moved) as u32, Ordering::Relaxed);
+            pool.push_batch(Entry::Array(id));
+        }
+        len + moved
+    }
+
+    /// Moves the blocks of the popped chain batch starting at `index` to `slots[len..]` by
+    /// walking its links; returns the new length.
+    fn take_chain(&self, mut len: usize, mut index: u32) -> usize {
+        let pool = self.pool;
         loop {
             let Some(slot) = self.slots.get(len) else {
                 // The cache is full. Batches are never longer than BATCH; kept safe should
                 // one ever be: the rest of the batch goes back.
-                pool.push_batch(index);
-                break;
+                pool.push_batch(Entry::Chain(index));
+                return len;
             };
             slot.set(index);
             len += 1;
             // Relaxed: the batch is ours since the Acquire pop.
             let next = pool.link(index).next.load(Ordering::Relaxed);
             if next == 0 {
-                break;
+                return len;
             }
             index = next - 1;
         }
-        let taken = len - self.len.get();
-        self.len.set(len);
-        pool.note_taken(taken);
-        self.publish(taken, 0);
     }
 
     /// Counts an operation; every REBALANCE_PERIOD, returns half of what sat unused.
@@ -684,7 +995,7 @@ impl LocalCache<'_, '_> {
     /// moved: `len_now = len_before + taken - flushed - allocations + frees`, so
     /// `allocations - frees = taken - flushed - (len_now - len_before)`.
     fn publish(&self, taken: usize, flushed: usize) {
-        let stats = &self.pool.stats.0;
+        let stats = &self.pool.top.0.stats;
         let ticks = self.ticks.get();
         let ops = ticks.wrapping_sub(self.published_ticks.replace(ticks)) as usize;
         let (now, before) = (self.len.get(), self.published_len.replace(self.len.get()));
