@@ -3,7 +3,6 @@
 mod strategy_support;
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
@@ -160,12 +159,25 @@ fn double_wrong_size_and_foreign_frees_are_refused_in_every_build() {
     assert_eq!(buddy.stats().free_bytes, buddy.heap_size());
 }
 
+/// Allocates as many 32-byte blocks as `waited` has and checks that they are those, newest
+/// (last freed) first: the frees that waited are handed out again before anything else.
+fn assert_handed_out_again_newest_first(buddy: &Buddy<'_>, waited: &[NonNull<u8>]) {
+    let again: Vec<_> = waited
+        .iter()
+        .map(|_| buddy.allocate_bytes(32, 8).unwrap())
+        .collect();
+    let newest_first: Vec<_> = waited.iter().rev().copied().collect();
+    assert_eq!(again, newest_first, "{} frees waited", waited.len());
+}
+
 /// An order with many blocks allocated keeps more frees waiting than DEFERRED (up to half its
-/// allocated count): they are reused first, a double free deep in the waiting list is still
-/// refused, and reading the figures coalesces them all.
+/// allocated count): they are reused first, newest first, a double free deep in the waiting
+/// stack is still refused, and reading the figures coalesces them all.
 #[test]
 fn many_waiting_frees_of_one_order_are_reused_and_checked() {
-    let mut buf = buffer(64 * 1024);
+    // 128 KiB of 32-byte blocks: 4096 slots, a waiting stack of 4096 / 64 = 64 entries,
+    // more than the 3 * DEFERRED frees below.
+    let mut buf = buffer(128 * 1024);
     let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
     let blocks: Vec<_> = (0..300)
         .map(|i| {
@@ -180,15 +192,11 @@ fn many_waiting_frees_of_one_order_are_reused_and_checked() {
         // SAFETY: live blocks, freed once.
         unsafe { buddy.deallocate_bytes(p, 32, 8) };
     }
-    // The first block freed is the deepest in the waiting list.
+    // The first block freed is the deepest in the waiting stack.
     // SAFETY: deliberate double free, refused (were it accepted, the block would wait twice
     // and be handed out twice below).
     unsafe { buddy.deallocate_bytes(blocks[0], 32, 8) };
-    let again: HashSet<_> = (0..freed)
-        .map(|_| buddy.allocate_bytes(32, 8).unwrap())
-        .collect();
-    let freed_set: HashSet<_> = blocks[..freed].iter().copied().collect();
-    assert_eq!(again, freed_set, "waiting frees are handed out again first");
+    assert_handed_out_again_newest_first(&buddy, &blocks[..freed]);
     for (i, &p) in blocks.iter().enumerate().skip(freed) {
         assert!(holds(p, 32, i as u64));
     }
@@ -203,6 +211,52 @@ fn many_waiting_frees_of_one_order_are_reused_and_checked() {
         unsafe { buddy.deallocate_bytes(p, 32, 8) };
     }
     assert_eq!(buddy.stats().free_bytes, buddy.heap_size());
+}
+
+/// The two bounds of the deferral: an order keeps at most DEFERRED frees waiting while few of
+/// its blocks are allocated, and never more than its stack holds however many are; the frees
+/// beyond coalesce at once (so they are not handed out again newest first), and a double free
+/// of one of those is refused as well.
+#[test]
+fn waiting_frees_are_bounded_by_the_slack_rule_and_the_stack() {
+    for (live, freed, waiting) in [
+        // 40 allocated: DEFERRED wait (half of 40 allocated is less).
+        (40, 40, DEFERRED),
+        // 1000 allocated: a third of them could wait, the stack holds 4096 / 64 (128 KiB of
+        // 32-byte blocks).
+        (1000, 200, 64),
+    ] {
+        let mut buf = buffer(128 * 1024);
+        let buddy = Buddy::from_buffer(&mut buf, 32).unwrap();
+        let blocks: Vec<_> = (0..live)
+            .map(|_| buddy.allocate_bytes(32, 8).unwrap())
+            .collect();
+        for &p in &blocks[..freed] {
+            // SAFETY: live blocks, freed once.
+            unsafe { buddy.deallocate_bytes(p, 32, 8) };
+        }
+        // SAFETY: a deliberate double free of a block that did not wait, refused.
+        unsafe { buddy.deallocate_bytes(blocks[freed - 1], 32, 8) };
+        assert_handed_out_again_newest_first(&buddy, &blocks[..waiting]);
+        let s = buddy.stats();
+        assert_eq!(s.misuse, 1);
+        assert_eq!(s.used_bytes, (live - freed + waiting) * 32);
+        for &p in blocks[..waiting].iter().chain(&blocks[freed..]) {
+            // SAFETY: the live blocks, freed once.
+            unsafe { buddy.deallocate_bytes(p, 32, 8) };
+        }
+        assert_eq!(buddy.stats().free_bytes, buddy.heap_size());
+    }
+}
+
+/// The allocator is a value of fixed size, often a `static` in firmware (its bitmaps and
+/// waiting stacks are in its memory): the module documentation states its size, and this keeps
+/// the statement true.
+#[test]
+fn the_allocator_is_as_small_as_its_documentation_says() {
+    let size = std::mem::size_of::<Buddy<'static>>();
+    let bound = if usize::BITS == 64 { 3 * 1024 } else { 1229 };
+    assert!(size <= bound, "{size} bytes");
 }
 
 #[test]
