@@ -176,12 +176,19 @@ fn main() {
         );
     }
     let s = pool.stats();
+    // The pool counts its operations only with allocscope-core's `stats` feature.
+    let churn = if allocscope_core::strategy_stats::OPERATIONS_COUNTED {
+        format!(
+            "{} spawned and {} despawned in all",
+            s.allocations, s.deallocations
+        )
+    } else {
+        "spawn counts off (allocscope-core's `stats` feature counts them)".to_string()
+    };
     println!(
-        "entity pool: {} live entities of {} B, {} spawned and {} despawned in all, capacity {} blocks",
+        "entity pool: {} live entities of {} B, {churn}, capacity {} blocks",
         ours.len(),
         pool.block_size(),
-        s.allocations,
-        s.deallocations,
         pool.capacity()
     );
     println!(
