@@ -38,7 +38,7 @@
 
 use core::ptr::{null_mut, NonNull};
 
-use allocscope_core::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use allocscope_core::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::barrier;
 use crate::cold_table::ColdTable;
@@ -118,6 +118,13 @@ impl PlainWord {
                 | (u64::from(thread) << word::THREAD_SHIFT)
                 | ((size as u64) << word::SIZE_SHIFT),
         )
+    }
+
+    /// The same word for a block surrounded by red zones ([`flag::CANARY`]: the checked fast
+    /// paths' blocks).
+    #[inline(always)]
+    pub(crate) fn with_canary(self) -> Self {
+        PlainWord(self.0 | (u64::from(flag::CANARY) << word::FLAGS_SHIFT))
     }
 
     /// The entry the word stands for.
@@ -356,6 +363,8 @@ pub(crate) struct BlockTable {
     /// is given back (see [`BlockTable::for_each`]).
     walking: AtomicUsize,
     walk_lock: SpinLock<()>,
+    /// Regions created from now on ask for transparent huge pages (see `create_region`).
+    huge_pages: AtomicBool,
 }
 
 // SAFETY: the raw pointers are to mappings owned by the table and only reached through atomics.
@@ -385,7 +394,16 @@ impl BlockTable {
             counts: Box::new(core::array::from_fn(|_| Counts::default())),
             walking: AtomicUsize::new(0),
             walk_lock: SpinLock::new(()),
+            huge_pages: AtomicBool::new(false),
         }
+    }
+
+    /// Regions created from now on ask for transparent huge pages: for a heap that is dense
+    /// over a large span and whose blocks are reached in random order (a quarantine's), where
+    /// the words' page walks cost more than committing them 2 MiB at a time.
+    pub(crate) fn use_huge_pages(&self) {
+        // Relaxed: a hint (see `create_region`).
+        self.huge_pages.store(true, Ordering::Relaxed);
     }
 
     /// Whether `key`'s entry lives in the direct map (else in the cold table).
@@ -416,12 +434,21 @@ impl BlockTable {
 
     #[cold]
     fn create_region(&self, slot: &AtomicPtr<AtomicU64>, region: usize) -> Option<*mut AtomicU64> {
-        // 4 KiB pages, not huge ones: hinting the regions for huge pages gained ~1-2 ns per
-        // pair on the overhead bench's guard-page row (TLB entries that each guarded block's
-        // `mprotect`s flush came back for one page) but committed the words 2 MiB at a time,
-        // wherever the heap had one block: a python3 workload's peak RSS went from 78 to 335 MiB
-        // and its time from 1.5 to 1.8-2.1 s (zeroing huge pages).
-        let mapping = os_memory::map(REGION_MAP_BYTES)?;
+        // 4 KiB pages by default, not huge ones: hinting the regions for huge pages gained ~1-2
+        // ns per pair on the overhead bench's guard-page row (TLB entries that each guarded
+        // block's `mprotect`s flush came back for one page) but committed the words 2 MiB at a
+        // time, wherever the heap had one block: a python3 workload's peak RSS went from 78 to
+        // 335 MiB and its time from 1.5 to 1.8-2.1 s (zeroing huge pages). With a quarantine
+        // the heap is dense over a span of at least the quarantine's size, and the words over
+        // it are touched in random order (frees, evictions, allocations all over that span):
+        // there, huge pages (see `use_huge_pages`) save a page walk per access.
+        // Relaxed: a hint set once at start-up; a region created before it is seen keeps 4 KiB
+        // pages, which is only slower.
+        let mapping = if self.huge_pages.load(Ordering::Relaxed) {
+            os_memory::map_huge(REGION_MAP_BYTES)?
+        } else {
+            os_memory::map(REGION_MAP_BYTES)?
+        };
         let new: *mut AtomicU64 = mapping.as_ptr().cast();
         // AcqRel: publishes the zeroed mapping, or sees the winner's.
         match slot.compare_exchange(null_mut(), new, Ordering::AcqRel, Ordering::Acquire) {
@@ -735,13 +762,18 @@ impl BlockTable {
         if thread == 0 || thread >= word::THREAD_LIMIT {
             return None;
         }
-        self.release_owned(key, thread, counter_slot(), None)
+        self.release_owned(key, thread, counter_slot(), None, 0, 0)
     }
 
     /// [`BlockTable::release_plain`] for a caller that checked `0 < thread <
     /// FAST_THREAD_LIMIT`, with the current thread's counter `slot`; with `expect` = (size,
     /// log2 alignment), only a block of exactly that layout is released (the layout check
     /// folded into the word's comparison: anything else, a mismatch among them, is `None`).
+    ///
+    /// `flags` is the block's expected flag set (0, or [`flag::CANARY`] on the checked fast
+    /// paths), part of the comparison and kept in the freed word; a block smaller than
+    /// `hold_below` bytes goes to state `QUARANTINED` (the caller hands it to the quarantine),
+    /// any other to `FREED` (0: no quarantine).
     #[inline(always)]
     pub(crate) fn release_owned(
         &self,
@@ -749,6 +781,8 @@ impl BlockTable {
         thread: u32,
         slot: usize,
         expect: Option<(usize, u8)>,
+        flags: u8,
+        hold_below: usize,
     ) -> Option<(usize, u8)> {
         debug_assert!(thread != 0 && thread < word::THREAD_LIMIT);
         if !self.covers(key) {
@@ -761,7 +795,9 @@ impl BlockTable {
         let stack = u64::from(word::STACK_LIMIT - 1) << word::STACK_SHIFT;
         let owner = u64::from(word::THREAD_LIMIT - 1) << word::THREAD_SHIFT;
         let plain = word::STATE_MASK | word::FLAGS_MASK | word::COLD | stack | owner;
-        let mine = u64::from(state::LIVE) | (u64::from(thread) << word::THREAD_SHIFT);
+        let mine = u64::from(state::LIVE)
+            | (u64::from(flags & 0b111) << word::FLAGS_SHIFT)
+            | (u64::from(thread) << word::THREAD_SHIFT);
         // A size that a freed word cannot hold takes the general release (with its cold
         // entry), like any word that is not this thread's live plain block.
         let (mask, want) = match expect {
@@ -784,7 +820,13 @@ impl BlockTable {
             return None;
         }
         let size = (w >> word::SIZE_SHIFT) as usize;
-        let freed = u64::from(state::FREED)
+        let to = if size < hold_below {
+            state::QUARANTINED
+        } else {
+            state::FREED
+        };
+        let freed = u64::from(to)
+            | (u64::from(flags & 0b111) << word::FLAGS_SHIFT)
             | (u64::from(thread) << word::FREED_THREAD_SHIFT)
             | ((size as u64) << word::FREED_SIZE_SHIFT);
         // Relaxed: as for `release_with`'s owner path.

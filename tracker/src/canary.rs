@@ -87,11 +87,41 @@ fn window(addr: usize, pattern: u64) -> u64 {
     (pair >> ((addr & 7) * 8)) as u64
 }
 
+/// Calls `f(a, window(a))` for the 8-byte windows that cover `start..start+len` (`len >= 8`):
+/// one every eight bytes from `start`, and when `len` is not a multiple of eight a last one
+/// ending at the range's end, overlapping the one before it (the pattern depends only on the
+/// address, so a byte covered twice has one expected value).
+///
+/// Consecutive windows share an aligned word, and consecutive aligned words differ by
+/// [`SPREAD`] in their index term, so each window costs an add, an xor and a double shift
+/// (one multiply per range), not two multiplies and a 128-bit shift.
+#[inline(always)]
+fn for_each_window(start: usize, len: usize, p: u64, mut f: impl FnMut(usize, u64)) {
+    debug_assert!(len >= 8);
+    let end = start + len;
+    // Below 64: the window's offset into its first aligned word, in bits.
+    let shift = ((start & 7) * 8) as u32;
+    let mut index_term = ((start >> 3) as u64).wrapping_mul(SPREAD);
+    let mut low = p ^ index_term;
+    let mut a = start;
+    while a + 8 <= end {
+        index_term = index_term.wrapping_add(SPREAD);
+        let high = p ^ index_term;
+        // `shift & 63` tells the compiler what is true: one double-shift instruction.
+        let pair = (u128::from(high) << 64) | u128::from(low);
+        f(a, (pair >> (shift & 63)) as u64);
+        low = high;
+        a += 8;
+    }
+    if a < end {
+        f(end - 8, window(end - 8, p));
+    }
+}
+
 /// Writes the red-zone pattern over `start..start+len`.
 ///
-/// One unaligned word store per eight bytes; when `len` is not a multiple of eight the last
-/// word overlaps the one before it (the pattern depends only on the address, so a byte written
-/// twice gets the same value). Ranges under eight bytes are written byte by byte.
+/// One unaligned word store per eight bytes ([`for_each_window`]). Ranges under eight bytes
+/// are written byte by byte.
 ///
 /// # Safety
 /// The range is writable memory owned by the caller.
@@ -106,16 +136,11 @@ pub(crate) unsafe fn fill(start: usize, len: usize) {
         }
         return;
     }
-    let mut a = start;
-    while a + 8 <= end {
-        // SAFETY: eight bytes inside the caller's writable range (an unaligned store).
-        unsafe { (a as *mut u64).write_unaligned(window(a, p).to_le()) };
-        a += 8;
-    }
-    if a < end {
-        // SAFETY: `end - 8 >= start` (len >= 8): eight bytes inside the range.
-        unsafe { ((end - 8) as *mut u64).write_unaligned(window(end - 8, p).to_le()) };
-    }
+    for_each_window(start, len, p, |a, w| {
+        // SAFETY: `for_each_window` passes windows inside `start..end`, the caller's writable
+        // range (an unaligned store).
+        unsafe { (a as *mut u64).write_unaligned(w.to_le()) }
+    });
 }
 
 /// Whether all of `start..start+len` holds the red-zone pattern: one unaligned word compare
@@ -132,20 +157,11 @@ unsafe fn zone_intact(start: usize, len: usize) -> bool {
         // SAFETY: inside the caller's readable range.
         return (start..end).all(|b| unsafe { intact(b, p) });
     }
-    let diff_at = |a: usize| {
-        // SAFETY: callers below pass `a` with `a..a+8` inside the caller's readable range.
-        u64::from_le(unsafe { load(a) }) ^ window(a, p)
-    };
     let mut diff = 0;
-    let mut a = start;
-    while a + 8 <= end {
-        diff |= diff_at(a);
-        a += 8;
-    }
-    if a < end {
-        // `end - 8 >= start` (len >= 8).
-        diff |= diff_at(end - 8);
-    }
+    for_each_window(start, len, p, |a, w| {
+        // SAFETY: `for_each_window` passes windows inside the caller's readable range.
+        diff |= u64::from_le(unsafe { load(a) }) ^ w;
+    });
     diff == 0
 }
 

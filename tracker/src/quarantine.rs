@@ -119,6 +119,11 @@ impl Quarantine {
         size <= self.max_block
     }
 
+    /// The sizes held are those below this ([`Quarantine::admits`] as one bound).
+    pub(crate) fn hold_below(&self) -> usize {
+        self.max_block + 1
+    }
+
     /// Adds a poisoned block and takes out the oldest blocks while the quarantine is over
     /// budget, under one lock (see [`Exchange`]). Inline, so that the [`Exchange`] is built in
     /// the caller's frame rather than copied out (callgrind: ~135 -> ~92 instructions per free).

@@ -19,6 +19,12 @@
 //! so rarely in cache), and perf put a third of the tracker's own samples on the instruction
 //! after each of those loads.
 //!
+//! The checked fast paths are the same two with red zones and the quarantine on (and no
+//! stream, stacks sampled or off, guard pages for some or none: see `checked_paths`): the fill
+//! of the red zones at alloc; at free one table load and store to `QUARANTINED`, the red-zone
+//! check, the poison and the quarantine's exchange (`deallocate_checked`). Blocks with a
+//! stack, guarded blocks and every bad free take the general path.
+//!
 //! ```text
 //! alloc:   flag -> sample? (byte countdown) -> guard? (1 in N) -> guard slot | inner + red zones
 //!          -> table insert -> event
@@ -37,24 +43,43 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 use std::time::Duration;
 
-use allocscope_core::sync::{AtomicPtr, AtomicU32, Ordering};
+use allocscope_core::sync::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use allocscope_core::Allocscope;
 
 use crate::block_table::{
     flag, prefetch, state as block_state, BlockInfo, PlainWord, Release, PLAIN_SIZE_LIMIT,
 };
 use crate::canary;
-use crate::options::{LeakCheck, Options};
-use crate::quarantine::Held;
+use crate::options::{GuardRate, LeakCheck, Options};
+use crate::quarantine::{Held, Quarantine};
 use crate::report::{print_line, Detection, Facts, Report};
 use crate::state::{self, State, TrackerStats};
-use crate::thread_state::{enter, enter_always, hot, thread_id, with_local, Local};
+use crate::thread_state::{enter, enter_always, hot, thread_id, with_local, Hot, Local};
 use crate::trace_format::{Event, ReportKind};
 
 const UNINIT: u32 = 0;
 const INITIALISING: u32 = 1;
 const READY: u32 = 2;
 const FAILED: u32 = 3;
+
+/// [`Tracker`]'s `checked` when the checked fast paths do not apply.
+const CHECKED_OFF: usize = usize::MAX;
+
+/// The canary size for the checked fast paths under `options`, or [`CHECKED_OFF`]. They are the
+/// default paths with red zones and the quarantine (ASan-style checking without stacks for
+/// every block): they apply when either is on and nothing else that needs the general paths is
+/// (an event stream, every allocation sampled or guarded).
+fn checked_paths(options: &Options) -> usize {
+    let checking = options.canary_bytes != 0 || options.quarantine_bytes != 0;
+    if !checking
+        || options.streams()
+        || options.sample_bytes == 1
+        || matches!(options.guard, GuardRate::All)
+    {
+        return CHECKED_OFF;
+    }
+    options.canary_bytes
+}
 
 /// The instrumented allocator. `Tracker::new()` reads `ALLOCSCOPE_OPTIONS` at the first
 /// allocation; [`Tracker::with_options`] takes options built in code.
@@ -82,6 +107,10 @@ pub struct Tracker<A: GlobalAlloc = Allocscope> {
     /// published: blocks the tracker allocates for itself meanwhile are recorded in its table.
     building: AtomicPtr<State>,
     init: AtomicU32,
+    /// The red-zone size the checked fast paths use, or [`CHECKED_OFF`] (see
+    /// [`checked_paths`]); stored before `state` is published, so whoever sees the state sees
+    /// it.
+    checked: AtomicUsize,
 }
 
 impl Tracker<Allocscope> {
@@ -107,6 +136,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             state: AtomicPtr::new(null_mut()),
             building: AtomicPtr::new(null_mut()),
             init: AtomicU32::new(UNINIT),
+            checked: AtomicUsize::new(CHECKED_OFF),
         }
     }
 
@@ -118,6 +148,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             state: AtomicPtr::new(null_mut()),
             building: AtomicPtr::new(null_mut()),
             init: AtomicU32::new(UNINIT),
+            checked: AtomicUsize::new(CHECKED_OFF),
         }
     }
 
@@ -175,6 +206,13 @@ impl<A: GlobalAlloc> Tracker<A> {
                 // recorded through `building` as the tracker's own.
                 let started = state.start_stream();
                 state::register(state);
+                if state.options.quarantine_bytes != 0 {
+                    // The quarantine spreads the heap over its whole size, in random order.
+                    state.table.use_huge_pages();
+                }
+                // Relaxed: published with the state by the Release store below.
+                self.checked
+                    .store(checked_paths(&state.options), Ordering::Relaxed);
                 // Release: publishes the built state (pairs with the Acquire in `ready`).
                 self.state
                     .store(state as *const State as *mut State, Ordering::Release);
@@ -222,10 +260,11 @@ impl<A: GlobalAlloc> Tracker<A> {
     }
 
     /// The default path (fast path; falls back to `allocate_slow`): the program's allocation
-    /// that is neither sampled nor guarded, with no red zones and no event stream, of a size a
-    /// table word holds and an alignment of at most a page. Two countdown decrements, the inner
-    /// allocation and one table store. `None` when anything else applies, having changed
-    /// nothing. `align` is a power of two.
+    /// that is neither sampled nor guarded, with no event stream, of a size a table word holds
+    /// and an alignment of at most a page. Two countdown decrements, the inner allocation and
+    /// one table store; with red zones (the checked fast path, see [`checked_paths`]) their
+    /// fill too. `None` when anything else applies, having changed nothing. `align` is a power
+    /// of two.
     ///
     /// The re-entrancy flag is only read (through the thread's gate), not set: nothing below
     /// calls back into the allocator (the inner allocator does not; the table maps its memory
@@ -234,9 +273,18 @@ impl<A: GlobalAlloc> Tracker<A> {
     fn allocate_fast(&self, size: usize, align: usize, zeroed: bool) -> Option<*mut u8> {
         let state = self.ready()?;
         let fast = &state.fast;
-        if !fast.alloc || size >= PLAIN_SIZE_LIMIT || align > fast.max_align {
+        if size >= PLAIN_SIZE_LIMIT || align > fast.max_align {
             return None;
         }
+        let canary = if fast.alloc {
+            0
+        } else {
+            // Relaxed: stored before the state was published (see `checked`).
+            match self.checked.load(Ordering::Relaxed) {
+                CHECKED_OFF => return None,
+                c => c,
+            }
+        };
         let hot = hot()?;
         // SAFETY: the current thread's hot state, used during this call on this thread.
         let hot = unsafe { &*hot };
@@ -256,20 +304,35 @@ impl<A: GlobalAlloc> Tracker<A> {
         if counts_guard {
             hot.guard_countdown.set(guard_left - 1);
         }
-        let w = PlainWord::new(size, align.trailing_zeros() as u8, tid);
-        // SAFETY: 0 < size.max(1) < 2^24 and `align` is a power of two of at most a page, so
-        // the layout is valid.
-        let layout = unsafe { Layout::from_size_align_unchecked(size.max(1), align) };
+        let mut w = PlainWord::new(size, align.trailing_zeros() as u8, tid);
+        // Red zones: `left` bytes before the block, `canary` after (none on the default path).
+        let left = canary::left_zone(canary, align);
+        if canary != 0 {
+            w = w.with_canary();
+        }
+        // SAFETY: 0 < left + size + canary < 2^24 + 3 pages (a canary is at most 4096 bytes,
+        // `left` at most a page more) and `align` is a power of two of at most a page, so the
+        // layout is valid.
+        let layout =
+            unsafe { Layout::from_size_align_unchecked((left + size + canary).max(1), align) };
         // SAFETY: the layout's size is not zero.
-        let p = unsafe {
+        let base = unsafe {
             if zeroed {
                 self.inner.alloc_zeroed(layout)
             } else {
                 self.inner.alloc(layout)
             }
         };
-        if p.is_null() {
-            return Some(p);
+        if base.is_null() {
+            return Some(base);
+        }
+        let p = base.wrapping_add(left);
+        if canary != 0 {
+            // SAFETY: both red zones lie inside the block just allocated.
+            unsafe {
+                canary::fill(base as usize, left);
+                canary::fill(p as usize + size, canary);
+            }
         }
         if !state.table.insert_owned(p as usize, w, hot.owned_slot()) {
             return Some(self.insert_general(state, p, w));
@@ -512,7 +575,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             return false;
         };
         if !state.fast.free {
-            return false;
+            return self.deallocate_checked(state, ptr, given);
         }
         let Some(hot) = hot() else {
             return false;
@@ -533,7 +596,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         let Some((size, align_log2)) =
             state
                 .table
-                .release_owned(ptr as usize, tid, hot.owned_slot(), expect)
+                .release_owned(ptr as usize, tid, hot.owned_slot(), expect, 0, 0)
         else {
             return false;
         };
@@ -546,6 +609,76 @@ impl<A: GlobalAlloc> Tracker<A> {
                 Layout::from_size_align_unchecked(size.max(1), 1 << align_log2),
             )
         };
+        true
+    }
+
+    /// The checked fast path's free (falls back to `deallocate_slow`): as `deallocate_fast`,
+    /// for a block with red zones or a quarantine on (see [`checked_paths`]): one table load
+    /// and store (to `QUARANTINED` for a block the quarantine holds), the red-zone check, then
+    /// the quarantine (poison, evictions) or the inner free. Damage is reported as on the
+    /// general path. `false` when anything else applies, having changed nothing. Out of line:
+    /// the default path's free stays short.
+    #[inline(never)]
+    fn deallocate_checked(&self, state: &'static State, ptr: *mut u8, given: Given) -> bool {
+        let canary = if state.fast.alloc {
+            0
+        } else {
+            // Relaxed: stored before the state was published (see `checked`).
+            match self.checked.load(Ordering::Relaxed) {
+                CHECKED_OFF => return false,
+                c => c,
+            }
+        };
+        let Some(hot) = hot() else {
+            return false;
+        };
+        // SAFETY: the current thread's hot state, used during this call on this thread.
+        let hot: &Hot = unsafe { &*hot };
+        // Non-zero: an id a table word holds, a counter slot of its own, the flag clear.
+        let tid = hot.gate();
+        if tid == 0 {
+            return false;
+        }
+        // The red zones are read next, and the block poisoned: start loading its first line,
+        // the left zone's and (with a layout given) the right zone's, so that those misses
+        // overlap with the table word's instead of following it.
+        let addr = ptr as usize;
+        prefetch(addr.wrapping_sub(canary));
+        prefetch(addr);
+        prefetch(addr.wrapping_add(given.size));
+        let quarantine = state.quarantine.as_ref();
+        let expect = (given.align != 0).then(|| (given.size, given.align.trailing_zeros() as u8));
+        let flags = if canary != 0 { flag::CANARY } else { 0 };
+        let hold_below = quarantine.map_or(0, Quarantine::hold_below);
+        let Some((size, align_log2)) = state.table.release_owned(
+            ptr as usize,
+            tid,
+            hot.owned_slot(),
+            expect,
+            flags,
+            hold_below,
+        ) else {
+            return false;
+        };
+        let info = BlockInfo {
+            size,
+            align_log2,
+            state: block_state::LIVE,
+            flags,
+            alloc_thread: tid,
+            ..Default::default()
+        };
+        let ptr = ptr as usize;
+        // SAFETY: the block was live until the release above, which this thread made; its
+        // memory is still ours.
+        if let Some((kind, addr)) = unsafe { state.canary_damage(ptr, &info) } {
+            let facts = state.facts_for(kind, Detection::Free, addr, ptr, &info);
+            Reporter::Fast.raise(state, facts);
+        }
+        match quarantine {
+            Some(q) if size < hold_below => self.hold(state, Reporter::Fast, q, ptr, &info),
+            _ => self.release_memory(state, ptr, &info),
+        }
         true
     }
 
@@ -729,43 +862,57 @@ impl<A: GlobalAlloc> Tracker<A> {
         }
         match quarantine {
             Some(q) if q.admits(info.size) => {
-                // SAFETY: the block is ours until it leaves the quarantine.
-                unsafe { canary::poison(ptr, info.size) };
-                let held = Held {
-                    ptr,
-                    size: info.size,
-                    align_log2: info.align_log2,
-                    flags: info.flags,
-                };
-                // One lock: the block goes in, the oldest come out.
-                let out = q.exchange(held);
-                if !out.held {
-                    state
-                        .table
-                        .transition(ptr, block_state::QUARANTINED, block_state::FREED);
-                    self.release_memory(state, ptr, &info);
-                }
-                for &old in out.evicted() {
-                    self.evict(state, local, old);
-                }
-                if out.more {
-                    while let Some(old) = q.pop_excess() {
-                        self.evict(state, local, old);
-                    }
-                }
-                if let Some(next) = out.upcoming {
-                    // A block that leaves a few frees from now was freed long ago and is out
-                    // of cache: start loading it and its table word now.
-                    next.prefetch();
-                    state.table.prefetch(next.ptr);
-                }
+                self.hold(state, Reporter::Tracked(local), q, ptr, &info)
             }
             _ => self.release_memory(state, ptr, &info),
         }
     }
 
+    /// Puts a block that was just released (table state `QUARANTINED`) in the quarantine:
+    /// poisons it, adds it, and checks and frees the blocks that leave.
+    #[inline(always)]
+    fn hold(
+        &self,
+        state: &'static State,
+        reporter: Reporter<'_>,
+        q: &Quarantine,
+        ptr: usize,
+        info: &BlockInfo,
+    ) {
+        // SAFETY: the block is ours until it leaves the quarantine.
+        unsafe { canary::poison(ptr, info.size) };
+        let held = Held {
+            ptr,
+            size: info.size,
+            align_log2: info.align_log2,
+            flags: info.flags,
+        };
+        // One lock: the block goes in, the oldest come out.
+        let out = q.exchange(held);
+        if !out.held {
+            state
+                .table
+                .transition(ptr, block_state::QUARANTINED, block_state::FREED);
+            self.release_memory(state, ptr, info);
+        }
+        for &old in out.evicted() {
+            self.evict(state, reporter, old);
+        }
+        if out.more {
+            while let Some(old) = q.pop_excess() {
+                self.evict(state, reporter, old);
+            }
+        }
+        if let Some(next) = out.upcoming {
+            // A block that leaves a few frees from now was freed long ago and is out
+            // of cache: start loading it and its table word now.
+            next.prefetch();
+            state.table.prefetch(next.ptr);
+        }
+    }
+
     /// A block leaves the quarantine: check the poison, then really free it.
-    fn evict(&self, state: &'static State, local: Option<&Local>, held: Held) {
+    fn evict(&self, state: &'static State, reporter: Reporter<'_>, held: Held) {
         // SAFETY: a held block stays ours until this function frees it.
         let damaged = unsafe { canary::first_unpoisoned(held.ptr, held.size) };
         let info = BlockInfo {
@@ -784,7 +931,7 @@ impl<A: GlobalAlloc> Tracker<A> {
                 held.ptr,
                 &info,
             );
-            state.raise(facts, local);
+            reporter.raise(state, facts);
         }
         state
             .table
@@ -1166,6 +1313,41 @@ impl<A: GlobalAlloc> Drop for Tracker<A> {
             }
             state::unregister(state);
         }
+    }
+}
+
+/// Who raises a report found while freeing: the general path (re-entrancy flag set, with the
+/// thread's local state if it has one), or a fast path, which runs with the flag clear and so
+/// sets it first (raising a report allocates).
+#[derive(Clone, Copy)]
+enum Reporter<'a> {
+    Tracked(Option<&'a Local>),
+    Fast,
+}
+
+impl Reporter<'_> {
+    fn raise(self, state: &'static State, facts: Facts) {
+        match self {
+            Reporter::Tracked(local) => state.raise(facts, local),
+            Reporter::Fast => raise_from_fast_path(state, facts),
+        }
+    }
+}
+
+/// [`Reporter::Fast`]'s report: the flag set, then as the general path raises it.
+#[cold]
+#[inline(never)]
+fn raise_from_fast_path(state: &'static State, facts: Facts) {
+    // The fast paths run only with the flag clear (their gate says so), so `enter` sets it.
+    let _busy = enter();
+    let mut facts = Some(facts);
+    with_local(|local| {
+        if let Some(f) = facts.take() {
+            state.raise(f, Some(local));
+        }
+    });
+    if let Some(f) = facts {
+        state.raise(f, None);
     }
 }
 

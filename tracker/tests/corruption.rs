@@ -551,3 +551,182 @@ fn halt_on_error_aborts_after_the_report() {
     );
     assert!(stderr.contains("halt_on_error"), "{stderr}");
 }
+
+// -------------------------------------------------------------------------------------------
+// The checked fast paths: red zones and the quarantine without a stack for every block (no
+// stream, stacks sampled or not at all, guard pages for some blocks or none). Their blocks take
+// the short table paths in `tracker.rs`; each test commits one heap bug on such a block and
+// asserts that it is reported as on the general paths (which the tests above run: they record
+// every stack).
+// -------------------------------------------------------------------------------------------
+
+/// [`quiet`] without stacks: every block takes the checked paths.
+fn checked() -> OptionsBuilder {
+    quiet().sample_bytes(0)
+}
+
+#[test]
+fn overflow_and_underflow_are_reported_at_free_at_every_size_and_offset() {
+    let t = tracker(checked().canary_bytes(16));
+    for size in 1..80 {
+        for bad in [0, 7, 15] {
+            // SAFETY: (test) the writes land in the red zones, the tracker's memory.
+            let (p, q) = unsafe {
+                let p = t.alloc(layout(size));
+                flip(p.add(size + bad));
+                t.dealloc(p, layout(size));
+                let q = t.alloc(layout(size));
+                flip(q.sub(1 + bad));
+                t.dealloc(q, layout(size));
+                (p as usize, q as usize)
+            };
+            let reports = t.take_reports();
+            assert_eq!(reports.len(), 2, "size {size} bad {bad}: {reports:#?}");
+            assert_eq!(reports[0].kind, ReportKind::HeapBufferOverflow);
+            assert_eq!(reports[0].address, p + size + bad);
+            assert_eq!(reports[0].block, Some((p, size)));
+            assert_eq!(reports[1].kind, ReportKind::HeapBufferUnderflow);
+            assert_eq!(reports[1].address, q - 1 - bad);
+        }
+    }
+    assert_eq!(t.stats().live_blocks, 0);
+}
+
+#[test]
+fn every_use_after_free_write_is_reported_when_its_block_leaves_quarantine() {
+    let t = tracker(checked().canary_bytes(16).quarantine_bytes(64 << 10));
+    let mut damaged = Vec::new();
+    // SAFETY: (test) each write goes to a quarantined block, still the tracker's memory;
+    // everything else is plain alloc/free pairs.
+    unsafe {
+        for i in 0..200usize {
+            let size = 8 + i % 200;
+            let p = t.alloc(layout(size));
+            t.dealloc(p, layout(size));
+            if i % 7 == 0 {
+                let at = (i * 13) % size;
+                flip(p.add(at));
+                damaged.push(p as usize + at);
+            }
+        }
+        // Push every damaged block out.
+        for _ in 0..2000 {
+            t.dealloc(t.alloc(layout(200)), layout(200));
+        }
+    }
+    let mut found: Vec<usize> = t
+        .take_reports()
+        .iter()
+        .map(|r| {
+            assert_eq!(r.kind, ReportKind::UseAfterFree, "{}", r.text);
+            assert!(r.text.contains("left quarantine"), "{}", r.text);
+            r.address
+        })
+        .collect();
+    found.sort_unstable();
+    damaged.sort_unstable();
+    assert_eq!(found, damaged);
+}
+
+#[test]
+fn a_scan_finds_a_write_into_a_quarantined_block() {
+    let t = tracker(checked().quarantine_bytes(1 << 20));
+    // SAFETY: (test) the write goes to a quarantined block.
+    let p = unsafe {
+        let p = t.alloc(layout(64));
+        t.dealloc(p, layout(64));
+        p.add(40).write(1);
+        p as usize
+    };
+    let reports = t.scan();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::UseAfterFree);
+    assert_eq!(reports[0].address, p + 40);
+}
+
+#[test]
+fn double_frees_are_caught_in_and_after_quarantine() {
+    let t = tracker(checked().canary_bytes(16).quarantine_bytes(4096));
+    // SAFETY: (test) the second frees are the bug; the tracker ignores them.
+    unsafe {
+        let p = t.alloc(layout(24));
+        t.dealloc(p, layout(24));
+        t.dealloc(p, layout(24));
+        assert_eq!(t.report_count(ReportKind::DoubleFree), 1);
+        // Out of quarantine (and perhaps handed out again: then it is a live block and the
+        // free below is the program's own).
+        for _ in 0..200 {
+            t.dealloc(t.alloc(layout(100)), layout(100));
+        }
+        let q = t.alloc(layout(32));
+        t.dealloc(q, layout(32));
+        t.dealloc(q, layout(32));
+    }
+    assert_eq!(t.report_count(ReportKind::DoubleFree), 2);
+    assert_eq!(t.report_count(ReportKind::UseAfterFree), 0);
+    assert_eq!(t.stats().live_blocks, 0);
+}
+
+#[test]
+fn a_layout_mismatch_is_reported_and_the_block_freed() {
+    let t = tracker(checked().canary_bytes(16).quarantine_bytes(4096));
+    // SAFETY: (test) the wrong layout is the bug; the tracker frees the block right.
+    unsafe {
+        let p = t.alloc(Layout::from_size_align(48, 16).unwrap());
+        t.dealloc(p, Layout::from_size_align(40, 8).unwrap());
+    }
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::AllocDeallocMismatch);
+    assert_eq!(t.stats().live_blocks, 0);
+}
+
+#[test]
+fn a_clean_random_workload_raises_nothing_and_keeps_the_figures() {
+    // Sampled stacks and some guard pages too: their blocks take the general paths, the others
+    // the checked ones, side by side.
+    let t = tracker(
+        Options::builder()
+            .sample_bytes(4096)
+            .guard(GuardRate::OneIn(50))
+            .print_reports(false)
+            .leak_check(LeakCheck::Off)
+            .check_at_exit(false)
+            .canary_bytes(16)
+            .quarantine_bytes(256 << 10),
+    );
+    let mut live: Vec<(*mut u8, Layout)> = Vec::new();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    // SAFETY: every block is written inside its size and freed once with its layout.
+    unsafe {
+        for i in 0..50_000usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if live.len() < 500 || x % 2 == 0 {
+                let l = Layout::from_size_align(1 + (x % 600) as usize, 8 << (x % 3)).unwrap();
+                let p = if i % 5 == 0 {
+                    t.alloc_zeroed(l)
+                } else {
+                    t.alloc(l)
+                };
+                assert!(!p.is_null());
+                if i % 5 == 0 {
+                    assert!((0..l.size()).all(|k| *p.add(k) == 0), "zeroed");
+                }
+                core::ptr::write_bytes(p, 0xAB, l.size());
+                live.push((p, l));
+            } else {
+                let (p, l) = live.swap_remove((x >> 8) as usize % live.len());
+                t.dealloc(p, l);
+            }
+        }
+        assert_eq!(t.stats().live_blocks, live.len());
+        assert_eq!(t.scan(), vec![]);
+        for (p, l) in live {
+            t.dealloc(p, l);
+        }
+    }
+    assert_eq!(t.take_reports(), vec![]);
+    assert_eq!(t.stats().live_blocks, 0);
+}
