@@ -39,8 +39,9 @@ pub enum LeakCheck {
 pub enum Unwinder {
     /// The default. On x86-64 Linux: a walk by frame sizes learnt from earlier DWARF walks
     /// (tens of nanoseconds, with or without frame pointers), checked against DWARF on the
-    /// first captures and then one in 64 per thread; one disagreement turns the process to
-    /// DWARF for good, and a stack through code not seen yet takes DWARF (and teaches it).
+    /// first captures, on every stack not seen before, and then one capture in 4096 per
+    /// thread; one disagreement turns the process to DWARF for good, and a stack through code
+    /// not seen yet takes DWARF (and teaches it).
     /// Elsewhere: as `Backtrace`.
     Auto,
     /// The `backtrace` crate (DWARF unwind tables): works on any build, costs microseconds.

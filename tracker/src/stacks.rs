@@ -13,7 +13,9 @@
 //! (the `backtrace` crate). A DWARF walk parses unwind tables for every frame — microseconds,
 //! and at the guard pages' rate (one allocation in 1000, two stacks each) its tables and
 //! libgcc's code are out of cache; the learnt walk reads one table entry and one stack word
-//! per frame.
+//! per frame. A thread's last walks are remembered and replayed while the stack still holds
+//! their return addresses ([`RecentWalks`]): a loop's allocations cost one compare per frame,
+//! and no hash.
 //!
 //! May touch: `backtrace` (capture only), [`crate::os_memory`], [`crate::spin`],
 //! [`crate::thread_state`].
@@ -134,8 +136,13 @@ fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<usi
 /// each frame (about 1.5k instructions per frame, and cold at the guard pages' rate).
 ///
 /// Trust is measured, not assumed: until [`cfa::AGREEMENTS_NEEDED`] walks gave exactly the
-/// frames DWARF gives, and then for one capture in [`cfa::RECHECK`] per thread, both run and
-/// are compared; one disagreement turns the process to DWARF for good. A return address seen
+/// frames DWARF gives, then for every walk that gives a stack not in the table yet, and for one
+/// capture in [`cfa::RECHECK`] per thread, both run and are compared; one disagreement turns
+/// the process to DWARF for good. (A walk gone wrong — a frame size that no longer holds —
+/// reads words that are not this stack's return addresses: it stops at one not learnt, or
+/// gives frames that, all but certainly, no stack had before, and are checked. So the periodic
+/// check, at several microseconds a DWARF walk, is a rare backstop.) A walk repeated from the
+/// same stack pointer over the same return addresses is replayed ([`RecentWalks`]). A return address seen
 /// with two different frame sizes (a function that realigns or grows its stack) is marked
 /// unstable, and a stack through it always takes DWARF; so does a stack with a return address
 /// not learnt yet (which the DWARF walk then teaches), or a frame outside the thread's stack.
@@ -143,7 +150,7 @@ fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<usi
 /// same call site always gets the same stack id.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod cfa {
-    use super::{capture_dwarf_with_cfas, stack_bounds, Local};
+    use super::{capture_dwarf_with_cfas, known_id, stack_bounds, Local, NONE, RECENT_FRAMES};
     use allocscope_core::sync::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
     const UNKNOWN: u8 = 0;
@@ -156,8 +163,15 @@ mod cfa {
     static AGREED: AtomicU32 = AtomicU32::new(0);
     /// Agreeing checks needed before the walk is trusted.
     pub(super) const AGREEMENTS_NEEDED: u32 = 8;
-    /// Once trusted, one capture in this many per thread is still checked against DWARF.
-    pub(super) const RECHECK: u32 = 64;
+    /// Once trusted, one capture in this many per thread is still checked against DWARF
+    /// (besides every capture of a stack not seen before).
+    pub(super) const RECHECK: u32 = 4096;
+    /// Bumped whenever a learnt entry changes (a return address turns unstable, or its slot
+    /// is taken by another) or the start offset does: walks remembered before it
+    /// ([`super::RecentWalks`]) are not replayed. Relaxed: like the entries it guards, a hint each
+    /// capture reads on its own; a replay that misses a concurrent bump gives what a walk
+    /// reading the entry just before the change would have given.
+    static GENERATION: AtomicU32 = AtomicU32::new(0);
 
     /// Remembered return addresses, direct mapped by a hash; an entry is `ip << 16 | size / 8
     /// << 1 | 1` (0 = empty), with the size field [`END`] for a stack's last frame and
@@ -214,17 +228,26 @@ mod cfa {
             Size::Bytes(b) if (b / 8) as u64 == field => return,
             _ => UNSTABLE,
         };
-        slot(ip).store((ip as u64) << 16 | field << 1 | 1, Ordering::Relaxed);
+        let slot = slot(ip);
+        // Relaxed: see `SIZES`.
+        if slot.load(Ordering::Relaxed) != 0 {
+            // An entry changes (turns unstable, or gives its slot to another address).
+            // Relaxed: see `GENERATION`.
+            GENERATION.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.store((ip as u64) << 16 | field << 1 | 1, Ordering::Relaxed);
     }
 
     /// The walk itself from `capture_into`'s frame (whose stack pointer was `rsp`), inside the
-    /// thread's stack `low..high`; `None` as soon as a frame is not known for sure.
+    /// thread's stack `low..high`; `None` as soon as a frame is not known for sure. Each
+    /// frame's CFA minus `rsp` goes to `cfas` (as far as it reaches; `u32::MAX` if too far).
     #[inline(never)]
     pub(super) fn walk(
         frames: &mut [usize],
         depth: usize,
         rsp: usize,
         (low, high): (usize, usize),
+        cfas: &mut [u32],
     ) -> Option<usize> {
         // Relaxed: see `START`.
         let start = START.load(Ordering::Relaxed);
@@ -240,6 +263,9 @@ mod cfa {
             // SAFETY: `cfa - 8 .. cfa` lies inside this thread's mapped stack (checked above).
             let ip = unsafe { *((cfa - 8) as *const usize) };
             frames[n] = ip;
+            if let Some(c) = cfas.get_mut(n) {
+                *c = u32::try_from(cfa - rsp).unwrap_or(u32::MAX);
+            }
             n += 1;
             match lookup(ip) {
                 Size::Bytes(b) => cfa += b,
@@ -274,7 +300,11 @@ mod cfa {
         // Relaxed: see `START`.
         match START.load(Ordering::Relaxed) {
             0 => START.store(start, Ordering::Relaxed),
-            known if known != start => START.store(u64::MAX, Ordering::Relaxed),
+            known if known != start => {
+                START.store(u64::MAX, Ordering::Relaxed);
+                // Relaxed: see `GENERATION`.
+                GENERATION.fetch_add(1, Ordering::Relaxed);
+            }
             _ => {}
         }
         for i in at + 1..pairs.len() {
@@ -310,24 +340,47 @@ mod cfa {
         rsp: usize,
         capture_into: usize,
     ) -> Option<usize> {
-        let bounds = stack_bounds(local);
-        if bounds.1 == 0 {
-            return None;
-        }
         let count = local.captures.get().wrapping_add(1);
         local.captures.set(count);
         // Relaxed: see `VERDICT`.
         let verdict = VERDICT.load(Ordering::Relaxed);
+        // Relaxed: see `GENERATION`. Read before the walk, so that a table changed during it
+        // leaves the walk remembered as stale.
+        let generation = GENERATION.load(Ordering::Relaxed);
+        // A capture that is neither among the first nor one of the periodic checks.
+        let routine = verdict == TRUSTED && count % RECHECK != 0;
+        let mut recent = local.recent_walks.try_borrow_mut().ok();
+        if let Some(recent) = recent.as_deref_mut() {
+            if routine {
+                if let Some(n) = recent.replay(frames, depth, rsp, generation) {
+                    return Some(n);
+                }
+            }
+            recent.last = NONE;
+        }
+        let bounds = stack_bounds(local);
+        if bounds.1 == 0 {
+            return None;
+        }
+        let mut cfas = [0u32; RECENT_FRAMES];
         let walked = if verdict == REFUSED {
             None
         } else {
-            walk(frames, depth, rsp, bounds)
+            walk(frames, depth, rsp, bounds, &mut cfas)
         };
-        if let Some(n) = walked {
-            if verdict == TRUSTED && count % RECHECK != 0 {
+        if let (Some(n), true) = (walked, routine) {
+            // A stack seen before is taken as the walk gives it; a new one is checked against
+            // DWARF first (a walk gone wrong reads words that are no return addresses of this
+            // stack, and the frames it gives are, all but certainly, a stack never seen).
+            let id = known_id(&frames[..n], local);
+            if id != 0 {
+                if let Some(recent) = recent.as_deref_mut() {
+                    recent.remember(rsp, depth, generation, &frames[..n], &cfas[..n], id);
+                }
                 return Some(n);
             }
         }
+        drop(recent);
         let mut check = local.check_frames.try_borrow_mut().ok()?;
         // Pairs (ip, CFA) in the scratch buffer: the DWARF walk, with room for the backtrace
         // crate's own frames above `capture_into`'s.
@@ -370,6 +423,171 @@ mod cfa {
     pub(super) fn trusted() -> bool {
         // Relaxed: see `VERDICT`.
         VERDICT.load(Ordering::Relaxed) == TRUSTED
+    }
+}
+
+/// Walks a thread remembers, and the most frames of a remembered walk.
+const RECENT: usize = 8;
+const _: () = assert!(RECENT <= 8, "RecentWalks::order holds eight entry numbers");
+const RECENT_FRAMES: usize = 48;
+/// [`RecentWalks::last`] when the last capture was no replay.
+const NONE: u8 = u8::MAX;
+
+/// A thread's last walks by frame sizes ([`cfa`]), for replay. A walk is a function of the
+/// stack pointer it starts from, the words it reads and the frame-size table: while the table
+/// has not changed (`cfa::GENERATION`) and the stack holds, at every place the walk read a
+/// return address, the same one, walking again would give the same frames, which have the
+/// same stack id. Replaying checks one stack word per frame against the remembered one, each
+/// independent of the others, where the walk is a chain of dependent loads (stack word, table
+/// entry, next frame) and the id a hash over every frame; code that allocates again and again
+/// from the same call paths (any loop) replays most of its stacks. Walks reach the thread's
+/// own stack only, so a remembered place is inside it for the thread's whole life.
+pub(crate) struct RecentWalks {
+    walks: [Walk; RECENT],
+    /// Entry numbers, one a byte from the low end, the most recently replayed or remembered
+    /// first: replays try them in this order, and the last one is replaced. (Walks from one
+    /// stack pointer often share their first frames — the allocator's own — and part from
+    /// each other only at the caller's, so a wrong entry can cost most of a comparison.)
+    order: u64,
+    /// The entry the last capture replayed or remembered ([`NONE`]): [`intern`] takes its id
+    /// if it is given those frames.
+    last: u8,
+}
+
+struct Walk {
+    /// `capture_into`'s stack pointer at the walk (0 = empty entry).
+    rsp: usize,
+    /// `cfa::GENERATION` before the walk.
+    generation: u32,
+    /// The depth asked for.
+    depth: u32,
+    len: u32,
+    /// The stack's id (never 0).
+    id: u32,
+    ips: [usize; RECENT_FRAMES],
+    /// Each frame's CFA minus `rsp` (its return address lies just below).
+    cfas: [u32; RECENT_FRAMES],
+}
+
+#[cfg_attr(
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code)
+)]
+impl RecentWalks {
+    pub(crate) const fn new() -> Self {
+        const EMPTY: Walk = Walk {
+            rsp: 0,
+            generation: 0,
+            depth: 0,
+            len: 0,
+            id: 0,
+            ips: [0; RECENT_FRAMES],
+            cfas: [0; RECENT_FRAMES],
+        };
+        let mut order = 0u64;
+        let mut i = 0;
+        while i < RECENT {
+            order |= (i as u64) << (8 * i);
+            i += 1;
+        }
+        RecentWalks {
+            walks: [EMPTY; RECENT],
+            order,
+            last: NONE,
+        }
+    }
+
+    /// The frames of a remembered walk from `rsp` that the stack still holds, into `frames`;
+    /// their number.
+    #[inline]
+    fn replay(
+        &mut self,
+        frames: &mut [usize],
+        depth: usize,
+        rsp: usize,
+        generation: u32,
+    ) -> Option<usize> {
+        for rank in 0..RECENT {
+            let w = &self.walks[self.at(rank)];
+            if w.rsp != rsp || w.depth as usize != depth || w.generation != generation {
+                continue;
+            }
+            let len = w.len as usize;
+            let (ips, cfas) = (&w.ips[..len], &w.cfas[..len]);
+            let out = frames.get_mut(..len)?;
+            // Each frame is copied out as it is compared (`frames` is scratch until a capture
+            // returns): one pass, and no call to libc's `memcpy`, whose call and dispatch cost
+            // more than copying the ten-odd frames of a stack.
+            let held = out
+                .iter_mut()
+                .zip(ips.iter().zip(cfas))
+                .all(|(out, (&ip, &cfa))| {
+                    *out = ip;
+                    // SAFETY: the walk remembered here read this word, from this `rsp`, and checked
+                    // it lay inside this thread's stack (`remember` keeps only such walks, and an
+                    // entry is its thread's own), which stays mapped while the thread runs.
+                    unsafe { *((rsp + cfa as usize - 8) as *const usize) == ip }
+                });
+            if held {
+                self.promote(rank);
+                return Some(len);
+            }
+        }
+        None
+    }
+
+    /// Remembers the walk from `rsp` (made at `generation`, for `depth` frames) that gave
+    /// `frames`, of stack `id`, the CFAs of its frames minus `rsp` in `cfas`.
+    fn remember(
+        &mut self,
+        rsp: usize,
+        depth: usize,
+        generation: u32,
+        frames: &[usize],
+        cfas: &[u32],
+        id: u32,
+    ) {
+        let len = frames.len();
+        if len > RECENT_FRAMES || cfas.len() != len || cfas.contains(&u32::MAX) {
+            return;
+        }
+        let i = self.at(RECENT - 1);
+        let w = &mut self.walks[i];
+        w.rsp = rsp;
+        w.generation = generation;
+        w.depth = depth as u32;
+        w.len = len as u32;
+        w.id = id;
+        w.ips[..len].copy_from_slice(frames);
+        w.cfas[..len].copy_from_slice(cfas);
+        self.promote(RECENT - 1);
+    }
+
+    /// The entry at `rank` in [`RecentWalks::order`].
+    #[inline]
+    fn at(&self, rank: usize) -> usize {
+        (self.order >> (8 * rank)) as usize % 256 % RECENT
+    }
+
+    /// Moves the entry at `rank` in [`RecentWalks::order`] to the front and makes it the last.
+    #[inline]
+    fn promote(&mut self, rank: usize) {
+        let i = self.at(rank);
+        let shift = 8 * rank as u32;
+        let below = self.order & ((1u64 << shift) - 1);
+        let above = self.order & (u64::MAX.checked_shl(shift + 8).unwrap_or(0));
+        self.order = above | below << 8 | i as u64;
+        self.last = i as u8;
+    }
+
+    /// The id of the walk the last capture replayed or remembered, if it gave `frames`.
+    #[inline]
+    fn last_id(&self, frames: &[usize]) -> Option<u32> {
+        let w = self.walks.get(usize::from(self.last))?;
+        let ips = w.ips.get(..w.len as usize)?;
+        // By hand, as in `replay`.
+        let same = ips.len() == frames.len() && ips.iter().zip(frames).all(|(a, b)| a == b);
+        (same && w.id != 0).then_some(w.id)
     }
 }
 
@@ -592,31 +810,79 @@ fn hash_frames(frames: &[usize]) -> u64 {
 
 /// The id of `frames`, adding it to the table the first time; 0 when the table is full or the
 /// OS refuses memory. `local` (the thread's cache) may be absent during thread teardown.
+/// Inline: the usual case, a stack the default unwinder just replayed, is a comparison.
+#[inline]
 pub(crate) fn intern(frames: &[usize], local: Option<&Local>) -> u32 {
+    if let Some(local) = local {
+        // The walk just replayed or remembered knows its id (a comparison of the frames,
+        // where the hash is a chain of dependent multiplications).
+        if let Some(id) = local
+            .recent_walks
+            .try_borrow()
+            .ok()
+            .and_then(|r| r.last_id(frames))
+        {
+            return id;
+        }
+    }
+    intern_hashed(frames, local)
+}
+
+/// [`intern`] past the thread's last walk: by hash, in the thread's cache, then the table.
+#[inline(never)]
+fn intern_hashed(frames: &[usize], local: Option<&Local>) -> u32 {
     if frames.is_empty() {
         return 0;
     }
     let h = hash_frames(frames);
-    let cache_slot = (h as usize >> 7) % STACK_CACHE;
-    if let Some(local) = local {
-        if let Ok(cache) = local.stack_cache.try_borrow() {
-            let (ch, id) = cache[cache_slot];
-            // Equal 64-bit hashes are taken as equal stacks (a collision would mislabel one
-            // sample; its odds are 2^-63 per pair).
-            if ch == h {
-                return id;
-            }
-        }
+    if let Some(id) = known(h, frames, local) {
+        return id;
     }
-    let id = lookup(h, frames).unwrap_or_else(|| insert(h, frames));
-    if id != 0 {
-        if let Some(local) = local {
-            if let Ok(mut cache) = local.stack_cache.try_borrow_mut() {
-                cache[cache_slot] = (h, id);
-            }
+    let id = insert(h, frames);
+    if let (Some(local), true) = (local, id != 0) {
+        if let Ok(mut cache) = local.stack_cache.try_borrow_mut() {
+            cache[cache_slot(h)] = (h, id);
         }
     }
     id
+}
+
+fn cache_slot(h: u64) -> usize {
+    (h as usize >> 7) % STACK_CACHE
+}
+
+/// The id of `frames` (of hash `h`) if the table has it, from the thread's cache or the table
+/// (which then fills the cache).
+fn known(h: u64, frames: &[usize], local: Option<&Local>) -> Option<u32> {
+    if let Some(local) = local {
+        if let Ok(cache) = local.stack_cache.try_borrow() {
+            let (ch, id) = cache[cache_slot(h)];
+            // Equal 64-bit hashes are taken as equal stacks (a collision would mislabel one
+            // sample; its odds are 2^-63 per pair).
+            if ch == h {
+                return Some(id);
+            }
+        }
+    }
+    let id = lookup(h, frames)?;
+    if let Some(local) = local {
+        if let Ok(mut cache) = local.stack_cache.try_borrow_mut() {
+            cache[cache_slot(h)] = (h, id);
+        }
+    }
+    Some(id)
+}
+
+/// The id of `frames` if the table has it, else 0.
+#[cfg_attr(
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code)
+)]
+fn known_id(frames: &[usize], local: &Local) -> u32 {
+    if frames.is_empty() {
+        return 0;
+    }
+    known(hash_frames(frames), frames, Some(local)).unwrap_or(0)
 }
 
 fn index_slot(h: u64, probe: usize) -> usize {
@@ -838,5 +1104,122 @@ mod tests {
             });
         }
         assert!(names.contains("capture_here"), "{names}");
+    }
+
+    #[test]
+    fn a_remembered_walk_is_replayed_only_while_the_stack_holds_its_return_addresses() {
+        // A stand-in for a stack: the walk from `rsp` read return addresses at the CFAs
+        // `rsp + 16`, `rsp + 48` and `rsp + 64` (each just below its CFA).
+        // Every access goes through `base`, as the replay's reads go through `rsp`.
+        let mut stack = [0usize; 8];
+        let base = stack.as_mut_ptr();
+        let rsp = base as usize;
+        let set = |word: usize, value: usize| {
+            assert!(word < 8);
+            // SAFETY: `word` is inside `stack`, which outlives the closure.
+            unsafe { base.add(word).write(value) }
+        };
+        let (cfas, ips) = (
+            [16u32, 48, 64],
+            [0x5555_0000_1000usize, 0x5555_0000_2000, 0x5555_0000_3000],
+        );
+        for (&c, &ip) in cfas.iter().zip(&ips) {
+            set(c as usize / 8 - 1, ip);
+        }
+        let mut recent = RecentWalks::new();
+        recent.remember(rsp, 32, 7, &ips, &cfas, 42);
+        assert_eq!(recent.last_id(&ips), Some(42));
+        assert_eq!(recent.last_id(&ips[..2]), None, "other frames, no id");
+        let mut out = [0usize; 32];
+        assert_eq!(recent.replay(&mut out, 32, rsp, 7), Some(3));
+        assert_eq!(&out[..3], &ips[..]);
+        // Another depth, another generation of the frame-size table, another stack pointer:
+        // not this walk.
+        assert_eq!(recent.replay(&mut out, 16, rsp, 7), None);
+        assert_eq!(recent.replay(&mut out, 32, rsp, 8), None);
+        assert_eq!(recent.replay(&mut out, 32, rsp + 8, 7), None);
+        // The outermost frame returned and another call put a different return address there.
+        set(7, 0x5555_0000_3004);
+        assert_eq!(recent.replay(&mut out, 32, rsp, 7), None);
+        set(7, ips[2]);
+        // Words between the return addresses (locals) are not part of the walk.
+        set(0, 0xDEAD);
+        assert_eq!(recent.replay(&mut out, 32, rsp, 7), Some(3));
+    }
+
+    #[test]
+    fn recent_walks_keep_the_most_recently_used_and_replace_the_oldest() {
+        let stacks: Vec<[usize; 2]> = (0..=RECENT)
+            .map(|i| [0, 0x5555_0000_1000 + i * 16])
+            .collect();
+        let mut recent = RecentWalks::new();
+        for s in &stacks[..RECENT] {
+            recent.remember(s.as_ptr() as usize, 8, 0, &s[1..], &[16], 1);
+        }
+        let mut out = [0usize; 8];
+        let replays = |recent: &mut RecentWalks, s: &[usize; 2], out: &mut [usize]| {
+            recent.replay(out, 8, s.as_ptr() as usize, 0).is_some()
+        };
+        // Use the first one again: it becomes the newest, and the second the oldest.
+        assert!(replays(&mut recent, &stacks[0], &mut out));
+        let last = &stacks[RECENT];
+        recent.remember(last.as_ptr() as usize, 8, 0, &last[1..], &[16], 1);
+        assert!(replays(&mut recent, &stacks[0], &mut out));
+        assert!(!replays(&mut recent, &stacks[1], &mut out), "replaced");
+        for s in stacks[2..].iter() {
+            assert!(replays(&mut recent, s, &mut out));
+        }
+    }
+
+    #[inline(never)]
+    fn through_left(local: &Local) -> Vec<usize> {
+        // (Bodies that differ, so that the two are not merged into one function.)
+        core::hint::black_box(1u32);
+        core::hint::black_box(capture_here_auto(local))
+    }
+
+    #[inline(never)]
+    fn through_right(local: &Local) -> Vec<usize> {
+        core::hint::black_box(2u32);
+        core::hint::black_box(capture_here_auto(local))
+    }
+
+    fn names_of(frames: &[usize]) -> String {
+        let mut names = String::new();
+        for &ip in frames {
+            backtrace::resolve((ip - 1) as *mut _, |s| {
+                if let Some(n) = s.name() {
+                    names.push_str(&format!("{n:#}\n"));
+                }
+            });
+        }
+        names
+    }
+
+    #[test]
+    fn two_callers_at_the_same_depth_keep_their_own_stacks() {
+        // Both paths reach `capture_into` with the same stack pointer (same frames, sizes
+        // and depth) and part only at the caller's return address: a replay must tell them
+        // apart, and agree with DWARF.
+        let local = Local::new();
+        for i in 0..4 * 64 {
+            let (frames, mine, other) = if i % 2 == 0 {
+                (through_left(&local), "through_left", "through_right")
+            } else {
+                (through_right(&local), "through_right", "through_left")
+            };
+            let names = names_of(&frames);
+            assert!(names.contains(mine) && !names.contains(other), "{names}");
+            let mut dwarf = [0usize; 64];
+            let n = capture_into(&mut dwarf, 64, Unwinder::Backtrace, None);
+            // The DWARF walk from here sees this function's frames on: the captured stack's
+            // frames from the same function on are the same.
+            let ours = frames
+                .iter()
+                .position(|f| dwarf[..n].contains(f))
+                .expect("a frame in common");
+            let theirs = dwarf[..n].iter().position(|f| *f == frames[ours]).unwrap();
+            assert_eq!(&frames[ours..], &dwarf[theirs..n]);
+        }
     }
 }

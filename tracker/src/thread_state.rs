@@ -279,6 +279,13 @@ pub(crate) struct Local {
         allow(dead_code)
     )]
     pub(crate) check_frames: RefCell<[usize; crate::stacks::MAX_FRAMES]>,
+    /// The default unwinder's last walks, replayed when the stack still holds the same return
+    /// addresses at the same places (see [`crate::stacks::RecentWalks`]).
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "x86_64")),
+        allow(dead_code)
+    )]
+    pub(crate) recent_walks: RefCell<crate::stacks::RecentWalks>,
     /// Events waiting to be handed to the writer.
     pub(crate) events: RefCell<Option<EventBuffer>>,
     /// Whether this thread's stack was taken off the dead-stack list.
@@ -294,6 +301,7 @@ impl Local {
             stack_bounds: Cell::new((0, 0)),
             captures: Cell::new(0),
             check_frames: RefCell::new([0; crate::stacks::MAX_FRAMES]),
+            recent_walks: RefCell::new(crate::stacks::RecentWalks::new()),
             events: RefCell::new(None),
             registered: Cell::new(false),
         }
