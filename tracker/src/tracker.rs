@@ -255,7 +255,7 @@ impl<A: GlobalAlloc> Tracker<A> {
     fn allocate_pow2(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
         match self.allocate_fast(size, align, zeroed) {
             Some(p) => p,
-            None => self.allocate_slow(size, align, zeroed),
+            None => self.allocate_checked(size, align, zeroed),
         }
     }
 
@@ -272,19 +272,48 @@ impl<A: GlobalAlloc> Tracker<A> {
     #[inline(always)]
     fn allocate_fast(&self, size: usize, align: usize, zeroed: bool) -> Option<*mut u8> {
         let state = self.ready()?;
+        if !state.fast.alloc {
+            return None;
+        }
+        self.allocate_short::<false>(state, 0, size, align, zeroed)
+    }
+
+    /// Where `allocate_fast` falls back to (fast path; falls back to `allocate_slow`): the
+    /// checked fast path's allocation (see [`checked_paths`]), `allocate_fast` with red zones.
+    /// Out of line and reached only when the default path declined, so that path stays as
+    /// short as it was (calling this from `allocate_fast` cost it six instructions per pair,
+    /// and from the start of `allocate_slow` cost the checked path ~60: cachegrind, the
+    /// overhead bench).
+    #[inline(never)]
+    fn allocate_checked(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        if let Some(state) = self.ready() {
+            // Relaxed: stored before the state was published (see `checked`).
+            let canary = self.checked.load(Ordering::Relaxed);
+            if !state.fast.alloc && canary != CHECKED_OFF {
+                if let Some(p) = self.allocate_short::<true>(state, canary, size, align, zeroed) {
+                    return p;
+                }
+            }
+        }
+        self.allocate_slow(size, align, zeroed)
+    }
+
+    /// The body of `allocate_fast` (`ZONES = false`, `canary` 0) and `allocate_checked`
+    /// (`ZONES`: `canary` bytes of red zone after the block, and the left zone before it;
+    /// `canary` is not 0 there, as the default path serves allocations without red zones).
+    #[inline(always)]
+    fn allocate_short<const ZONES: bool>(
+        &self,
+        state: &'static State,
+        canary: usize,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+    ) -> Option<*mut u8> {
         let fast = &state.fast;
         if size >= PLAIN_SIZE_LIMIT || align > fast.max_align {
             return None;
         }
-        let canary = if fast.alloc {
-            0
-        } else {
-            // Relaxed: stored before the state was published (see `checked`).
-            match self.checked.load(Ordering::Relaxed) {
-                CHECKED_OFF => return None,
-                c => c,
-            }
-        };
         let hot = hot()?;
         // SAFETY: the current thread's hot state, used during this call on this thread.
         let hot = unsafe { &*hot };
@@ -305,16 +334,19 @@ impl<A: GlobalAlloc> Tracker<A> {
             hot.guard_countdown.set(guard_left - 1);
         }
         let mut w = PlainWord::new(size, align.trailing_zeros() as u8, tid);
-        // Red zones: `left` bytes before the block, `canary` after (none on the default path).
-        let left = canary::left_zone(canary, align);
-        if canary != 0 {
+        // Red zones: `left` bytes before the block, `right` after.
+        let (left, right) = if ZONES {
+            debug_assert!(canary != 0);
             w = w.with_canary();
-        }
-        // SAFETY: 0 < left + size + canary < 2^24 + 3 pages (a canary is at most 4096 bytes,
+            (canary::left_zone(canary, align), canary)
+        } else {
+            (0, 0)
+        };
+        // SAFETY: 0 < left + size + right < 2^24 + 3 pages (a canary is at most 4096 bytes,
         // `left` at most a page more) and `align` is a power of two of at most a page, so the
         // layout is valid.
         let layout =
-            unsafe { Layout::from_size_align_unchecked((left + size + canary).max(1), align) };
+            unsafe { Layout::from_size_align_unchecked((left + size + right).max(1), align) };
         // SAFETY: the layout's size is not zero.
         let base = unsafe {
             if zeroed {
@@ -327,11 +359,11 @@ impl<A: GlobalAlloc> Tracker<A> {
             return Some(base);
         }
         let p = base.wrapping_add(left);
-        if canary != 0 {
+        if ZONES {
             // SAFETY: both red zones lie inside the block just allocated.
             unsafe {
                 canary::fill(base as usize, left);
-                canary::fill(p as usize + size, canary);
+                canary::fill(p as usize + size, right);
             }
         }
         if !state.table.insert_owned(p as usize, w, hot.owned_slot()) {
@@ -559,7 +591,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         if ptr.is_null() || self.deallocate_fast(ptr, given) {
             return;
         }
-        self.deallocate_slow(ptr, given);
+        self.deallocate_checked(ptr, given);
     }
 
     /// The default path's free (fast path; falls back to `deallocate_slow`): a plain block
@@ -575,7 +607,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             return false;
         };
         if !state.fast.free {
-            return self.deallocate_checked(state, ptr, given);
+            return false;
         }
         let Some(hot) = hot() else {
             return false;
@@ -612,14 +644,14 @@ impl<A: GlobalAlloc> Tracker<A> {
         true
     }
 
-    /// The checked fast path's free (falls back to `deallocate_slow`): as `deallocate_fast`,
+    /// The checked fast path's free (`deallocate_checked` falls back to `deallocate_slow`):
+    /// as `deallocate_fast`,
     /// for a block with red zones or a quarantine on (see [`checked_paths`]): one table load
     /// and store (to `QUARANTINED` for a block the quarantine holds), the red-zone check, then
     /// the quarantine (poison, evictions) or the inner free. Damage is reported as on the
-    /// general path. `false` when anything else applies, having changed nothing. Out of line:
-    /// the default path's free stays short.
-    #[inline(never)]
-    fn deallocate_checked(&self, state: &'static State, ptr: *mut u8, given: Given) -> bool {
+    /// general path. `false` when anything else applies, having changed nothing.
+    #[inline(always)]
+    fn deallocate_checked_short(&self, state: &'static State, ptr: *mut u8, given: Given) -> bool {
         let canary = if state.fast.alloc {
             0
         } else {
@@ -680,6 +712,19 @@ impl<A: GlobalAlloc> Tracker<A> {
             _ => self.release_memory(state, ptr, &info),
         }
         true
+    }
+
+    /// Where `deallocate_fast` falls back to: `deallocate_checked_short` when the checked
+    /// paths apply, else (or when it declines) `deallocate_slow`. Out of line, for the same
+    /// reason as `allocate_checked`.
+    #[inline(never)]
+    fn deallocate_checked(&self, ptr: *mut u8, given: Given) {
+        if let Some(state) = self.ready() {
+            if !state.fast.free && self.deallocate_checked_short(state, ptr, given) {
+                return;
+            }
+        }
+        self.deallocate_slow(ptr, given);
     }
 
     /// The rest of [`Tracker::deallocate`] (whose contract the caller keeps). `given` in
