@@ -1067,6 +1067,9 @@ mod tests {
     fn capture_here_auto(local: &Local) -> Vec<usize> {
         let mut frames = [0usize; 64];
         let n = capture_into(&mut frames, 64, Unwinder::Auto, Some(local));
+        // Interned, as the tracker does: a walk is remembered for replay once its stack is in
+        // the table.
+        assert_ne!(intern(&frames[..n], Some(local)), 0);
         frames[..n].to_vec()
     }
 
@@ -1225,5 +1228,41 @@ mod tests {
             let theirs = dwarf[..n].iter().position(|f| *f == frames[ours]).unwrap();
             assert_eq!(&frames[ours..], &dwarf[theirs..n]);
         }
+    }
+
+    /// Captures from one of two call sites in one function: the same stack pointer at both,
+    /// the stacks parting only at the return address into this function.
+    #[inline(never)]
+    fn capture_at(local: &Local, left: bool) -> Vec<usize> {
+        // (The constants keep the two calls apart: no call is hoisted out of the branches.)
+        if core::hint::black_box(left) {
+            core::hint::black_box(1u32);
+            let frames = capture_here_auto(local);
+            core::hint::black_box(3u32);
+            frames
+        } else {
+            core::hint::black_box(2u32);
+            let frames = capture_here_auto(local);
+            core::hint::black_box(4u32);
+            frames
+        }
+    }
+
+    #[test]
+    fn two_call_sites_with_one_stack_pointer_are_told_apart() {
+        let local = Local::new();
+        let mut sites = [None, None];
+        for i in 0..256 {
+            let left = i % 2 == 0;
+            let frames = capture_at(&local, left);
+            // frames[0] returns into `capture_here_auto`, frames[1] into `capture_at`.
+            let site = frames[1];
+            assert_eq!(
+                *sites[usize::from(left)].get_or_insert(site),
+                site,
+                "capture {i}"
+            );
+        }
+        assert_ne!(sites[0], sites[1]);
     }
 }
