@@ -156,6 +156,9 @@ pub struct SlabCache<'a, T> {
     /// Offset of the first object in a slab; objects are [`Self::STRIDE`] apart.
     objects_at: usize,
     max_empty: usize,
+    /// Every object address lies below [`LINKABLE_END`] (a caller buffer may not; arenas from
+    /// the OS do, or are refused), so magazines may link objects.
+    linkable: bool,
     os: Option<&'a dyn Os>,
     _objects: PhantomData<T>,
     _buffer: PhantomData<&'a mut [MaybeUninit<u8>]>,
@@ -241,6 +244,7 @@ impl<'a, T> SlabCache<'a, T> {
             // Never 0, for any T: a size of at least 1 rounded up to the alignment, which a
             // type's size is a multiple of (no wrap); the `unwrap_or` is never taken.
             max_empty: 1,
+            linkable: buffer.is_none_or(|region| region.end_addr() <= LINKABLE_END),
             os,
             _objects: PhantomData,
             _buffer: PhantomData,
@@ -292,12 +296,16 @@ impl<'a, T> SlabCache<'a, T> {
         (lists.counts[0], lists.counts[1], lists.counts[2])
     }
 
-    /// A per-thread magazine in front of the cache.
+    /// A per-thread magazine in front of the cache. Its objects are linked (see [`Magazine`])
+    /// when the cache has no constructor, an object holds a pointer and (64-bit targets) every
+    /// object address lies below 2^58.
     pub fn magazine(&self) -> Magazine<'_, 'a, T> {
+        let linked =
+            self.ctor.is_none() && Self::STRIDE.get() >= size_of::<*mut u8>() && self.linkable;
         Magazine {
             cache: self,
-            constructed: self.ctor.is_some(),
-            hot: Cell::new(None),
+            linked,
+            top: ListTop::new(!linked),
             slots: [const { Cell::new(NonNull::dangling()) }; MAGAZINE_SLOTS],
             len: Cell::new(0),
             #[cfg(feature = "stats")]
@@ -545,6 +553,12 @@ impl<'a, T> SlabCache<'a, T> {
         };
         let slabs = FIRST_ARENA_SLABS << count;
         let region = Region::reserve(os, slabs.checked_mul(self.slab_size)?, self.slab_size)?;
+        if region.end_addr() > LINKABLE_END {
+            // SAFETY: the region just reserved from this OS; nothing uses it.
+            unsafe { region.release(os) };
+            record(AllocErrorKind::OutOfMemory);
+            return None;
+        }
         *entry = Some(Arena {
             region,
             first: 0,
@@ -883,18 +897,178 @@ impl<T: core::fmt::Debug, H: ObjectHome<T>> core::fmt::Debug for Pooled<'_, T, H
     }
 }
 
+/// The top of a linked magazine's list: its newest object (null: none) and how many objects
+/// the list holds. 64-bit targets keep both in one word, the count in the top
+/// [`COUNT_BITS`] bits (no object address uses them: see [`LINKABLE_END`]), so taking an
+/// object stores one word and giving one back two, the link and the top — as in an
+/// intrusive free list, and no more. Each object's link is the top word as it was when the
+/// object was pushed, so taking the object restores the count below it with no arithmetic.
+/// Other targets keep the count beside the pointer. A magazine that does not link objects
+/// has a *closed* top: no object and a count past [`MAGAZINE_SLOTS`], so its fast paths'
+/// own tests (empty? full?) send every operation to the slots, with no test of their own.
+struct ListTop {
+    word: Cell<*mut u8>,
+    #[cfg(not(target_pointer_width = "64"))]
+    count: Cell<usize>,
+}
+
+/// Bits of a 64-bit list top that hold the count (up to [`MAGAZINE_SLOTS`]).
+#[cfg(target_pointer_width = "64")]
+const COUNT_BITS: u32 = 6;
+#[cfg(target_pointer_width = "64")]
+const COUNT_SHIFT: u32 = usize::BITS - COUNT_BITS;
+/// Object addresses lie below this in caches whose magazines link objects: on 64-bit targets
+/// the bits above it hold a list's count. No OS hands out user addresses that high (x86-64
+/// with 5-level paging stays below 2^57, AArch64 below 2^52 and untagged from `mmap`); an
+/// arena reserved above it is refused, a caller buffer above it gets magazines of slots.
+#[cfg(target_pointer_width = "64")]
+const LINKABLE_END: usize = 1 << COUNT_SHIFT;
+#[cfg(not(target_pointer_width = "64"))]
+const LINKABLE_END: usize = usize::MAX;
+
+/// The count of a closed list top (see [`ListTop`]): above any real count.
+#[cfg(target_pointer_width = "64")]
+const CLOSED: usize = (1 << COUNT_BITS) - 1;
+#[cfg(not(target_pointer_width = "64"))]
+const CLOSED: usize = usize::MAX;
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(
+    MAGAZINE_SLOTS < CLOSED,
+    "a list's count and the closed mark fit"
+);
+
+impl ListTop {
+    /// An empty list, or (`closed`) one that never takes an object.
+    fn new(closed: bool) -> Self {
+        let count = if closed { CLOSED } else { 0 };
+        ListTop {
+            word: Cell::new(Self::pack(ptr::null_mut(), count)),
+            #[cfg(not(target_pointer_width = "64"))]
+            count: Cell::new(count),
+        }
+    }
+
+    /// The word that names `first` with `count` objects from it down.
+    #[inline(always)]
+    fn pack(first: *mut u8, count: usize) -> *mut u8 {
+        #[cfg(target_pointer_width = "64")]
+        return first.map_addr(|addr| addr | count << COUNT_SHIFT);
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            let _ = count;
+            first
+        }
+    }
+
+    /// The object a word (a top or a link) names.
+    #[inline(always)]
+    fn unpack(word: *mut u8) -> *mut u8 {
+        #[cfg(target_pointer_width = "64")]
+        return word.map_addr(|addr| addr & (LINKABLE_END - 1));
+        #[cfg(not(target_pointer_width = "64"))]
+        word
+    }
+
+    /// The newest object; null when the list is empty.
+    #[inline(always)]
+    fn first(&self) -> *mut u8 {
+        Self::unpack(self.word.get())
+    }
+
+    /// Objects on the list.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        #[cfg(target_pointer_width = "64")]
+        return self.word.get().addr() >> COUNT_SHIFT;
+        #[cfg(not(target_pointer_width = "64"))]
+        self.count.get()
+    }
+
+    #[inline(always)]
+    fn set(&self, first: *mut u8, count: usize) {
+        self.word.set(Self::pack(first, count));
+        #[cfg(not(target_pointer_width = "64"))]
+        self.count.set(count);
+    }
+
+    /// Takes `obj` off the list.
+    ///
+    /// # Safety
+    /// `obj` is [`ListTop::first`], not null.
+    #[inline(always)]
+    unsafe fn pop(&self, obj: *mut u8) {
+        // SAFETY: an object on the list holds its link in its first word, written by `push`
+        // (unaligned: objects need not be pointer-aligned).
+        self.word
+            .set(unsafe { obj.cast::<*mut u8>().read_unaligned() });
+        #[cfg(not(target_pointer_width = "64"))]
+        self.count.set(self.count.get() - 1);
+    }
+
+    /// Puts `obj` on top of the list.
+    ///
+    /// # Safety
+    /// `obj` is an object of the cache nobody uses, at least a pointer in size, below
+    /// [`LINKABLE_END`]; the list holds fewer than [`MAGAZINE_SLOTS`] objects.
+    #[inline(always)]
+    unsafe fn push(&self, obj: *mut u8) {
+        let word = self.word.get();
+        // SAFETY: the caller's contract: the object's first pointer-sized bytes are ours.
+        unsafe { obj.cast::<*mut u8>().write_unaligned(word) };
+        // The count bits of `word` plus one, over the object's address.
+        #[cfg(target_pointer_width = "64")]
+        self.word.set(obj.map_addr(|addr| {
+            addr | (word.addr() & !(LINKABLE_END - 1)).wrapping_add(LINKABLE_END)
+        }));
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            self.word.set(obj);
+            self.count.set(self.count.get() + 1);
+        }
+    }
+
+    /// Moves the `out.len()` oldest objects (the bottom of the list) into `out`; the list must
+    /// hold at least that many. The links of the objects that stay are rewritten with their
+    /// new counts.
+    fn take_oldest(&self, out: &mut [*mut u8]) {
+        let len = self.len();
+        let keep = len.saturating_sub(out.len());
+        let mut obj = self.first();
+        self.set(if keep == 0 { ptr::null_mut() } else { obj }, keep);
+        for below in (0..keep).rev() {
+            // SAFETY: `keep` objects are on the list from `first` down, each linking the next.
+            unsafe {
+                let next = Self::unpack(obj.cast::<*mut u8>().read_unaligned());
+                let link = if below == 0 { ptr::null_mut() } else { next };
+                obj.cast::<*mut u8>()
+                    .write_unaligned(Self::pack(link, below));
+                obj = next;
+            }
+        }
+        for slot in out.iter_mut().take(len - keep) {
+            *slot = obj;
+            // SAFETY: as above: the rest of the list, `len - keep` objects.
+            obj = Self::unpack(unsafe { obj.cast::<*mut u8>().read_unaligned() });
+        }
+    }
+}
+
 /// A per-thread magazine of a [`SlabCache`]: objects come and go without the lock; half a
 /// magazine moves at once. Dropping it returns its objects to their slabs.
 ///
-/// The newest free object sits in `hot`, a fixed place in front of the array: a free followed
-/// by an allocation (the commonest pattern: a temporary object) passes the object through one
-/// field, a store and a load the processor forwards at once, where through `slots[len]` the
-/// load would wait for the index. The array holds the older objects, the newest on top.
+/// Objects of a cache without a constructor (at least a pointer in size) are *linked*: a
+/// LIFO list through each free object's first word, headed by `top`, which also
+/// counts them — the fast paths load and store only that word and the link, like an
+/// intrusive free list (a free followed by an allocation hands back the same, cache-hot
+/// object). Constructed objects keep their state while they wait, so they cannot hold a
+/// link: they sit in `slots`, the newest on top (so do objects smaller than a pointer), and
+/// the list's top is closed.
 pub struct Magazine<'c, 'a, T> {
     cache: &'c SlabCache<'a, T>,
-    /// The cache has a constructor (copied here: one load on the fast paths, not two).
-    constructed: bool,
-    hot: Cell<Option<NonNull<u8>>>,
+    /// Objects are linked, not in slots (fixed when the magazine is made).
+    linked: bool,
+    top: ListTop,
     slots: [Cell<NonNull<u8>>; MAGAZINE_SLOTS],
     len: Cell<usize>,
     /// With the `stats` feature: operations since the last batch move.
@@ -902,14 +1076,18 @@ pub struct Magazine<'c, 'a, T> {
     allocations: Cell<u64>,
     #[cfg(feature = "stats")]
     deallocations: Cell<u64>,
-    /// Objects held (array and `hot`) as published at the last batch move.
+    /// Objects held as published at the last batch move.
     published_len: Cell<usize>,
 }
 
 impl<T> Magazine<'_, '_, T> {
     /// Objects held.
     pub fn cached(&self) -> usize {
-        self.len.get() + usize::from(self.hot.get().is_some())
+        if self.linked {
+            self.top.len()
+        } else {
+            self.len()
+        }
     }
 
     /// `len`, which every store keeps at most [`MAGAZINE_SLOTS`] (a refill takes at most a
@@ -931,34 +1109,50 @@ impl<T> Magazine<'_, '_, T> {
         Some(Pooled { ptr, home: self })
     }
 
-    /// Fast path: `hot`, else the top of the array; falls back to `refill`.
+    /// The top of the list, else the top slot, else a refill.
     #[inline]
     fn pop(&self) -> Option<NonNull<u8>> {
-        let obj = match self.hot.take() {
+        let obj = match self.take_linked() {
             Some(obj) => obj,
-            None => self.pop_slot()?,
+            None => self.pop_unlinked()?,
         };
+        Some(self.handed_out(obj))
+    }
+
+    /// Fast path: the list's first object, unless the list is empty or closed.
+    #[inline(always)]
+    fn take_linked(&self) -> Option<NonNull<u8>> {
+        let obj = NonNull::new(self.top.first())?;
+        // SAFETY: `obj` is the list's first object.
+        unsafe { self.top.pop(obj.as_ptr()) };
+        Some(obj)
+    }
+
+    /// The list is empty or closed (`pop` tried it): the top slot, else a refill.
+    #[inline]
+    fn pop_unlinked(&self) -> Option<NonNull<u8>> {
+        let len = self.len();
+        if len > 0 {
+            self.len.set(len - 1);
+            return Some(self.slots[len - 1].get());
+        }
+        self.refill();
+        self.take_linked().or_else(|| {
+            let len = self.len().checked_sub(1)?;
+            self.len.set(len);
+            Some(self.slots[len].get())
+        })
+    }
+
+    /// An object leaves the magazine: marked in use (debug builds), counted (`stats`).
+    #[inline(always)]
+    fn handed_out(&self, obj: NonNull<u8>) -> NonNull<u8> {
         if cfg!(debug_assertions) {
             self.mark(obj.as_ptr(), IN_MAGAZINE, ALLOCATED);
         }
         #[cfg(feature = "stats")]
         self.allocations.set(self.allocations.get() + 1);
-        Some(obj)
-    }
-
-    #[inline]
-    fn pop_slot(&self) -> Option<NonNull<u8>> {
-        let mut len = self.len();
-        if len == 0 {
-            self.refill();
-            len = self.len();
-            if len == 0 {
-                return None;
-            }
-        }
-        len -= 1;
-        self.len.set(len);
-        Some(self.slots[len].get())
+        obj
     }
 
     /// Debug builds: checks `obj` is an object of ours in use and marks it as in a magazine;
@@ -974,14 +1168,36 @@ impl<T> Magazine<'_, '_, T> {
         true
     }
 
-    /// Adds an accepted object: into `hot`, the one there (if any) onto the array.
+    /// Adds an accepted object: onto the list, or (not linked) into the slots; `rebuild`: a
+    /// constructor cache's object coming back from the byte interface (raw memory).
     #[inline]
-    fn push(&self, obj: NonNull<u8>) {
-        if let Some(older) = self.hot.replace(Some(obj)) {
-            self.push_slot(older);
+    fn push(&self, obj: NonNull<u8>, rebuild: bool) {
+        if self.top.len() < MAGAZINE_SLOTS {
+            // SAFETY: the list is open (a closed one counts more than MAGAZINE_SLOTS), so the
+            // magazine is linked: its objects hold a pointer and lie below LINKABLE_END
+            // (`SlabCache::magazine`); the object was accepted, so nobody uses it; the list
+            // has room.
+            unsafe { self.top.push(obj.as_ptr()) };
+        } else {
+            self.push_slow(obj, rebuild);
         }
         #[cfg(feature = "stats")]
         self.deallocations.set(self.deallocations.get() + 1);
+    }
+
+    /// A full list (flushed first), or the slots of a magazine that does not link.
+    #[inline(never)]
+    fn push_slow(&self, obj: NonNull<u8>, rebuild: bool) {
+        if self.linked {
+            self.flush(MAGAZINE_BATCH);
+            // SAFETY: as in `push`; the flush left room.
+            unsafe { self.top.push(obj.as_ptr()) };
+        } else {
+            if rebuild {
+                self.cache.reconstruct(obj.as_ptr());
+            }
+            self.push_slot(obj);
+        }
     }
 
     #[inline]
@@ -1033,7 +1249,7 @@ impl<T> Magazine<'_, '_, T> {
         report
     }
 
-    /// Refills an empty magazine (`hot` empty too: `pop` tried it first).
+    /// Refills an empty magazine (`pop` found the list and the slots empty).
     #[cold]
     #[inline(never)]
     fn refill(&self) {
@@ -1042,41 +1258,56 @@ impl<T> Magazine<'_, '_, T> {
         let report = self.report(0);
         // `take` fills `got <= MAGAZINE_BATCH` entries of the batch, with non-null objects.
         let got = self.cache.take(&mut batch, Some(report));
-        let mut len = 0;
-        for (slot, obj) in self.slots.iter().zip(batch.iter().take(got)) {
-            if let Some(obj) = NonNull::new(*obj) {
-                slot.set(obj);
-                len += 1;
+        let objects = batch.iter().take(got).filter_map(|&obj| NonNull::new(obj));
+        let mut held = 0;
+        if self.linked {
+            for obj in objects {
+                // SAFETY: as in `push`: a fresh object of a linked magazine's cache; the
+                // list was empty and takes at most a batch.
+                unsafe { self.top.push(obj.as_ptr()) };
+                held += 1;
             }
+        } else {
+            // A batch is shorter than the slots: the zip drops nothing.
+            for (slot, obj) in self.slots.iter().zip(objects) {
+                slot.set(obj);
+                held += 1;
+            }
+            self.len.set(held);
         }
-        self.len.set(len);
-        self.published_len.set(len);
+        self.published_len.set(held);
     }
 
-    /// Moves the `count` oldest objects of the array to their slabs.
+    /// Moves the `count` oldest objects to their slabs.
     #[cold]
     #[inline(never)]
     fn flush(&self, count: usize) {
-        let len = self.len();
-        let count = count.min(len);
         let mut batch = [ptr::null_mut(); MAGAZINE_SLOTS];
-        for (i, slot) in batch[..count].iter_mut().enumerate() {
-            *slot = self.slots[i].get().as_ptr();
-        }
-        let hot = usize::from(self.hot.get().is_some());
-        let report = self.report(len - count + hot);
+        let (count, left) = if self.linked {
+            let count = count.min(self.top.len()).min(MAGAZINE_SLOTS);
+            self.top.take_oldest(&mut batch[..count]);
+            (count, self.top.len())
+        } else {
+            let len = self.len();
+            let count = count.min(len);
+            for (out, slot) in batch.iter_mut().zip(&self.slots[..count]) {
+                *out = slot.get().as_ptr();
+            }
+            for i in count..len {
+                self.slots[i - count].set(self.slots[i].get());
+            }
+            self.len.set(len - count);
+            (count, len - count)
+        };
+        let report = self.report(left);
         self.cache.put(&batch[..count], Some(report), false);
-        for i in count..len {
-            self.slots[i - count].set(self.slots[i].get());
-        }
-        self.len.set(len - count);
     }
 }
 
 impl<T> ObjectHome<T> for Magazine<'_, '_, T> {
     unsafe fn put_back(&self, obj: NonNull<T>) {
         if self.accept(obj.as_ptr().cast()) {
-            self.push(obj.cast());
+            self.push(obj.cast(), false);
         }
     }
 }
@@ -1084,28 +1315,30 @@ impl<T> ObjectHome<T> for Magazine<'_, '_, T> {
 // SAFETY: objects come from the cache (see its implementation) and are held by this magazine
 // alone until handed out.
 unsafe impl<T> TypedAlloc for Magazine<'_, '_, T> {
-    /// Fast path: a compare with a constant, `hot` taken, the constructor flag tested.
+    /// Fast path: a compare with a constant, the list's first object taken (its link loaded,
+    /// the top stored).
     #[inline]
     fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
         if !SlabCache::<T>::fits(size, align) {
             record(AllocErrorKind::InvalidRequest);
             return None;
         }
-        let obj = self.pop()?;
-        if self.constructed {
+        if let Some(obj) = self.take_linked() {
+            // A linked magazine's cache has no constructor: the object is raw memory.
+            return Some(self.handed_out(obj));
+        }
+        let obj = self.handed_out(self.pop_unlinked()?);
+        if !self.linked {
             self.cache.unconstruct(obj.as_ptr());
         }
         Some(obj)
     }
 
-    /// Fast path: the constructor flag tested, the object into `hot`.
+    /// Fast path: the count tested, the object linked on top (two stores).
     #[inline]
     unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
         if self.accept(ptr.as_ptr()) {
-            if self.constructed {
-                self.cache.reconstruct(ptr.as_ptr());
-            }
-            self.push(ptr);
+            self.push(ptr, true);
         }
     }
 }
@@ -1114,13 +1347,10 @@ impl_allocator_api2!(['c, 'a, T] Magazine<'c, 'a, T>);
 
 impl<T> Drop for Magazine<'_, '_, T> {
     fn drop(&mut self) {
-        if let Some(obj) = self.hot.take() {
-            self.push_slot(obj);
-        }
         // At least once, so counts of a magazine that never filled are published too.
         loop {
             self.flush(MAGAZINE_BATCH);
-            if self.len.get() == 0 {
+            if self.cached() == 0 {
                 break;
             }
         }
