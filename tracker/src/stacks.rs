@@ -379,6 +379,11 @@ mod cfa {
                 }
                 return Some(n);
             }
+            // A full table gives a new stack no id (it is recorded as "unknown"): nothing for
+            // a check to keep right, and no DWARF walk per capture once it is full.
+            if super::count() as usize >= super::MAX_STACKS {
+                return Some(n);
+            }
         }
         drop(recent);
         let mut check = local.check_frames.try_borrow_mut().ok()?;
