@@ -41,7 +41,9 @@ fn busy_allocation_site(tracker: &Tracker<Allocscope>) {
     }
 }
 
-/// Overflows a 16-byte block by one byte (the canary catches it at free).
+/// Overflows a 16-byte block by one byte (the canary catches it at free). The byte is flipped,
+/// not set to a constant: the red-zone pattern is random per process, and a constant write
+/// leaves it intact in one run of 256 (which once failed CI).
 #[inline(never)]
 fn overflowing_site(tracker: &Tracker<Allocscope>) {
     let layout = Layout::from_size_align(16, 8).unwrap();
@@ -49,7 +51,8 @@ fn overflowing_site(tracker: &Tracker<Allocscope>) {
     // that is the bug this test wants reported.
     unsafe {
         let p = tracker.alloc(layout);
-        p.add(16).write_volatile(0x55);
+        let red = p.add(16);
+        red.write_volatile(!red.read_volatile());
         tracker.dealloc(p, layout);
     }
 }
