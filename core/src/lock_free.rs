@@ -13,14 +13,21 @@
 //!
 //! A cache's flush writes an array: taking it is the one CAS of the pop, and handing it to a
 //! cache is a copy of independent loads (the array's few lines are fetched together) and a
-//! store that frees the array. Walking a chain is one dependent load per block, each on a
+//! push that frees the array. Walking a chain is one dependent load per block, each on a
 //! side-table line last written by the freeing thread's core: a producer's refill stalled on
-//! every one of them in turn. The pool keeps `capacity / BATCH + 1` arrays, each with an
-//! `in_use` flag a flusher claims by CAS and the thread that popped the batch clears; an array
-//! holds at least 2 blocks, so when every array tried is claimed the flusher makes a chain
-//! instead (the fallback; chains are also the initial batches and the cacheless path's
-//! one-block batches). Only the thread that took an array's batch off the list frees the
-//! array, so no entry on the list is a free array.
+//! every one of them in turn.
+//!
+//! # The free arrays
+//! The pool keeps `capacity / BATCH + 1` arrays. The unclaimed ones sit on a second tagged
+//! Treiber stack, linked through their `batch_next` (unused while an array is off the shared
+//! list): a flusher claims an array by popping it, and the thread that emptied an array's
+//! batch (a refill, or the cacheless path's last take) pushes it back. A claim therefore finds
+//! an array whenever one is free, wherever the free ones lie. (Probing a few array ids from the
+//! cache's last one missed in producer/consumer use, where most arrays sit deep in the LIFO
+//! shared list and the free ones are scattered: 16% of the flushes fell back to chains.) Only
+//! when no array is free — arrays on the list may hold as few as 2 blocks — does a flush make
+//! a chain (the fallback; chains are also the initial batches and the cacheless path's
+//! one-block batches). An array is on at most one of the two stacks, or held by one thread.
 //!
 //! # ABA
 //! A pop reads the head entry `A` and its successor, then CASes the head from `A` to the
@@ -29,7 +36,9 @@
 //! successor. So the head word packs the entry number with a version tag incremented by every
 //! successful CAS, in the *same* atomic word: `head = tag << INDEX_BITS | entry`. The CAS
 //! succeeds only if no other update happened, unless the tag wrapped all the way round to the
-//! same value with the same entry on top. With 64-bit atomics the tag has 32 bits: 2^32
+//! same value with the same entry on top. The free-array stack's head has the same layout and
+//! the same argument (its pop reads `batch_next` the same way), so the same widths suffice.
+//! With 64-bit atomics the tag has 32 bits: 2^32
 //! successful updates (about 40 s at 10 ns each, faster than any contended CAS loop runs)
 //! would have to happen while one thread sits between two adjacent instructions of `pop`.
 //! Targets with only 32-bit atomics (`thumbv7em`) split the word 16/16: at most 65 535
@@ -41,9 +50,10 @@
 //! A [`LocalCache`] (from [`LockFreePool::cache`], one per thread; it is `!Sync`) keeps up to
 //! [`CACHE_SLOTS`] block indices. Allocation pops from it, free pushes to it: no atomics. An
 //! empty cache refills with one batch (one CAS); a full cache flushes its older half as one
-//! batch (one CAS, and one to claim an array). Every [`REBALANCE_PERIOD`] operations a cache
-//! returns half of the blocks that sat unused for the whole period (its low-water mark), so an
-//! idle thread does not strand memory. Producer/consumer — one thread allocating, another
+//! batch (one CAS, and one to claim an array; the refill that empties the array pushes it back
+//! with one more). Every [`REBALANCE_PERIOD`] operations a cache that did not flush in the
+//! period returns half of the blocks that sat unused for the whole period (its low-water mark),
+//! so an idle thread does not strand memory. Producer/consumer — one thread allocating, another
 //! freeing — costs a few CASes per [`BATCH`] blocks: the producer refills, the consumer
 //! flushes.
 //!
@@ -102,9 +112,6 @@ pub const BATCH: usize = CACHE_SLOTS / 2;
 /// Operations of a cache between two rebalances.
 pub const REBALANCE_PERIOD: u32 = 256;
 
-/// Arrays a flushing cache tries to claim before it falls back to a chain.
-const ARRAY_PROBES: u32 = 4;
-
 /// Keeps a hot atomic on its own cache line (no false sharing with its neighbours).
 #[repr(align(64))]
 struct CachePadded<T>(T);
@@ -124,15 +131,14 @@ struct Link {
 
 /// The blocks of one batch, listed: a batch on the shared list, or in flight between a flush
 /// and its push or between a pop and the copy into a cache. `len` and `blocks` belong to whoever
-/// claimed the array until its push, then to whoever pops it; they are atomics only so that
-/// loom checks that hand-over (Relaxed loads and stores compile to plain ones).
+/// claimed the array (popped it off the free-array stack) until its push, then to whoever pops
+/// it; they are atomics only so that loom checks that hand-over (Relaxed loads and stores
+/// compile to plain ones).
 #[repr(C, align(64))]
 struct BatchArray {
-    /// 1 while a batch uses the array. Claimed by CAS (flushers of any thread race for it),
-    /// cleared by the thread that popped the batch.
-    in_use: AtomicU32,
-    /// On the shared list: the next entry (an [`Entry`] number). Read by pops that may lose
-    /// their CAS, hence atomic.
+    /// On the shared list: the next entry (an [`Entry`] number). On the free-array stack: the
+    /// next free array's `id + 1` (0: none). Read by pops of either stack that may lose their
+    /// CAS, hence atomic.
     batch_next: AtomicU32,
     /// Blocks in `blocks` (2 to BATCH when pushed; the cacheless path takes them one by one).
     len: AtomicU32,
@@ -149,7 +155,9 @@ enum Entry {
 }
 
 /// Statistics shared by every thread: relaxed counters, updated at batch moves (caches) or per
-/// operation (the cacheless path).
+/// operation (the cacheless path). `repr(C)`: the ones a batch move writes come first, on the
+/// head words' line (see [`Top`]); `failures` and `misuse` are cold.
+#[repr(C)]
 struct Shared {
     /// Blocks on the shared list.
     shared_free: AtomicUsize,
@@ -161,21 +169,65 @@ struct Shared {
     deallocations: AtomicUsize,
     failures: AtomicUsize,
     misuse: AtomicUsize,
+    /// With the `stats` feature: the caches' batch moves, indexed by [`Move`].
+    #[cfg(feature = "stats")]
+    moves: [AtomicUsize; 4],
 }
 
-/// The shared list's head word and the shared statistics, on one cache line (64 bytes with
-/// 64-bit words): every batch move CASes the head and then updates a counter or two, so one
-/// line moves between the cores per batch move, not two. The counters are written only by the
-/// thread that just won the CAS, which holds the line, so they do not slow the CAS loops.
+/// With the `stats` feature: how the caches' batches moved (see [`LockFreePool::batch_moves`]).
+#[cfg(feature = "stats")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchMoves {
+    /// Flushes that wrote their blocks into a claimed array.
+    pub flushes_to_array: u64,
+    /// Flushes of 2 to [`BATCH`] blocks that found no free array and made a chain (the
+    /// fallback; one-block flushes are chains by design and not counted).
+    pub flushes_to_chain: u64,
+    /// Refills that took an array batch.
+    pub refills_from_array: u64,
+    /// Refills that took a chain batch (walking its links).
+    pub refills_from_chain: u64,
+}
+
+/// A kind of batch move, counted with the `stats` feature.
+#[derive(Clone, Copy)]
+enum Move {
+    FlushToArray,
+    FlushToChain,
+    RefillFromArray,
+    RefillFromChain,
+}
+
+/// The two stacks' head words and the shared statistics, on one cache line (the first 64
+/// bytes hold both heads and every counter a batch move writes, with 64-bit words): every batch
+/// move CASes both heads (a flush pops a free array and pushes the batch, a refill pops the
+/// batch and pushes the emptied array back) and then updates a counter or two, so one line
+/// moves between the cores per batch move, not two or three. A line of its own for the
+/// free-array head would add a transfer per move and separate nothing: the same two threads
+/// write both heads. The counters are written only by the thread that just won a CAS, which
+/// holds the line, so they do not slow the CAS loops.
+#[repr(C)]
 struct Top {
     /// `tag << INDEX_BITS | number of the top entry` (an [`Entry`] number, 0 when empty).
     head: AtomicWord,
+    /// The free-array stack: `tag << INDEX_BITS | id + 1` of the top free array (0: none).
+    free_arrays: AtomicWord,
     stats: Shared,
 }
 
+// The heads and the counters of a batch move share the first line (loom's atomics are larger).
+#[cfg(not(loom))]
+const _: () = assert!(
+    core::mem::offset_of!(Top, stats)
+        + core::mem::offset_of!(Shared, deallocations)
+        + size_of::<AtomicUsize>()
+        <= 64
+);
+
 /// A fixed-size block allocator for many threads. See the [module documentation](self).
 pub struct LockFreePool<'a> {
-    /// The list's head word and the statistics (see [`Top`]).
+    /// The shared list's and the free-array stack's head words and the statistics (see
+    /// [`Top`]).
     top: CachePadded<Top>,
     links: NonNull<Link>,
     arrays: NonNull<BatchArray>,
@@ -288,11 +340,16 @@ impl<'a> LockFreePool<'a> {
             )
         };
         for a in 0..layout.array_count {
+            // Every array starts free: the free-array stack lists them in id order.
+            let next_free = if a + 1 < layout.array_count {
+                a as u32 + 2
+            } else {
+                0
+            };
             // SAFETY: a < array_count: the array lies in its table, which nobody uses yet.
             unsafe {
                 arrays.as_ptr().add(a).write(BatchArray {
-                    in_use: AtomicU32::new(0),
-                    batch_next: AtomicU32::new(0),
+                    batch_next: AtomicU32::new(next_free),
                     len: AtomicU32::new(0),
                     blocks: core::array::from_fn(|_| AtomicU32::new(0)),
                 })
@@ -324,6 +381,8 @@ impl<'a> LockFreePool<'a> {
         let pool = LockFreePool {
             top: CachePadded(Top {
                 head: AtomicWord::new(1),
+                // Array 0 on top (array_count >= 1).
+                free_arrays: AtomicWord::new(1),
                 stats: Shared {
                     shared_free: AtomicUsize::new(capacity),
                     cached: AtomicUsize::new(0),
@@ -332,6 +391,8 @@ impl<'a> LockFreePool<'a> {
                     deallocations: AtomicUsize::new(0),
                     failures: AtomicUsize::new(0),
                     misuse: AtomicUsize::new(0),
+                    #[cfg(feature = "stats")]
+                    moves: core::array::from_fn(|_| AtomicUsize::new(0)),
                 },
             }),
             links,
@@ -406,10 +467,10 @@ impl<'a> LockFreePool<'a> {
             slots: [const { Cell::new(0) }; CACHE_SLOTS],
             len: Cell::new(0),
             low_water: Cell::new(0),
+            flushed: Cell::new(false),
             ticks: Cell::new(0),
             published_ticks: Cell::new(0),
             published_len: Cell::new(0),
-            array_hint: Cell::new(0),
         }
     }
 
@@ -463,46 +524,55 @@ impl<'a> LockFreePool<'a> {
 
     #[inline(always)]
     fn array(&self, id: u32) -> &BatchArray {
-        // SAFETY: callers pass array numbers (< array_count): claim_array hands out only those,
-        // and `entry` decodes only those. The arrays live as long as the pool.
+        // SAFETY: callers pass array numbers (< array_count): the free-array stack holds only
+        // `id + 1` of those (pushed by `over` and `release_array`), and `entry` decodes only
+        // those. The arrays live as long as the pool.
         unsafe { &*self.arrays.as_ptr().add(id as usize) }
     }
 
-    /// Claims a free batch array, trying up to [`ARRAY_PROBES`] from `*hint` on; the hint stays
-    /// on the one claimed (a consumer usually finds the array it used last freed again by the
-    /// producer's refill). `None` when every one tried is in use.
+    /// Claims a free batch array: pops the free-array stack. `None` only when no array is free.
     #[inline]
-    fn claim_array(&self, hint: &Cell<u32>) -> Option<u32> {
-        let mut id = hint.get();
-        for _ in 0..ARRAY_PROBES.min(self.array_count) {
-            if id >= self.array_count {
-                id = 0;
-            }
-            let in_use = &self.array(id).in_use;
-            // Load Relaxed: a look before the CAS, so that a claimed array's line is not taken
-            // for writing; a stale 0 only costs a failing CAS. CAS success Acquire: pairs with
-            // the Release store that freed the array, so the last batch's reads of `len` and
-            // `blocks` happen-before our writes (no write may be seen by those reads). Failure
-            // Relaxed: nothing is read.
-            if in_use.load(Ordering::Relaxed) == 0
-                && in_use
-                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                hint.set(id);
-                return Some(id);
-            }
-            id += 1;
-        }
-        None
+    fn claim_array(&self) -> Option<u32> {
+        // The pop's Acquire pairs with the Release CAS of `release_array`: the last batch's
+        // reads of `len` and `blocks` happen-before our writes (none of them may see those).
+        let number = pop_tagged(&self.top.0.free_arrays, |number| {
+            &self.array(number.wrapping_sub(1)).batch_next
+        })?;
+        Some(number - 1)
     }
 
-    /// Frees array `id`, whose batch this thread popped, once its blocks have been read.
+    /// Frees array `id`, whose batch this thread popped, once its blocks have been read: pushes
+    /// it on the free-array stack.
     #[inline]
     fn release_array(&self, id: u32) {
-        // Release: our reads of `len` and `blocks` happen-before the writes of the next
-        // flusher to claim the array (its Acquire CAS reads this store).
-        self.array(id).in_use.store(0, Ordering::Release);
+        // The push's Release CAS: our reads of `len` and `blocks` happen-before the writes of
+        // the next flusher to claim the array (its Acquire pop reads this CAS or a later RMW of
+        // the same head).
+        push_tagged(&self.top.0.free_arrays, id + 1, &self.array(id).batch_next);
+    }
+
+    /// With the `stats` feature: how the caches' batches moved so far (relaxed counters, a
+    /// snapshot that may be slightly stale while caches work).
+    #[cfg(feature = "stats")]
+    pub fn batch_moves(&self) -> BatchMoves {
+        // Relaxed (all): statistics.
+        let m = |kind: Move| self.top.0.stats.moves[kind as usize].load(Ordering::Relaxed) as u64;
+        BatchMoves {
+            flushes_to_array: m(Move::FlushToArray),
+            flushes_to_chain: m(Move::FlushToChain),
+            refills_from_array: m(Move::RefillFromArray),
+            refills_from_chain: m(Move::RefillFromChain),
+        }
+    }
+
+    /// Counts a batch move (with the `stats` feature; nothing otherwise).
+    #[inline(always)]
+    fn note_move(&self, kind: Move) {
+        // Relaxed: a statistic.
+        #[cfg(feature = "stats")]
+        self.top.0.stats.moves[kind as usize].fetch_add(1, Ordering::Relaxed);
+        #[cfg(not(feature = "stats"))]
+        let _ = kind;
     }
 
     /// The index of the block at `ptr`; `None` if it is not a block of this pool.
@@ -555,33 +625,10 @@ impl<'a> LockFreePool<'a> {
     /// Takes the top entry off the shared list.
     #[inline]
     fn pop_batch(&self) -> Option<Entry> {
-        // Acquire: pairs with the Release CAS of the push that published this entry (or of any
-        // later update: every write to `head` is an RMW, so release sequences continue through
-        // them), making its `batch_next`, its chain or array visible before we read them.
-        let mut cur = self.top.0.head.load(Ordering::Acquire);
-        loop {
-            let number = (cur & INDEX_MASK) as u32;
-            if number == 0 {
-                return None;
-            }
-            let entry = self.entry(number);
-            // Relaxed: if another thread took this entry meanwhile the value may be stale,
-            // but then the tag moved and the CAS below fails.
-            let next = self.batch_next(entry).load(Ordering::Relaxed);
-            let new = ((cur & !INDEX_MASK).wrapping_add(TAG_ONE)) | Word::from(next);
-            // Success Acquire: the batch and the blocks' contents (the freeing threads' last
-            // writes, released by their push) become ours. Failure Acquire: `seen` is used as
-            // the first load was.
-            match self.top.0.head.compare_exchange_weak(
-                cur,
-                new,
-                Ordering::Acquire,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Some(entry),
-                Err(seen) => cur = seen,
-            }
-        }
+        let number = pop_tagged(&self.top.0.head, |number| {
+            self.batch_next(self.entry(number))
+        })?;
+        Some(self.entry(number))
     }
 
     /// Like [`Self::pop_batch`], but when the list is empty while the counter says blocks
@@ -606,26 +653,7 @@ impl<'a> LockFreePool<'a> {
     /// its blocks and `len` written) on the shared list.
     #[inline]
     fn push_batch(&self, entry: Entry) {
-        let number = Word::from(self.number(entry));
-        let batch_next = self.batch_next(entry);
-        // Relaxed: nothing is read through the old head; the CAS validates it.
-        let mut cur = self.top.0.head.load(Ordering::Relaxed);
-        loop {
-            // Relaxed: published by the Release CAS below.
-            batch_next.store((cur & INDEX_MASK) as u32, Ordering::Relaxed);
-            let new = ((cur & !INDEX_MASK).wrapping_add(TAG_ONE)) | number;
-            // Success Release: the links or the array and the blocks' contents happen-before
-            // the pop that takes them. Failure Relaxed: we only rewrite our own link and retry.
-            match self.top.0.head.compare_exchange_weak(
-                cur,
-                new,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(seen) => cur = seen,
-            }
-        }
+        push_tagged(&self.top.0.head, self.number(entry), self.batch_next(entry));
     }
 
     /// Debug builds: marks a block live (`true`) or free; `false` if it already was.
@@ -695,6 +723,55 @@ impl<'a> LockFreePool<'a> {
 
     fn fits(&self, size: usize, align: usize) -> bool {
         size <= self.block_size && align <= self.block_align
+    }
+}
+
+/// Pops the top of the tagged Treiber stack whose head word is `head` (either of the pool's:
+/// the shared list, the free arrays); `link(number)` is where entry `number` keeps the number
+/// below it. Returns the popped entry's number, `None` when the stack is empty.
+#[inline(always)]
+fn pop_tagged<'s>(head: &AtomicWord, link: impl Fn(u32) -> &'s AtomicU32) -> Option<u32> {
+    // Acquire: pairs with the Release CAS of the push that published this entry (or of any
+    // later update: every write to `head` is an RMW, so release sequences continue through
+    // them), making its link, and for a batch its chain or array, visible before we read them.
+    let mut cur = head.load(Ordering::Acquire);
+    loop {
+        let number = (cur & INDEX_MASK) as u32;
+        if number == 0 {
+            return None;
+        }
+        // Relaxed: if another thread took this entry meanwhile the value may be stale, but
+        // then the tag moved and the CAS below fails.
+        let next = link(number).load(Ordering::Relaxed);
+        let new = ((cur & !INDEX_MASK).wrapping_add(TAG_ONE)) | Word::from(next);
+        // Success Acquire: the entry (a batch with its blocks' contents, the freeing threads'
+        // last writes released by their push; or a free array with the reads of its last
+        // batch done) becomes ours. Failure Acquire: `seen` is used as the first load was.
+        match head.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => return Some(number),
+            Err(seen) => cur = seen,
+        }
+    }
+}
+
+/// Pushes entry `number` (non-zero), whose link is `link`, on the tagged Treiber stack whose
+/// head word is `head`.
+#[inline(always)]
+fn push_tagged(head: &AtomicWord, number: u32, link: &AtomicU32) {
+    // Relaxed: nothing is read through the old head; the CAS validates it.
+    let mut cur = head.load(Ordering::Relaxed);
+    loop {
+        // Relaxed: published by the Release CAS below.
+        link.store((cur & INDEX_MASK) as u32, Ordering::Relaxed);
+        let new = ((cur & !INDEX_MASK).wrapping_add(TAG_ONE)) | Word::from(number);
+        // Success Release: everything the pusher did with the entry (the links or the array
+        // and the blocks' contents; for a freed array, the reads of its last batch)
+        // happens-before the pop that takes it. Failure Relaxed: we only rewrite our own link
+        // and retry.
+        match head.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => cur = seen,
+        }
     }
 }
 
@@ -811,6 +888,8 @@ pub struct LocalCache<'p, 'a> {
     len: Cell<usize>,
     /// The lowest `len` since the last rebalance: that many blocks sat unused all along.
     low_water: Cell<usize>,
+    /// Whether the cache flushed since the last rebalance (see `rebalance`).
+    flushed: Cell<bool>,
     /// Operations since the cache was made (wrapping): a rebalance every
     /// [`REBALANCE_PERIOD`]. It is the only count the fast paths keep: the statistics derive
     /// allocations and frees from it and the blocks moved (see `publish`).
@@ -818,8 +897,6 @@ pub struct LocalCache<'p, 'a> {
     /// `ticks` and the fill level as last published to the pool's statistics.
     published_ticks: Cell<u32>,
     published_len: Cell<usize>,
-    /// The batch array this cache's flushes try first (see `claim_array`).
-    array_hint: Cell<u32>,
 }
 
 impl LocalCache<'_, '_> {
@@ -850,7 +927,7 @@ impl LocalCache<'_, '_> {
             return;
         };
         let array = if (2..=BATCH).contains(&count) {
-            pool.claim_array(&self.array_hint)
+            pool.claim_array()
         } else {
             None
         };
@@ -863,10 +940,14 @@ impl LocalCache<'_, '_> {
                 }
                 // Relaxed: as above. count <= BATCH fits in u32.
                 array.len.store(count as u32, Ordering::Relaxed);
+                pool.note_move(Move::FlushToArray);
                 Entry::Array(id)
             }
             None => {
-                // Every array tried is in use (or one block): a chain.
+                // No array is free (or one block): a chain.
+                if count >= 2 {
+                    pool.note_move(Move::FlushToChain);
+                }
                 for (i, slot) in out.iter().enumerate() {
                     let next = out.get(i + 1).map_or(0, |n| n.get() + 1);
                     // Relaxed: published by push_batch's Release CAS.
@@ -882,6 +963,7 @@ impl LocalCache<'_, '_> {
         }
         self.len.set(len - count);
         self.low_water.set(self.low_water.get().min(len - count));
+        self.flushed.set(true);
         // Relaxed: a statistic.
         pool.top
             .0
@@ -901,8 +983,14 @@ impl LocalCache<'_, '_> {
         };
         let before = self.len();
         let len = match batch {
-            Entry::Array(id) => self.take_array(before, id),
-            Entry::Chain(first) => self.take_chain(before, first),
+            Entry::Array(id) => {
+                pool.note_move(Move::RefillFromArray);
+                self.take_array(before, id)
+            }
+            Entry::Chain(first) => {
+                pool.note_move(Move::RefillFromChain);
+                self.take_chain(before, first)
+            }
         };
         self.len.set(len);
         let taken = len - before;
@@ -975,13 +1063,19 @@ impl LocalCache<'_, '_> {
     #[inline(never)]
     fn rebalance(&self) {
         let idle = self.low_water.get();
-        if idle >= 2 {
+        // A cache that flushed during the period gives blocks back already, and its low-water
+        // mark is what its last flush kept (a consumer's hot half), not blocks that sat idle.
+        // Flushing half of that anyway made batches of BATCH / 2 in producer/consumer use,
+        // more of them than the arrays (sized for full batches), and flushes fell back to
+        // chains. Only a period without a flush rebalances.
+        if idle >= 2 && !self.flushed.get() {
             self.flush(idle / 2);
         } else {
             // Publishes at least once a period, so the wrapping tick count never laps the
             // published one.
             self.publish(0, 0);
         }
+        self.flushed.set(false);
         self.low_water.set(self.len.get());
     }
 

@@ -1,7 +1,8 @@
 //! Loom models of the lock-free pool: the tagged Treiber stack of batches (including the ABA
 //! interleaving: a pop stalled between reading the head and its CAS while the other thread
-//! pops two batches and pushes the first back) and the per-thread caches moving batches in a
-//! producer/consumer hand-off.
+//! pops two batches and pushes the first back), the per-thread caches moving batches in a
+//! producer/consumer hand-off, and the free-array stack: arrays claimed by flushes and
+//! returned by refills at the same time.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p allocscope-core --release --test loom_lock_free`.
 #![cfg(loom)]
@@ -42,8 +43,16 @@ static OS: HeapOs = HeapOs;
 const BLOCK: usize = 16;
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    model_bounded(3, f);
+}
+
+/// Runs `f` under loom with at most `preemptions` preemptions per execution.
+fn model_bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
+    builder.preemption_bound = Some(preemptions);
+    // The 64-block model's setup and drain are single-threaded but take a few thousand
+    // atomic operations, each one of loom's branches.
+    builder.max_branches = 20_000;
     builder.check(f);
 }
 
@@ -230,6 +239,59 @@ fn array_batches_are_handed_over_and_their_array_reused() {
             unsafe { mine.deallocate_bytes(p, BLOCK, 8) };
         }
         drop(mine);
+        t.join().unwrap();
+        assert_eq!(pool.stats().used_bytes, 0);
+        drained_whole(&pool);
+    });
+}
+
+/// The free arrays live on their own tagged stack: a refill that empties an array batch pushes
+/// the array back while another cache's flush pops that stack to claim one, and the refilling
+/// cache then flushes and claims again. With 64 blocks the pool has two arrays, so the two
+/// claims and the return race on the same head word (and, when the return lands first, on
+/// the same array). A claim that took an array still in use, or a return that lost a free
+/// array, would overwrite or strand a listed batch: the drain would find a block twice or miss
+/// one. (Checked by hand: returning the array before its blocks are copied fails this model.
+/// Weakening the return's Release CAS to Relaxed does not: what it orders is the refill's
+/// reads before the next claimer's writes, a load-buffering outcome loom does not produce.
+/// Nor does the model need the free stack's tag: from one thread both stacks move arrays in
+/// nested order, so the ABA pattern on the free stack needs a third thread mid-operation.)
+#[test]
+fn free_arrays_are_claimed_and_returned_while_batches_move() {
+    // Bound 6: a few seconds in release builds (bound 3 explores 322 executions).
+    model_bounded(6, || {
+        let pool = pool(64);
+        let blocks: Vec<_> = (0..4)
+            .map(|_| pool.allocate_bytes(BLOCK, 8).unwrap())
+            .collect();
+        // One array batch on top of the list (the first array claimed; the second stays free).
+        {
+            let cache = pool.cache();
+            for &b in &blocks[..2] {
+                // SAFETY: live blocks of this thread.
+                unsafe { cache.deallocate_bytes(b, BLOCK, 8) };
+            }
+        }
+        let other = Arc::clone(&pool);
+        let t = thread::spawn(move || {
+            let cache = other.cache();
+            // Refills from the array batch and returns the array to the free stack.
+            let p = cache.allocate_bytes(BLOCK, 8).unwrap();
+            own(p, 1);
+            // SAFETY: a live block of this thread.
+            unsafe { cache.deallocate_bytes(p, BLOCK, 8) };
+            // Dropping the cache flushes its two blocks: a second claim.
+            drop(cache);
+        });
+        // Flushes the other two blocks: a claim racing the return and the second claim.
+        {
+            let cache = pool.cache();
+            for &b in &blocks[2..] {
+                own(b, 2);
+                // SAFETY: live blocks of this thread.
+                unsafe { cache.deallocate_bytes(b, BLOCK, 8) };
+            }
+        }
         t.join().unwrap();
         assert_eq!(pool.stats().used_bytes, 0);
         drained_whole(&pool);
