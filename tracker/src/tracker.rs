@@ -932,8 +932,13 @@ impl<A: GlobalAlloc> Tracker<A> {
             align_log2: info.align_log2,
             flags: info.flags,
         };
-        // One lock: the block goes in, the oldest come out.
-        let out = q.exchange(held);
+        // One lock: the block goes in, the oldest come out. A block that leaves a few frees
+        // from now was freed long ago and is out of cache: start loading it and its table
+        // word now.
+        let out = q.exchange(held, |next| {
+            next.prefetch();
+            state.table.prefetch(next.ptr);
+        });
         if !out.held {
             state
                 .table
@@ -947,12 +952,6 @@ impl<A: GlobalAlloc> Tracker<A> {
             while let Some(old) = q.pop_excess() {
                 self.evict(state, reporter, old);
             }
-        }
-        if let Some(next) = out.upcoming {
-            // A block that leaves a few frees from now was freed long ago and is out
-            // of cache: start loading it and its table word now.
-            next.prefetch();
-            state.table.prefetch(next.ptr);
         }
     }
 
