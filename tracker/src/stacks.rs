@@ -72,43 +72,92 @@ pub(crate) fn capture(depth: usize, unwinder: Unwinder, local: Option<&Local>) -
 }
 
 /// Captures the current stack into `frames` (at most `depth` frames and its length); returns
-/// how many were written. Writing into a buffer the caller keeps (the thread's, for sampled
-/// allocations) spares zeroing and copying a 2 KiB array per capture.
-#[inline(never)]
+/// how many were written. Writing into a buffer the caller keeps spares zeroing and copying a
+/// 2 KiB array per capture. (The tracker's sampled stacks take [`capture_id`].)
+#[inline(always)]
 pub(crate) fn capture_into(
     frames: &mut [usize],
     depth: usize,
     unwinder: Unwinder,
     local: Option<&Local>,
 ) -> usize {
+    let (n, id) = capture_raw(frames, depth, unwinder, local);
+    // A capture that knows its id did not necessarily write its frames (a replay compares
+    // them only): the table's are the same.
+    match id.and_then(frames_of) {
+        Some(known) if known.len() <= frames.len() => {
+            frames[..known.len()].copy_from_slice(known);
+            known.len()
+        }
+        _ => n,
+    }
+}
+
+/// Captures the current stack (at most `depth` frames) and returns its id, as [`intern`] would
+/// give it for the frames [`capture_into`] writes: what the tracker records for a sampled
+/// allocation or free. The id comes straight from the capture when the default unwinder knows
+/// it on the way — a replayed walk ([`RecentWalks`]) remembers its id, and a walk hashes its
+/// frames as it reads them — so a replay costs one compare per frame and nothing else; other
+/// captures are interned. The frames go to the thread's scratch buffer (a buffer on the stack
+/// when that one is in use or there is no thread state).
+#[inline(always)]
+pub(crate) fn capture_id(depth: usize, unwinder: Unwinder, local: Option<&Local>) -> u32 {
+    let mut scratch = local.and_then(|l| l.frames.try_borrow_mut().ok());
+    let mut own;
+    let frames: &mut [usize] = match scratch.as_deref_mut() {
+        Some(frames) => frames,
+        None => {
+            own = [0usize; MAX_FRAMES];
+            &mut own
+        }
+    };
+    match capture_raw(frames, depth, unwinder, local) {
+        (_, Some(id)) => id,
+        (n, None) => intern(&frames[..n], local),
+    }
+}
+
+/// The one capture behind [`capture_into`] and [`capture_id`]: the frames from its caller on
+/// into `frames` (their number), and the stack's id when the capture learnt it on the way
+/// (`None`: the caller interns the frames). When the id is known the frames may not have been
+/// written. One function, never inlined, for every caller: the default unwinder starts its
+/// walk from this function's own frame, whose size it learns once (see [`cfa`]).
+#[inline(never)]
+fn capture_raw(
+    frames: &mut [usize],
+    depth: usize,
+    unwinder: Unwinder,
+    local: Option<&Local>,
+) -> (usize, Option<u32>) {
     let depth = depth.min(frames.len());
     match (unwinder, local) {
         (Unwinder::FramePointers, Some(local)) => {
             let n = capture_frame_pointers(frames, depth, local);
             if n > 0 {
-                return n;
+                return (n, None);
             }
         }
         (Unwinder::Auto, Some(local)) => {
-            if let Some(n) = capture_auto(frames, depth, local) {
-                return n;
+            if let Some(captured) = capture_auto(frames, depth, local) {
+                return captured;
             }
         }
         _ => {}
     }
-    capture_dwarf(frames, depth)
+    (capture_dwarf(frames, depth), None)
 }
 
 /// The default unwinder where it applies (x86-64 Linux): a walk by remembered frame sizes
-/// (see [`cfa`]), checked against DWARF; `None` elsewhere (the caller takes DWARF).
+/// (see [`cfa`]), checked against DWARF, as (frames, id if known); `None` elsewhere (the
+/// caller takes DWARF).
 #[inline(always)]
-fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<usize> {
+fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<(usize, Option<u32>)> {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
         let rsp: usize;
         // SAFETY: reads the stack-pointer register; no memory is touched. `capture_auto` is
-        // inlined into `capture_into`, whose frame has a fixed size, so this is the same
-        // offset from `capture_into`'s frame at every call (what `cfa` relies on, and checks).
+        // inlined into `capture_raw`, whose frame has a fixed size, so this is the same
+        // offset from `capture_raw`'s frame at every call (what `cfa` relies on, and checks).
         unsafe {
             core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags));
         }
@@ -117,7 +166,7 @@ fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<usi
             depth,
             local,
             rsp,
-            capture_into as fn(_, _, _, _) -> _ as usize,
+            capture_raw as fn(_, _, _, _) -> _ as usize,
         )
     }
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -131,7 +180,7 @@ fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<usi
 /// address it passes, how far the caller's canonical frame address (CFA) lies above the
 /// callee's — a constant for a given return address in any function whose frame has a fixed
 /// size, frame pointer or not — and a later walk follows `return address = *(CFA - 8)`, `next
-/// CFA = CFA + size(return address)` from `capture_into`'s own frame: one lookup in a small
+/// CFA = CFA + size(return address)` from `capture_raw`'s own frame: one lookup in a small
 /// table and one stack read per frame, where libgcc's DWARF walk parses unwind tables for
 /// each frame (about 1.5k instructions per frame, and cold at the guard pages' rate).
 ///
@@ -146,11 +195,14 @@ fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<usi
 /// with two different frame sizes (a function that realigns or grows its stack) is marked
 /// unstable, and a stack through it always takes DWARF; so does a stack with a return address
 /// not learnt yet (which the DWARF walk then teaches), or a frame outside the thread's stack.
-/// Frames are returned from `capture_into`'s caller on, whichever walk produced them, so the
+/// Frames are returned from `capture_raw`'s caller on, whichever walk produced them, so the
 /// same call site always gets the same stack id.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod cfa {
-    use super::{capture_dwarf_with_cfas, known_id, stack_bounds, Local, NONE, RECENT_FRAMES};
+    use super::{
+        capture_dwarf_with_cfas, hash_finish, hash_step, known_id, stack_bounds, Local, HASH_SEED,
+        RECENT_FRAMES,
+    };
     use allocscope_core::sync::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
     const UNKNOWN: u8 = 0;
@@ -181,7 +233,7 @@ mod cfa {
     static SIZES: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
     const END: u64 = 0;
     const UNSTABLE: u64 = 0x7FFF;
-    /// `capture_into`'s CFA minus the stack pointer it reads (0 = not learnt; `usize::MAX` =
+    /// `capture_raw`'s CFA minus the stack pointer it reads (0 = not learnt; `usize::MAX` =
     /// seen with two values). Relaxed: as for the entries.
     static START: AtomicU64 = AtomicU64::new(0);
 
@@ -238,9 +290,12 @@ mod cfa {
         slot.store((ip as u64) << 16 | field << 1 | 1, Ordering::Relaxed);
     }
 
-    /// The walk itself from `capture_into`'s frame (whose stack pointer was `rsp`), inside the
+    /// The walk itself from `capture_raw`'s frame (whose stack pointer was `rsp`), inside the
     /// thread's stack `low..high`; `None` as soon as a frame is not known for sure. Each
     /// frame's CFA minus `rsp` goes to `cfas` (as far as it reaches; `u32::MAX` if too far).
+    /// Gives the frames' number and their hash ([`super::hash_frames`]), folded in as each
+    /// frame is read: a chain of multiplications beside the walk's chain of loads, where a
+    /// hash after the walk would be a second pass that waits for the first.
     #[inline(never)]
     pub(super) fn walk(
         frames: &mut [usize],
@@ -248,7 +303,7 @@ mod cfa {
         rsp: usize,
         (low, high): (usize, usize),
         cfas: &mut [u32],
-    ) -> Option<usize> {
+    ) -> Option<(usize, u64)> {
         // Relaxed: see `START`.
         let start = START.load(Ordering::Relaxed);
         if start == 0 || start == u64::MAX {
@@ -256,6 +311,7 @@ mod cfa {
         }
         let mut cfa = rsp.checked_add(start as usize)?;
         let mut n = 0;
+        let mut hash = HASH_SEED;
         while n < depth.min(frames.len()) {
             if cfa < low + 8 || cfa > high || cfa % 8 != 0 {
                 return None;
@@ -263,6 +319,7 @@ mod cfa {
             // SAFETY: `cfa - 8 .. cfa` lies inside this thread's mapped stack (checked above).
             let ip = unsafe { *((cfa - 8) as *const usize) };
             frames[n] = ip;
+            hash = hash_step(hash, ip);
             if let Some(c) = cfas.get_mut(n) {
                 *c = u32::try_from(cfa - rsp).unwrap_or(u32::MAX);
             }
@@ -273,12 +330,12 @@ mod cfa {
                 Size::Unknown | Size::Unstable => return None,
             }
         }
-        Some(n)
+        Some((n, hash_finish(hash)))
     }
 
     /// Learns from a DWARF walk: `pairs` holds (ip, stack pointer) per frame, innermost first
     /// (the unwinder's "CFA" of a frame is its stack pointer at the call, the CFA of the frame
-    /// below it); `at` is the index of `capture_into`'s frame, whose stack pointer was `rsp`;
+    /// below it); `at` is the index of `capture_raw`'s frame, whose stack pointer was `rsp`;
     /// `whole` says the walk reached the stack's bottom (was not cut by the depth).
     #[inline(never)]
     pub(super) fn learn_walk(
@@ -291,7 +348,7 @@ mod cfa {
         let (Some(&(_, own)), Some(&(_, cfa))) = (pairs.get(at), pairs.get(at + 1)) else {
             return;
         };
-        // `capture_into`'s CFA from the stack pointer it read (both are its own, fixed frame's).
+        // `capture_raw`'s CFA from the stack pointer it read (both are its own, fixed frame's).
         let start = if own == rsp && cfa > rsp && cfa - rsp < 1 << 20 {
             (cfa - rsp) as u64
         } else {
@@ -331,15 +388,17 @@ mod cfa {
         }
     }
 
-    /// See the module docs. Writes the frames from `capture_into`'s caller on.
+    /// See the module docs. Gives the frames from `capture_raw`'s caller on, as their number
+    /// and, when this capture knows it, the stack's id: a replay gives its walk's id and writes
+    /// no frames; a routine walk of a stack seen before gives the id its hash finds.
     #[inline(always)]
     pub(super) fn capture(
         frames: &mut [usize],
         depth: usize,
         local: &Local,
         rsp: usize,
-        capture_into: usize,
-    ) -> Option<usize> {
+        capture_raw: usize,
+    ) -> Option<(usize, Option<u32>)> {
         let count = local.captures.get().wrapping_add(1);
         local.captures.set(count);
         // Relaxed: see `VERDICT`.
@@ -350,13 +409,10 @@ mod cfa {
         // A capture that is neither among the first nor one of the periodic checks.
         let routine = verdict == TRUSTED && count % RECHECK != 0;
         let mut recent = local.recent_walks.try_borrow_mut().ok();
-        if let Some(recent) = recent.as_deref_mut() {
-            if routine {
-                if let Some(n) = recent.replay(frames, depth, rsp, generation) {
-                    return Some(n);
-                }
+        if let (Some(recent), true) = (recent.as_deref_mut(), routine) {
+            if let Some((n, id)) = recent.replay(depth, rsp, generation) {
+                return Some((n, Some(id)));
             }
-            recent.last = NONE;
         }
         let bounds = stack_bounds(local);
         if bounds.1 == 0 {
@@ -368,29 +424,30 @@ mod cfa {
         } else {
             walk(frames, depth, rsp, bounds, &mut cfas)
         };
-        if let (Some(n), true) = (walked, routine) {
+        if let (Some((n, hash)), true) = (walked, routine) {
             // A stack seen before is taken as the walk gives it; a new one is checked against
             // DWARF first (a walk gone wrong reads words that are no return addresses of this
             // stack, and the frames it gives are, all but certainly, a stack never seen).
-            let id = known_id(&frames[..n], local);
+            let id = known_id(hash, &frames[..n], local);
             if id != 0 {
                 if let Some(recent) = recent.as_deref_mut() {
                     recent.remember(rsp, depth, generation, &frames[..n], &cfas[..n], id);
                 }
-                return Some(n);
+                return Some((n, Some(id)));
             }
-            // A full table gives a new stack no id (it is recorded as "unknown"): nothing for
-            // a check to keep right, and no DWARF walk per capture once it is full.
+            // A full table gives a new stack no id (it is recorded as "unknown", id 0, which
+            // interning it would give too): nothing for a check to keep right, and no DWARF
+            // walk per capture once it is full.
             if super::count() as usize >= super::MAX_STACKS {
-                return Some(n);
+                return Some((n, Some(0)));
             }
         }
         drop(recent);
         let mut check = local.check_frames.try_borrow_mut().ok()?;
         // Pairs (ip, CFA) in the scratch buffer: the DWARF walk, with room for the backtrace
-        // crate's own frames above `capture_into`'s.
+        // crate's own frames above `capture_raw`'s.
         let limit = (depth + 16).min(check.len() / 2);
-        let (pairs, at) = capture_dwarf_with_cfas(&mut check[..], limit, capture_into);
+        let (pairs, at) = capture_dwarf_with_cfas(&mut check[..], limit, capture_raw);
         let at = at?;
         let whole = pairs.len() < limit;
         let theirs = pairs.get(at + 1..).unwrap_or_default();
@@ -398,7 +455,7 @@ mod cfa {
         if verdict != REFUSED {
             learn_walk(pairs, at, rsp, whole, bounds);
         }
-        if let Some(n) = walked {
+        if let Some((n, _)) = walked {
             let common = n.min(n_dwarf);
             let equal = frames
                 .iter()
@@ -413,14 +470,14 @@ mod cfa {
                 {
                     VERDICT.store(TRUSTED, Ordering::Relaxed);
                 }
-                return Some(n);
+                return Some((n, None));
             }
             VERDICT.store(REFUSED, Ordering::Relaxed);
         }
         for (f, p) in frames.iter_mut().zip(theirs.iter().take(n_dwarf)) {
             *f = p.0;
         }
-        Some(n_dwarf)
+        Some((n_dwarf, None))
     }
 
     /// The verdict so far (for tests).
@@ -435,8 +492,6 @@ mod cfa {
 const RECENT: usize = 8;
 const _: () = assert!(RECENT <= 8, "RecentWalks::order holds eight entry numbers");
 const RECENT_FRAMES: usize = 48;
-/// [`RecentWalks::last`] when the last capture was no replay.
-const NONE: u8 = u8::MAX;
 
 /// A thread's last walks by frame sizes ([`cfa`]), for replay. A walk is a function of the
 /// stack pointer it starts from, the words it reads and the frame-size table: while the table
@@ -454,13 +509,13 @@ pub(crate) struct RecentWalks {
     /// stack pointer often share their first frames — the allocator's own — and part from
     /// each other only at the caller's, so a wrong entry can cost most of a comparison.)
     order: u64,
-    /// The entry the last capture replayed or remembered ([`NONE`]): [`intern`] takes its id
-    /// if it is given those frames.
-    last: u8,
+    /// Replays so far (for tests: that a test's captures were replayed).
+    #[cfg(test)]
+    replays: u32,
 }
 
 struct Walk {
-    /// `capture_into`'s stack pointer at the walk (0 = empty entry).
+    /// `capture_raw`'s stack pointer at the walk (0 = empty entry).
     rsp: usize,
     /// `cfa::GENERATION` before the walk.
     generation: u32,
@@ -498,20 +553,16 @@ impl RecentWalks {
         RecentWalks {
             walks: [EMPTY; RECENT],
             order,
-            last: NONE,
+            #[cfg(test)]
+            replays: 0,
         }
     }
 
-    /// The frames of a remembered walk from `rsp` that the stack still holds, into `frames`;
-    /// their number.
+    /// A remembered walk from `rsp` whose return addresses the stack still holds, as its
+    /// frames' number and its stack's id. The frames themselves are not copied out: the id is
+    /// what the tracker records, and [`frames_of`] gives them.
     #[inline]
-    fn replay(
-        &mut self,
-        frames: &mut [usize],
-        depth: usize,
-        rsp: usize,
-        generation: u32,
-    ) -> Option<usize> {
+    fn replay(&mut self, depth: usize, rsp: usize, generation: u32) -> Option<(usize, u32)> {
         for rank in 0..RECENT {
             let w = &self.walks[self.at(rank)];
             if w.rsp != rsp || w.depth as usize != depth || w.generation != generation {
@@ -519,30 +570,27 @@ impl RecentWalks {
             }
             let len = w.len as usize;
             let (ips, cfas) = (&w.ips[..len], &w.cfas[..len]);
-            let out = frames.get_mut(..len)?;
-            // Each frame is copied out as it is compared (`frames` is scratch until a capture
-            // returns): one pass, and no call to libc's `memcpy`, whose call and dispatch cost
-            // more than copying the ten-odd frames of a stack.
-            let held = out
-                .iter_mut()
-                .zip(ips.iter().zip(cfas))
-                .all(|(out, (&ip, &cfa))| {
-                    *out = ip;
-                    // SAFETY: the walk remembered here read this word, from this `rsp`, and checked
-                    // it lay inside this thread's stack (`remember` keeps only such walks, and an
-                    // entry is its thread's own), which stays mapped while the thread runs.
-                    unsafe { *((rsp + cfa as usize - 8) as *const usize) == ip }
-                });
+            let held = ips.iter().zip(cfas).all(|(&ip, &cfa)| {
+                // SAFETY: the walk remembered here read this word, from this `rsp`, and checked
+                // it lay inside this thread's stack (`remember` keeps only such walks, and an
+                // entry is its thread's own), which stays mapped while the thread runs.
+                unsafe { *((rsp + cfa as usize - 8) as *const usize) == ip }
+            });
             if held {
+                let id = w.id;
                 self.promote(rank);
-                return Some(len);
+                #[cfg(test)]
+                {
+                    self.replays += 1;
+                }
+                return Some((len, id));
             }
         }
         None
     }
 
     /// Remembers the walk from `rsp` (made at `generation`, for `depth` frames) that gave
-    /// `frames`, of stack `id`, the CFAs of its frames minus `rsp` in `cfas`.
+    /// `frames`, of stack `id` (not 0), the CFAs of its frames minus `rsp` in `cfas`.
     fn remember(
         &mut self,
         rsp: usize,
@@ -553,7 +601,7 @@ impl RecentWalks {
         id: u32,
     ) {
         let len = frames.len();
-        if len > RECENT_FRAMES || cfas.len() != len || cfas.contains(&u32::MAX) {
+        if len > RECENT_FRAMES || cfas.len() != len || cfas.contains(&u32::MAX) || id == 0 {
             return;
         }
         let i = self.at(RECENT - 1);
@@ -574,7 +622,7 @@ impl RecentWalks {
         (self.order >> (8 * rank)) as usize % 256 % RECENT
     }
 
-    /// Moves the entry at `rank` in [`RecentWalks::order`] to the front and makes it the last.
+    /// Moves the entry at `rank` in [`RecentWalks::order`] to the front.
     #[inline]
     fn promote(&mut self, rank: usize) {
         let i = self.at(rank);
@@ -582,17 +630,6 @@ impl RecentWalks {
         let below = self.order & ((1u64 << shift) - 1);
         let above = self.order & (u64::MAX.checked_shl(shift + 8).unwrap_or(0));
         self.order = above | below << 8 | i as u64;
-        self.last = i as u8;
-    }
-
-    /// The id of the walk the last capture replayed or remembered, if it gave `frames`.
-    #[inline]
-    fn last_id(&self, frames: &[usize]) -> Option<u32> {
-        let w = self.walks.get(usize::from(self.last))?;
-        let ips = w.ips.get(..w.len as usize)?;
-        // By hand, as in `replay`.
-        let same = ips.len() == frames.len() && ips.iter().zip(frames).all(|(a, b)| a == b);
-        (same && w.id != 0).then_some(w.id)
     }
 }
 
@@ -803,39 +840,31 @@ pub(crate) fn stack_bounds(_local: &Local) -> (usize, usize) {
     (0, 0)
 }
 
+/// A stack's hash: [`hash_step`] for each frame from [`HASH_SEED`], then [`hash_finish`]
+/// (in steps, so that a walk can fold each frame in as it reads it).
 fn hash_frames(frames: &[usize]) -> u64 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for &f in frames {
-        h = (h ^ f as u64)
-            .wrapping_mul(0x0000_0100_0000_01B3)
-            .rotate_left(29);
-    }
+    hash_finish(frames.iter().fold(HASH_SEED, |h, &f| hash_step(h, f)))
+}
+
+const HASH_SEED: u64 = 0xCBF2_9CE4_8422_2325;
+
+#[inline(always)]
+fn hash_step(h: u64, frame: usize) -> u64 {
+    (h ^ frame as u64)
+        .wrapping_mul(0x0000_0100_0000_01B3)
+        .rotate_left(29)
+}
+
+#[inline(always)]
+fn hash_finish(h: u64) -> u64 {
     h.wrapping_mul(0x9E37_79B9_7F4A_7C15) | (1 << 63)
 }
 
 /// The id of `frames`, adding it to the table the first time; 0 when the table is full or the
-/// OS refuses memory. `local` (the thread's cache) may be absent during thread teardown.
-/// Inline: the usual case, a stack the default unwinder just replayed, is a comparison.
-#[inline]
-pub(crate) fn intern(frames: &[usize], local: Option<&Local>) -> u32 {
-    if let Some(local) = local {
-        // The walk just replayed or remembered knows its id (a comparison of the frames,
-        // where the hash is a chain of dependent multiplications).
-        if let Some(id) = local
-            .recent_walks
-            .try_borrow()
-            .ok()
-            .and_then(|r| r.last_id(frames))
-        {
-            return id;
-        }
-    }
-    intern_hashed(frames, local)
-}
-
-/// [`intern`] past the thread's last walk: by hash, in the thread's cache, then the table.
+/// OS refuses memory: by hash, in the thread's cache, then the table. `local` (the thread's
+/// cache) may be absent during thread teardown.
 #[inline(never)]
-fn intern_hashed(frames: &[usize], local: Option<&Local>) -> u32 {
+pub(crate) fn intern(frames: &[usize], local: Option<&Local>) -> u32 {
     if frames.is_empty() {
         return 0;
     }
@@ -878,16 +907,16 @@ fn known(h: u64, frames: &[usize], local: Option<&Local>) -> Option<u32> {
     Some(id)
 }
 
-/// The id of `frames` if the table has it, else 0.
+/// The id of `frames` (of hash `h`) if the table has it, else 0.
 #[cfg_attr(
     not(all(target_os = "linux", target_arch = "x86_64")),
     allow(dead_code)
 )]
-fn known_id(frames: &[usize], local: &Local) -> u32 {
+fn known_id(h: u64, frames: &[usize], local: &Local) -> u32 {
     if frames.is_empty() {
         return 0;
     }
-    known(hash_frames(frames), frames, Some(local)).unwrap_or(0)
+    known(h, frames, Some(local)).unwrap_or(0)
 }
 
 fn index_slot(h: u64, probe: usize) -> usize {
@@ -1068,14 +1097,22 @@ mod tests {
         assert_eq!(lookup(ip + 0x1_0000_0000), Size::Unknown);
     }
 
+    /// Captures by one thread that reach the default unwinder's periodic DWARF check and go
+    /// `more` beyond it (`more` where there is no such check).
+    fn past_a_recheck(more: usize) -> usize {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        return cfa::RECHECK as usize + more;
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        return more;
+    }
+
+    /// The frames of the stack here, by its id from [`capture_id`], as the tracker records it
+    /// (a walk is remembered for replay once its stack is in the table).
     #[inline(never)]
     fn capture_here_auto(local: &Local) -> Vec<usize> {
-        let mut frames = [0usize; 64];
-        let n = capture_into(&mut frames, 64, Unwinder::Auto, Some(local));
-        // Interned, as the tracker does: a walk is remembered for replay once its stack is in
-        // the table.
-        assert_ne!(intern(&frames[..n], Some(local)), 0);
-        frames[..n].to_vec()
+        let id = capture_id(64, Unwinder::Auto, Some(local));
+        assert_ne!(id, 0);
+        frames_of(id).expect("an id in the table").to_vec()
     }
 
     #[test]
@@ -1083,10 +1120,7 @@ mod tests {
         let local = Local::new();
         // Enough captures to reach a verdict and to pass the periodic check after it (replays
         // in between), their frames named around both.
-        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-        let captures = cfa::RECHECK as usize + 16;
-        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-        let captures = 16;
+        let captures = past_a_recheck(16);
         let mut first = None;
         for i in 0..captures {
             let frames = capture_here_auto(&local);
@@ -1140,23 +1174,31 @@ mod tests {
         }
         let mut recent = RecentWalks::new();
         recent.remember(rsp, 32, 7, &ips, &cfas, 42);
-        assert_eq!(recent.last_id(&ips), Some(42));
-        assert_eq!(recent.last_id(&ips[..2]), None, "other frames, no id");
-        let mut out = [0usize; 32];
-        assert_eq!(recent.replay(&mut out, 32, rsp, 7), Some(3));
-        assert_eq!(&out[..3], &ips[..]);
+        assert_eq!(recent.replay(32, rsp, 7), Some((3, 42)));
         // Another depth, another generation of the frame-size table, another stack pointer:
         // not this walk.
-        assert_eq!(recent.replay(&mut out, 16, rsp, 7), None);
-        assert_eq!(recent.replay(&mut out, 32, rsp, 8), None);
-        assert_eq!(recent.replay(&mut out, 32, rsp + 8, 7), None);
+        assert_eq!(recent.replay(16, rsp, 7), None);
+        assert_eq!(recent.replay(32, rsp, 8), None);
+        assert_eq!(recent.replay(32, rsp + 8, 7), None);
         // The outermost frame returned and another call put a different return address there.
         set(7, 0x5555_0000_3004);
-        assert_eq!(recent.replay(&mut out, 32, rsp, 7), None);
+        assert_eq!(recent.replay(32, rsp, 7), None);
         set(7, ips[2]);
         // Words between the return addresses (locals) are not part of the walk.
         set(0, 0xDEAD);
-        assert_eq!(recent.replay(&mut out, 32, rsp, 7), Some(3));
+        assert_eq!(recent.replay(32, rsp, 7), Some((3, 42)));
+        // A second walk from the same place, parting at the outermost frame: each replays
+        // with its own id while the stack holds its return address.
+        let other = [ips[0], ips[1], 0x5555_0000_3004];
+        recent.remember(rsp, 32, 7, &other, &cfas, 43);
+        assert_eq!(recent.replay(32, rsp, 7), Some((3, 42)));
+        set(7, other[2]);
+        assert_eq!(recent.replay(32, rsp, 7), Some((3, 43)));
+        // A walk without an id (a full table) is not remembered.
+        let third = [ips[0], ips[1], 0x5555_0000_3008];
+        recent.remember(rsp, 32, 7, &third, &cfas, 0);
+        set(7, third[2]);
+        assert_eq!(recent.replay(32, rsp, 7), None);
     }
 
     #[test]
@@ -1168,18 +1210,17 @@ mod tests {
         for s in &stacks[..RECENT] {
             recent.remember(s.as_ptr() as usize, 8, 0, &s[1..], &[16], 1);
         }
-        let mut out = [0usize; 8];
-        let replays = |recent: &mut RecentWalks, s: &[usize; 2], out: &mut [usize]| {
-            recent.replay(out, 8, s.as_ptr() as usize, 0).is_some()
+        let replays = |recent: &mut RecentWalks, s: &[usize; 2]| {
+            recent.replay(8, s.as_ptr() as usize, 0).is_some()
         };
         // Use the first one again: it becomes the newest, and the second the oldest.
-        assert!(replays(&mut recent, &stacks[0], &mut out));
+        assert!(replays(&mut recent, &stacks[0]));
         let last = &stacks[RECENT];
         recent.remember(last.as_ptr() as usize, 8, 0, &last[1..], &[16], 1);
-        assert!(replays(&mut recent, &stacks[0], &mut out));
-        assert!(!replays(&mut recent, &stacks[1], &mut out), "replaced");
+        assert!(replays(&mut recent, &stacks[0]));
+        assert!(!replays(&mut recent, &stacks[1]), "replaced");
         for s in stacks[2..].iter() {
-            assert!(replays(&mut recent, s, &mut out));
+            assert!(replays(&mut recent, s));
         }
     }
 
@@ -1269,5 +1310,68 @@ mod tests {
             );
         }
         assert_ne!(sites[0], sites[1]);
+    }
+
+    /// The id [`capture_id`] gives at one of two call sites in one function (the same stack
+    /// pointer at both, the stacks parting only at the return address into this function),
+    /// and the DWARF walk's frames from a third call site here.
+    #[inline(never)]
+    fn id_at(local: &Local, left: bool) -> (u32, Vec<usize>) {
+        // (The constants keep the two calls apart, as in `capture_at`.)
+        let id = if core::hint::black_box(left) {
+            core::hint::black_box(1u32);
+            let id = capture_id(64, Unwinder::Auto, Some(local));
+            core::hint::black_box(3u32);
+            id
+        } else {
+            core::hint::black_box(2u32);
+            let id = capture_id(64, Unwinder::Auto, Some(local));
+            core::hint::black_box(4u32);
+            id
+        };
+        let mut dwarf = [0usize; 64];
+        let n = capture_into(&mut dwarf, 64, Unwinder::Backtrace, None);
+        (id, dwarf[..n].to_vec())
+    }
+
+    #[test]
+    fn capture_id_gives_each_call_site_its_own_id_and_the_ids_frames_are_the_stacks() {
+        let local = Local::new();
+        // Past the verdict and a periodic DWARF check, replays in between.
+        let captures = past_a_recheck(64);
+        let mut ids = [0u32; 2];
+        for i in 0..captures {
+            let left = i % 2 == 0;
+            let (id, dwarf) = id_at(&local, left);
+            assert_ne!(id, 0);
+            // The same call site, the same id, whichever walk, check or replay gave it.
+            let site = &mut ids[usize::from(left)];
+            if *site == 0 {
+                *site = id;
+            }
+            assert_eq!(*site, id, "capture {i}");
+            // The id's frames are the stack's: from the return address into `id_at` on, the
+            // frames a fresh DWARF walk from `id_at` gives (whose own first frame in `id_at`
+            // is its own call site's).
+            let frames = frames_of(id).expect("an id in the table");
+            let at = dwarf
+                .iter()
+                .position(|f| *f == frames[1])
+                .expect("the caller's frame in the DWARF walk");
+            assert_eq!(&frames[1..], &dwarf[at..], "capture {i}");
+            if i < 2 || i + 2 >= captures {
+                let first = names_of(&frames[..1]);
+                assert!(first.contains("id_at"), "{first}");
+                let previous = names_of(&dwarf[at - 1..at]);
+                assert!(previous.contains("id_at"), "{previous}");
+            }
+        }
+        assert_ne!(ids[0], ids[1], "two call sites, two stacks");
+        // Most of those ids came from replays (the ids above are checked, not the mechanism).
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        {
+            let replays = local.recent_walks.borrow().replays as usize;
+            assert!(replays > captures / 2, "{replays} replays in {captures}");
+        }
     }
 }

@@ -212,20 +212,10 @@ impl State {
         }
     }
 
-    /// Captures and interns the current stack.
+    /// The id of the current stack (captured with the options' unwinder and depth).
     #[inline(never)]
     pub(crate) fn stack_here(&self, local: Option<&Local>) -> u32 {
-        if let Some(mut frames) = local.and_then(|l| l.frames.try_borrow_mut().ok()) {
-            let n = stacks::capture_into(
-                &mut frames[..],
-                self.options.stack_depth,
-                self.options.unwinder,
-                local,
-            );
-            return stacks::intern(&frames[..n], local);
-        }
-        let captured = stacks::capture(self.options.stack_depth, self.options.unwinder, local);
-        stacks::intern(captured.frames(), local)
+        stacks::capture_id(self.options.stack_depth, self.options.unwinder, local)
     }
 
     /// Captures the stack for a report (always with the DWARF unwinder: reports must be right
