@@ -408,12 +408,34 @@ mod cfa {
         let generation = GENERATION.load(Ordering::Relaxed);
         // A capture that is neither among the first nor one of the periodic checks.
         let routine = verdict == TRUSTED && count % RECHECK != 0;
-        let mut recent = local.recent_walks.try_borrow_mut().ok();
-        if let (Some(recent), true) = (recent.as_deref_mut(), routine) {
-            if let Some((n, id)) = recent.replay(depth, rsp, generation) {
-                return Some((n, Some(id)));
+        if routine {
+            if let Ok(mut recent) = local.recent_walks.try_borrow_mut() {
+                if let Some((n, id)) = recent.replay(depth, rsp, generation) {
+                    return Some((n, Some(id)));
+                }
             }
         }
+        walk_or_check(
+            frames,
+            depth,
+            local,
+            (rsp, capture_raw),
+            (verdict, generation, routine),
+        )
+    }
+
+    /// [`capture`] past a replay: the walk, and the DWARF walk that checks or replaces it.
+    /// Never inlined: the walk's buffers and state live in this frame, and `capture_raw`'s
+    /// replay path spills less (cachegrind, `sample=1`: ~23 fewer instructions per pair).
+    #[inline(never)]
+    fn walk_or_check(
+        frames: &mut [usize],
+        depth: usize,
+        local: &Local,
+        (rsp, capture_raw): (usize, usize),
+        (verdict, generation, routine): (u8, u32, bool),
+    ) -> Option<(usize, Option<u32>)> {
+        let mut recent = local.recent_walks.try_borrow_mut().ok();
         let bounds = stack_bounds(local);
         if bounds.1 == 0 {
             return None;
