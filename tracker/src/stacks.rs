@@ -81,7 +81,7 @@ pub(crate) fn capture_into(
     unwinder: Unwinder,
     local: Option<&Local>,
 ) -> usize {
-    let (n, id) = capture_raw(frames, depth, unwinder, local);
+    let (n, id) = capture_raw(Some(&mut *frames), depth, unwinder, local);
     // A capture that knows its id did not necessarily write its frames (a replay compares
     // them only): the table's are the same.
     match id.and_then(frames_of) {
@@ -97,81 +97,138 @@ pub(crate) fn capture_into(
 /// give it for the frames [`capture_into`] writes: what the tracker records for a sampled
 /// allocation or free. The id comes straight from the capture when the default unwinder knows
 /// it on the way — a replayed walk ([`RecentWalks`]) remembers its id, and a walk hashes its
-/// frames as it reads them — so a replay costs one compare per frame and nothing else; other
-/// captures are interned. The frames go to the thread's scratch buffer (a buffer on the stack
-/// when that one is in use or there is no thread state).
+/// frames as it reads them — so a replay costs one compare per frame and touches no frame
+/// buffer; other captures write the thread's scratch buffer (a buffer on the stack when that
+/// one is in use or there is no thread state) and are interned.
 #[inline(always)]
 pub(crate) fn capture_id(depth: usize, unwinder: Unwinder, local: Option<&Local>) -> u32 {
-    let mut scratch = local.and_then(|l| l.frames.try_borrow_mut().ok());
-    let mut own;
-    let frames: &mut [usize] = match scratch.as_deref_mut() {
-        Some(frames) => frames,
-        None => {
-            own = [0usize; MAX_FRAMES];
-            &mut own
-        }
-    };
-    match capture_raw(frames, depth, unwinder, local) {
-        (_, Some(id)) => id,
-        (n, None) => intern(&frames[..n], local),
-    }
+    // `capture_raw` always knows the id when it is given no buffer.
+    capture_raw(None, depth, unwinder, local).1.unwrap_or(0)
 }
 
-/// The one capture behind [`capture_into`] and [`capture_id`]: the frames from its caller on
-/// into `frames` (their number), and the stack's id when the capture learnt it on the way
-/// (`None`: the caller interns the frames). When the id is known the frames may not have been
-/// written. One function, never inlined, for every caller: the default unwinder starts its
-/// walk from this function's own frame, whose size it learns once (see [`cfa`]).
+/// The one capture behind [`capture_into`] and [`capture_id`]: the frames from its caller on,
+/// as their number and the stack's id when the capture learnt it on the way (`None`: the
+/// caller interns the frames). The frames go to `given`; when it is `None` they go to the
+/// thread's scratch buffer, borrowed only by a capture that writes frames, and the id is
+/// interned here (always `Some`). When the id is known the frames may not have been written.
+/// One function, never inlined, for every caller: the default unwinder starts its walk from
+/// this function's own frame, whose size it learns once (see [`cfa`]), and the frame-pointer
+/// walk from its frame pointer.
 #[inline(never)]
 fn capture_raw(
-    frames: &mut [usize],
+    given: Option<&mut [usize]>,
     depth: usize,
     unwinder: Unwinder,
     local: Option<&Local>,
 ) -> (usize, Option<u32>) {
-    let depth = depth.min(frames.len());
-    match (unwinder, local) {
-        (Unwinder::FramePointers, Some(local)) => {
-            let n = capture_frame_pointers(frames, depth, local);
-            if n > 0 {
-                return (n, None);
-            }
+    let depth = depth.min(given.as_deref().map_or(MAX_FRAMES, <[usize]>::len));
+    // The default unwinder's replay, which needs no buffer.
+    let rsp = stack_pointer();
+    let mut begun = None;
+    if let (Unwinder::Auto, Some(local)) = (unwinder, local) {
+        match auto_begin(depth, local, rsp) {
+            Ok((n, id)) => return (n, Some(id)),
+            Err(b) => begun = b,
         }
-        (Unwinder::Auto, Some(local)) => {
-            if let Some(captured) = capture_auto(frames, depth, local) {
-                return captured;
-            }
-        }
-        _ => {}
     }
-    (capture_dwarf(frames, depth), None)
+    let wants_id = given.is_none();
+    let mut scratch;
+    let mut own;
+    let frames: &mut [usize] = match given {
+        Some(frames) => frames,
+        None => {
+            scratch = local.and_then(|l| l.frames.try_borrow_mut().ok());
+            match scratch.as_deref_mut() {
+                Some(frames) => frames,
+                None => {
+                    own = [0usize; MAX_FRAMES];
+                    &mut own
+                }
+            }
+        }
+    };
+    let captured = match (unwinder, local) {
+        (Unwinder::FramePointers, Some(local)) => {
+            Some(capture_frame_pointers(frames, depth, local))
+                .filter(|&n| n > 0)
+                .map(|n| (n, None))
+        }
+        (Unwinder::Auto, Some(local)) => auto_walk(frames, depth, local, rsp, begun),
+        _ => None,
+    };
+    let (n, id) = captured.unwrap_or_else(|| (capture_dwarf(frames, depth), None));
+    match id {
+        None if wants_id => (n, Some(intern(&frames[..n], local))),
+        id => (n, id),
+    }
 }
 
-/// The default unwinder where it applies (x86-64 Linux): a walk by remembered frame sizes
-/// (see [`cfa`]), checked against DWARF, as (frames, id if known); `None` elsewhere (the
-/// caller takes DWARF).
+/// The stack pointer where it is read (x86-64 Linux; 0 elsewhere). Inlined into
+/// `capture_raw`, whose frame has a fixed size: the same offset from `capture_raw`'s frame at
+/// every call (what [`cfa`] relies on, and checks).
 #[inline(always)]
-fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<(usize, Option<u32>)> {
+fn stack_pointer() -> usize {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
         let rsp: usize;
-        // SAFETY: reads the stack-pointer register; no memory is touched. `capture_auto` is
-        // inlined into `capture_raw`, whose frame has a fixed size, so this is the same
-        // offset from `capture_raw`'s frame at every call (what `cfa` relies on, and checks).
+        // SAFETY: reads the stack-pointer register; no memory is touched.
         unsafe {
             core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags));
         }
-        cfa::capture(
-            frames,
-            depth,
-            local,
-            rsp,
-            capture_raw as fn(_, _, _, _) -> _ as usize,
-        )
+        rsp
     }
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    0
+}
+
+/// Where a capture by the default unwinder stands once no replay served it.
+#[cfg_attr(
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code)
+)]
+#[derive(Clone, Copy)]
+struct Begun {
+    verdict: u8,
+    /// `cfa::GENERATION` before the walk.
+    generation: u32,
+    /// Neither among the first captures nor a periodic check.
+    routine: bool,
+}
+
+/// The default unwinder's start (see [`cfa`]): a replay's (frames, id), or where the capture
+/// stands for [`auto_walk`] (`None` where there is no such unwinder: DWARF).
+#[inline(always)]
+fn auto_begin(depth: usize, local: &Local, rsp: usize) -> Result<(usize, u32), Option<Begun>> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    return cfa::begin(depth, local, rsp).map_err(Some);
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     {
-        let _ = (frames, depth, local);
+        let _ = (depth, local, rsp);
+        Err(None)
+    }
+}
+
+/// The default unwinder past a replay: (frames, id if known), or `None` (the caller takes
+/// DWARF).
+#[inline(always)]
+fn auto_walk(
+    frames: &mut [usize],
+    depth: usize,
+    local: &Local,
+    rsp: usize,
+    begun: Option<Begun>,
+) -> Option<(usize, Option<u32>)> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    return cfa::walk_or_check(
+        frames,
+        depth,
+        local,
+        (rsp, capture_raw as fn(_, _, _, _) -> _ as usize),
+        begun?,
+    );
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        let _ = (frames, depth, local, rsp, begun);
         None
     }
 }
@@ -200,8 +257,8 @@ fn capture_auto(frames: &mut [usize], depth: usize, local: &Local) -> Option<(us
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod cfa {
     use super::{
-        capture_dwarf_with_cfas, hash_finish, hash_step, known_id, stack_bounds, Local, HASH_SEED,
-        RECENT_FRAMES,
+        capture_dwarf_with_cfas, hash_finish, hash_step, known_id, stack_bounds, Begun, Local,
+        HASH_SEED, RECENT_FRAMES,
     };
     use allocscope_core::sync::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -388,17 +445,11 @@ mod cfa {
         }
     }
 
-    /// See the module docs. Gives the frames from `capture_raw`'s caller on, as their number
-    /// and, when this capture knows it, the stack's id: a replay gives its walk's id and writes
-    /// no frames; a routine walk of a stack seen before gives the id its hash finds.
+    /// See the module docs. The start of a capture from `capture_raw`'s frame (whose stack
+    /// pointer was `rsp`): a replay's frames' number and id (it writes no frames), or where
+    /// the capture stands for [`walk_or_check`].
     #[inline(always)]
-    pub(super) fn capture(
-        frames: &mut [usize],
-        depth: usize,
-        local: &Local,
-        rsp: usize,
-        capture_raw: usize,
-    ) -> Option<(usize, Option<u32>)> {
+    pub(super) fn begin(depth: usize, local: &Local, rsp: usize) -> Result<(usize, u32), Begun> {
         let count = local.captures.get().wrapping_add(1);
         local.captures.set(count);
         // Relaxed: see `VERDICT`.
@@ -410,30 +461,34 @@ mod cfa {
         let routine = verdict == TRUSTED && count % RECHECK != 0;
         if routine {
             if let Ok(mut recent) = local.recent_walks.try_borrow_mut() {
-                if let Some((n, id)) = recent.replay(depth, rsp, generation) {
-                    return Some((n, Some(id)));
+                if let Some(replayed) = recent.replay(depth, rsp, generation) {
+                    return Ok(replayed);
                 }
             }
         }
-        walk_or_check(
-            frames,
-            depth,
-            local,
-            (rsp, capture_raw),
-            (verdict, generation, routine),
-        )
+        Err(Begun {
+            verdict,
+            generation,
+            routine,
+        })
     }
 
-    /// [`capture`] past a replay: the walk, and the DWARF walk that checks or replaces it.
-    /// Never inlined: the walk's buffers and state live in this frame, and `capture_raw`'s
-    /// replay path spills less (cachegrind, `sample=1`: ~23 fewer instructions per pair).
+    /// A capture past [`begin`]: the walk, and the DWARF walk that checks or replaces it;
+    /// gives the frames from `capture_raw`'s caller on, as their number and, for a routine
+    /// walk of a stack seen before, the id its hash finds. Never inlined: the walk's buffers
+    /// and state live in this frame, and `capture_raw`'s replay path spills less (cachegrind,
+    /// `sample=1`: ~23 fewer instructions per pair).
     #[inline(never)]
-    fn walk_or_check(
+    pub(super) fn walk_or_check(
         frames: &mut [usize],
         depth: usize,
         local: &Local,
         (rsp, capture_raw): (usize, usize),
-        (verdict, generation, routine): (u8, u32, bool),
+        Begun {
+            verdict,
+            generation,
+            routine,
+        }: Begun,
     ) -> Option<(usize, Option<u32>)> {
         let mut recent = local.recent_walks.try_borrow_mut().ok();
         let bounds = stack_bounds(local);
