@@ -494,8 +494,10 @@ impl<'a> LockFreePool<'a> {
         let s = &self.top.0.stats;
         // Relaxed (all loads): statistics, a snapshot that may be slightly stale.
         let shared = s.shared_free.load(Ordering::Relaxed);
+        // Above the capacity only while wrapped below zero (see `note_taken`): none then.
+        let shared = if shared > self.capacity { 0 } else { shared };
         let cached = s.cached.load(Ordering::Relaxed);
-        let free = (shared + cached).min(self.capacity);
+        let free = shared.saturating_add(cached).min(self.capacity);
         StrategyStats {
             used_bytes: (self.capacity - free) * self.stride.get(),
             free_bytes: free * self.stride.get(),
@@ -705,15 +707,20 @@ impl<'a> LockFreePool<'a> {
 
     /// Records that `taken` blocks left the shared list (peak tracking).
     fn note_taken(&self, taken: usize) {
-        // Relaxed (all): statistics; the figure may lag the list by a few operations.
-        let left = self
+        // Relaxed (all): statistics; the figure may lag the list by a few operations. A flush
+        // adds its blocks to the count after pushing them, so a refill on another thread can
+        // take them first and subtract from a count that does not have them yet: the count
+        // wraps below zero for that moment (the flush's add brings it back), and the figures
+        // here saturate (a debug build's overflow check panicked on it in the producer/consumer
+        // test, on the allocation path).
+        let before = self
             .top
             .0
             .stats
             .shared_free
-            .fetch_sub(taken, Ordering::Relaxed)
-            - taken;
-        let out = self.capacity - left;
+            .fetch_sub(taken, Ordering::Relaxed);
+        let left = before.saturating_sub(taken);
+        let out = self.capacity.saturating_sub(left);
         // A plain load first: the line is ours after the fetch_sub, and in a steady state the
         // peak holds, so the compare-and-swap loop of fetch_max is rarely run.
         if out > self.top.0.stats.peak_out.load(Ordering::Relaxed) {
