@@ -793,17 +793,26 @@ impl<'a, T> SlabCache<'a, T> {
         self.put_locked(&mut lists, &batch, Some(report), false);
     }
 
-    /// Takes the newest chain of the depot for an empty magazine, publishing its report;
-    /// `None` (and nothing published) when the depot is empty.
-    fn withdraw(&self, report: MagazineReport) -> Option<*mut u8> {
+    /// Refills an empty linked magazine under one lock, publishing its report: the newest
+    /// chain of the depot (`Ok`, the chain's newest object), or, the depot empty, objects from
+    /// the slabs into `out` (`Err`, how many, as [`SlabCache::take`]).
+    fn withdraw(
+        &self,
+        report: MagazineReport,
+        out: &mut [*mut u8; MAGAZINE_BATCH],
+    ) -> Result<*mut u8, usize> {
         let mut lists = self.lists.lock();
-        let len = lists.depot_len.checked_sub(1)?;
-        let chain = *lists.depot.get(len)?;
-        lists.depot_len = len;
-        lists.depot_low = lists.depot_low.min(len);
-        report.publish(&mut lists);
-        self.age(&mut lists, MAGAZINE_BATCH);
-        Some(chain)
+        let newest = lists.depot_len.checked_sub(1);
+        match newest.and_then(|len| Some((len, *lists.depot.get(len)?))) {
+            Some((len, chain)) => {
+                lists.depot_len = len;
+                lists.depot_low = lists.depot_low.min(len);
+                report.publish(&mut lists);
+                self.age(&mut lists, MAGAZINE_BATCH);
+                Ok(chain)
+            }
+            None => Err(self.take_locked(&mut lists, out, Some(report))),
+        }
     }
 
     /// The objects of a depot chain (`chain` its newest), newest first, into `out`.
@@ -1389,19 +1398,24 @@ impl<T> Magazine<'_, '_, T> {
     #[cold]
     #[inline(never)]
     fn refill(&self) {
-        if self.linked {
-            // A chain from the depot becomes the list as it is (its links hold their counts).
-            if let Some(chain) = self.cache.withdraw(self.report(0)) {
-                self.top.set(chain, MAGAZINE_BATCH);
-                self.published_len.set(MAGAZINE_BATCH);
-                return;
-            }
-        }
         let mut batch = [ptr::null_mut(); MAGAZINE_BATCH];
         // The fill level after the move is not known before it: `take` adds what it took.
         let report = self.report(0);
         // `take` fills `got <= MAGAZINE_BATCH` entries of the batch, with non-null objects.
-        let got = self.cache.take(&mut batch, Some(report));
+        let got = if self.linked {
+            match self.cache.withdraw(report, &mut batch) {
+                Ok(chain) => {
+                    // A chain from the depot becomes the list as it is (its links hold their
+                    // counts).
+                    self.top.set(chain, MAGAZINE_BATCH);
+                    self.published_len.set(MAGAZINE_BATCH);
+                    return;
+                }
+                Err(got) => got,
+            }
+        } else {
+            self.cache.take(&mut batch, Some(report))
+        };
         let objects = batch.iter().take(got).filter_map(|&obj| NonNull::new(obj));
         let mut held = 0;
         if self.linked {

@@ -419,10 +419,13 @@ fn full_magazine_halves_wait_in_the_depot_and_idle_chains_go_back_to_their_slabs
         empty, 0,
         "the freed objects wait in the depot, not in their slabs"
     );
-    assert_eq!(
-        cache.stats().used_bytes,
-        0,
-        "objects in the depot count as free"
+    // A live magazine's own objects count as of its last batch move: up to a magazine's
+    // worth of frees since then still count as used.
+    let unpublished = MAGAZINE_SLOTS * size_of::<Obj>();
+    assert!(
+        cache.stats().used_bytes <= unpublished,
+        "objects in the depot count as free: {:?}",
+        cache.stats()
     );
     let slabs = partial + full;
     let again = burst(n);
@@ -441,7 +444,8 @@ fn full_magazine_halves_wait_in_the_depot_and_idle_chains_go_back_to_their_slabs
         cache.slab_counts().2 > 0,
         "past the depot's bound, objects go back to slabs"
     );
-    assert_eq!((cache.stats().used_bytes, cache.stats().misuse), (0, 0));
+    assert!(cache.stats().used_bytes <= unpublished);
+    assert_eq!(cache.stats().misuse, 0);
     let before: usize = {
         let (p, f, e) = cache.slab_counts();
         p + f + e
@@ -459,9 +463,11 @@ fn full_magazine_halves_wait_in_the_depot_and_idle_chains_go_back_to_their_slabs
             2 * (p + f + e) < before,
             "idle chains and then their slabs went back: {before} slabs before, {p}+{f}+{e} after"
         );
-        assert_eq!((cache.stats().used_bytes, cache.stats().misuse), (0, 0));
+        assert!(cache.stats().used_bytes <= unpublished);
+        assert_eq!(cache.stats().misuse, 0);
     }
     drop(mag);
+    assert_eq!((cache.stats().used_bytes, cache.stats().misuse), (0, 0));
     cache.shrink();
     assert_eq!(
         cache.slab_counts(),
