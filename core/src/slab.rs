@@ -789,7 +789,8 @@ impl<'a, T> SlabCache<'a, T> {
             }
         }
         let mut batch = [ptr::null_mut(); MAGAZINE_BATCH];
-        Self::unchain(chain, &mut batch);
+        // SAFETY: a depot chain holds MAGAZINE_BATCH linked objects.
+        unsafe { ListTop::read_chain(chain, &mut batch) };
         self.put_locked(&mut lists, &batch, Some(report), false);
     }
 
@@ -815,24 +816,14 @@ impl<'a, T> SlabCache<'a, T> {
         }
     }
 
-    /// The objects of a depot chain (`chain` its newest), newest first, into `out`.
-    fn unchain(chain: *mut u8, out: &mut [*mut u8; MAGAZINE_BATCH]) {
-        let mut obj = chain;
-        for slot in out.iter_mut() {
-            *slot = obj;
-            // SAFETY: a chain's objects are free objects of a linked cache, each holding the
-            // next one's word in its first bytes (see `ListTop`); the last one's is null.
-            obj = ListTop::unpack(unsafe { obj.cast::<*mut u8>().read_unaligned() });
-        }
-    }
-
     /// Returns the oldest `chains` chains of the depot to their slabs (lock held).
     fn drain_depot(&self, lists: &mut Lists, chains: usize) {
         let len = lists.depot_len.min(DEPOT_CHAINS);
         let chains = chains.min(len);
         let mut batch = [ptr::null_mut(); MAGAZINE_BATCH];
         for i in 0..chains {
-            Self::unchain(lists.depot[i], &mut batch);
+            // SAFETY: as in `deposit`.
+            unsafe { ListTop::read_chain(lists.depot[i], &mut batch) };
             self.return_objects(lists, &batch, true, false);
             lists.in_magazines -= MAGAZINE_BATCH;
         }
@@ -1190,10 +1181,24 @@ impl ListTop {
     fn take_oldest(&self, out: &mut [*mut u8]) {
         let len = self.len();
         let keep = len.saturating_sub(out.len());
-        let mut obj = self.split_oldest(out.len());
-        for slot in out.iter_mut().take(len - keep) {
+        let chain = self.split_oldest(out.len());
+        // `len - keep` is at most `out.len()`: the `get_mut` always succeeds.
+        if let Some(out) = out.get_mut(..len - keep) {
+            // SAFETY: the detached bottom of the list, `len - keep` linked objects.
+            unsafe { Self::read_chain(chain, out) };
+        }
+    }
+
+    /// The objects of a detached chain (`first` its newest), newest first, into `out`.
+    ///
+    /// # Safety
+    /// `first` heads a chain of at least `out.len()` free objects of a linked magazine's
+    /// cache, each holding the next one's word in its first bytes (see [`ListTop`]).
+    unsafe fn read_chain(first: *mut u8, out: &mut [*mut u8]) {
+        let mut obj = first;
+        for slot in out.iter_mut() {
             *slot = obj;
-            // SAFETY: as above: the rest of the list, `len - keep` objects.
+            // SAFETY: the caller's contract: `obj` is one of the chain's objects.
             obj = Self::unpack(unsafe { obj.cast::<*mut u8>().read_unaligned() });
         }
     }

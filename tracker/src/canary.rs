@@ -251,7 +251,7 @@ unsafe fn find_damage(start: usize, len: usize, last: bool) -> Option<usize> {
             return None;
         }
         let p = pattern();
-        // SAFETY (both searches): bytes inside the caller's readable range.
+        // Both searches read bytes inside the caller's readable range.
         if last {
             (start..start + len).rev().find(|&b| !intact(b, p))
         } else {

@@ -24,9 +24,9 @@ use crate::spin::SpinLock;
 /// Blocks one [`Quarantine::exchange`] hands back at most; beyond, [`Exchange::more`] says so.
 const EVICT_BATCH: usize = 4;
 
-/// How many blocks ahead of the oldest [`Quarantine::exchange`] names upcoming blocks: far enough that the
-/// block's memory arrives before it is checked (a few frees later), near enough that it is
-/// still in cache then. The oldest `LOOKAHEAD + 1` blocks have all been named.
+/// How far behind the oldest block [`Quarantine::exchange`] names blocks as upcoming: far
+/// enough that a block's memory arrives before it is checked (a few frees later), near enough
+/// that it is still in cache then. The oldest `LOOKAHEAD + 1` blocks have all been named.
 const LOOKAHEAD: usize = 4;
 
 /// Blocks one exchange names at most: as many as it takes out, so the window keeps up.
