@@ -1193,3 +1193,35 @@ pub fn collect() {
 pub const fn segment_header_size() -> usize {
     HEADER_SIZE
 }
+
+pub use crate::segment::in_arena;
+
+/// The alignment of every arena (its size): an address's offset in its arena is its low bits.
+pub const ARENA_ALIGN: usize = crate::segment::ARENA_SIZE;
+
+/// Whether the arena page holding `addr` belongs to a size class now (holds blocks); `false`
+/// for a page or segment given back (its memory may be decommitted: it reads as zero), `None`
+/// outside the arenas. A snapshot for describing bad frees: slow, and racy with the owner.
+pub fn arena_page_in_use(addr: usize) -> Option<bool> {
+    use crate::segment::{Segment, KIND_BIG, KIND_MEDIUM, KIND_SMALL};
+    if !in_arena(addr) {
+        return None;
+    }
+    let seg = Segment::of(addr as *const u8);
+    // SAFETY: `seg` is a segment header of an arena: always committed (zero for a segment never
+    // claimed, which reads as KIND_FREE). Relaxed loads: a snapshot.
+    unsafe {
+        let kind = (*seg).kind.load(Ordering::Relaxed);
+        if ![KIND_SMALL, KIND_MEDIUM, KIND_BIG].contains(&kind) {
+            return Some(false);
+        }
+        let page = Segment::page_of(seg, addr as *const u8);
+        let count = (*seg).page_count.load(Ordering::Relaxed) as usize;
+        let index = (page as usize - core::ptr::addr_of!((*seg).pages) as usize)
+            / core::mem::size_of::<Page>();
+        if index >= count {
+            return Some(false);
+        }
+        Some((*page).in_use.load(Ordering::Relaxed) != 0)
+    }
+}

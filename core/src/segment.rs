@@ -65,6 +65,39 @@ static ARENA_NODE: [AtomicUsize; MAX_ARENAS] = [const { AtomicUsize::new(0) }; M
 /// Number of arena slots handed out (some may still be publishing their base).
 static ARENA_COUNT: AtomicUsize = AtomicUsize::new(0);
 
+/// log2 of [`ARENA_SIZE`]: arenas are reserved aligned to their size, so an address's arena
+/// unit is its address shifted by this.
+const ARENA_SHIFT: u32 = ARENA_SIZE.trailing_zeros();
+/// Addresses [`in_arena`] answers for: 48 bits on 64-bit targets (user space on x86-64 and
+/// aarch64), all of them on 32-bit.
+const MAP_ADDRESS_BITS: u32 = if usize::BITS == 64 { 48 } else { 32 };
+const MAP_UNITS: usize = 1 << (MAP_ADDRESS_BITS - ARENA_SHIFT);
+const MAP_WORDS: usize = MAP_UNITS.div_ceil(usize::BITS as usize);
+/// One bit per arena-sized unit of the address space: set once an arena occupies the unit
+/// (never cleared: arenas are never released). 128 KiB of zero-initialised statics on 64-bit,
+/// of which a program touches one line per 32 GiB of arenas.
+static ARENA_MAP: [AtomicUsize; MAP_WORDS] = [const { AtomicUsize::new(0) }; MAP_WORDS];
+
+/// Whether `addr` lies in one of the heap's arenas. Every arena stays mapped, readable and
+/// writable, for the process's life (its free segments are decommitted with `MADV_DONTNEED`,
+/// which reads back as zero), so a caller that sees `true` may read any aligned word of the
+/// arena without faulting — whatever the address points at. Large blocks (their own mappings)
+/// are not in an arena. One load and a bit test.
+///
+/// An address in an arena reaches a thread only after the arena was published to the thread
+/// that allocated there, and through whatever hand-over the program used: the bit, stored
+/// before that publication, is then visible here.
+#[inline(always)]
+pub fn in_arena(addr: usize) -> bool {
+    let unit = addr >> ARENA_SHIFT;
+    if unit >= MAP_UNITS {
+        return false;
+    }
+    let bits = usize::BITS as usize;
+    // Relaxed: see above (the store happens-before any use of a block of the arena).
+    ARENA_MAP[unit / bits].load(Ordering::Relaxed) & (1 << (unit % bits)) != 0
+}
+
 /// The header at the start of every segment (and of every large mapping).
 ///
 /// Fields read by other threads (the free path of any thread, statistics, the page walk) are
@@ -197,7 +230,8 @@ fn claim_in(index: usize) -> Option<*mut Segment> {
 #[cold]
 fn new_arena(node: Option<usize>) -> Option<usize> {
     let os = SystemOs;
-    let base = os.reserve(ARENA_SIZE, SEGMENT_SIZE)?;
+    // Aligned to its own size: `in_arena` is then one bit per arena.
+    let base = os.reserve(ARENA_SIZE, ARENA_SIZE)?;
     if let Some(node) = node {
         os.bind_to_node(base, ARENA_SIZE, node);
     }
@@ -213,6 +247,12 @@ fn new_arena(node: Option<usize>) -> Option<usize> {
     }
     // Relaxed: read together with the base, which is published with Release below.
     ARENA_NODE[index].store(node.map_or(0, |n| n + 1), Ordering::Relaxed);
+    let unit = base.as_ptr() as usize >> ARENA_SHIFT;
+    if unit < MAP_UNITS {
+        let bits = usize::BITS as usize;
+        // Relaxed: published with the base below (see `in_arena`).
+        ARENA_MAP[unit / bits].fetch_or(1 << (unit % bits), Ordering::Relaxed);
+    }
     // Release: publishes the node and the (zeroed) memory to claimers that Acquire the base.
     ARENA_BASE[index].store(base.as_ptr(), Ordering::Release);
     Some(index)

@@ -62,6 +62,11 @@ pub(crate) fn find(state: &State, mode: LeakCheck, caller_sp: usize) -> Vec<Leak
             entries.push((key, *info));
         }
     });
+    if state.fast.header_key != 0 {
+        crate::header::for_each_live(crate::header::Key(state.fast.header_key), &mut |p, info| {
+            entries.push((p, *info));
+        });
+    }
     // The tracker's own writer thread allocates nothing for the program.
     let writer = state.stream().map_or(0, |s| s.writer_thread());
     let mut candidates: MappedVec<Candidate> = MappedVec::new();

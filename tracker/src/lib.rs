@@ -51,6 +51,7 @@ mod fault;
 #[cfg(windows)]
 use windows as fault;
 mod guard;
+mod header;
 mod leaks;
 mod modules;
 pub mod options;

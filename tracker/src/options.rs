@@ -100,6 +100,10 @@ pub struct Options {
     pub unwinder: Unwinder,
     /// Record the stack of frees of sampled and guarded blocks.
     pub free_stacks: bool,
+    /// Record the default path's blocks in a 16-byte header in front of each (over the core
+    /// heap, on Linux) instead of the block table: the same checks, without the table's cache
+    /// misses. Off: every block in the table.
+    pub headers: bool,
 }
 
 impl Default for Options {
@@ -126,6 +130,7 @@ impl Default for Options {
             stack_depth: 48,
             unwinder: Unwinder::Auto,
             free_stacks: true,
+            headers: true,
         }
     }
 }
@@ -189,6 +194,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "stack_depth",
     "unwinder",
     "free_stacks",
+    "headers",
 ];
 
 impl Options {
@@ -242,11 +248,12 @@ impl fmt::Display for Options {
         )?;
         write!(
             f,
-            ",halt_on_error={},print_reports={},check_at_exit={},free_stacks={}",
+            ",halt_on_error={},print_reports={},check_at_exit={},free_stacks={},headers={}",
             u8::from(self.halt_on_error),
             u8::from(self.print_reports),
             u8::from(self.check_at_exit),
-            u8::from(self.free_stacks)
+            u8::from(self.free_stacks),
+            u8::from(self.headers)
         )?;
         let leak = match self.leak_check {
             LeakCheck::Off => "0",
@@ -318,6 +325,7 @@ impl OptionsBuilder {
             "print_reports" => o.print_reports = parse_bool(key, value)?,
             "check_at_exit" => o.check_at_exit = parse_bool(key, value)?,
             "free_stacks" => o.free_stacks = parse_bool(key, value)?,
+            "headers" => o.headers = parse_bool(key, value)?,
             "leak_check" => {
                 o.leak_check = match value {
                     "0" | "false" | "off" | "none" => LeakCheck::Off,
@@ -492,6 +500,12 @@ impl OptionsBuilder {
     /// Record free stacks of sampled and guarded blocks.
     pub fn free_stacks(mut self, yes: bool) -> Self {
         self.options.free_stacks = yes;
+        self
+    }
+
+    /// Record the default path's blocks in headers (see [`Options::headers`]).
+    pub fn headers(mut self, yes: bool) -> Self {
+        self.options.headers = yes;
         self
     }
 

@@ -69,17 +69,29 @@ pub(crate) struct FastPath {
     /// The largest alignment the default path serves: a page, the guard pool's limit, so that
     /// every allocation it serves counts for the guard countdown by its size alone.
     pub(crate) max_align: usize,
+    /// The key of the default path's block headers ([`crate::header`]), or 0 when its blocks
+    /// go to the table: headers need the core heap as the inner allocator, both default paths
+    /// (no red zones, no quarantine, no stream), and Linux, where an arena is readable
+    /// everywhere (elsewhere, decommitted memory faults).
+    pub(crate) header_key: u64,
 }
 
 impl FastPath {
-    fn new(options: &Options, guard: Option<&GuardPool>) -> Self {
+    fn new(options: &Options, guard: Option<&GuardPool>, arena_heap: bool) -> Self {
         let alloc = options.canary_bytes == 0
             && !options.streams()
             && options.sample_bytes != 1
             && !matches!(options.guard, GuardRate::All);
+        let free = alloc && options.quarantine_bytes == 0;
+        let headers = free && arena_heap && cfg!(target_os = "linux") && options.headers;
         FastPath {
             alloc,
-            free: alloc && options.quarantine_bytes == 0,
+            free,
+            header_key: if headers {
+                crate::thread_state::process_random()
+            } else {
+                0
+            },
             sample: options.sample_bytes > 1,
             guard_below: match (guard, options.guard) {
                 (Some(pool), GuardRate::OneIn(_)) => pool.max_size().saturating_add(1),
@@ -107,7 +119,9 @@ pub(crate) struct State {
 impl State {
     /// Builds the state. Runs with the re-entrancy flag set. The table is created first so that
     /// what the rest of initialisation allocates is already recorded (as internal blocks).
-    pub(crate) fn create(options: Options) -> Result<&'static State, String> {
+    /// `arena_heap`: the inner allocator hands out the core heap's arena blocks (block headers
+    /// may be used, see [`FastPath::header_key`]).
+    pub(crate) fn create(options: Options, arena_heap: bool) -> Result<&'static State, String> {
         let guard = match options.guard {
             GuardRate::Off => None,
             _ => Some(
@@ -121,7 +135,7 @@ impl State {
         };
         let quarantine =
             (options.quarantine_bytes > 0).then(|| Quarantine::new(options.quarantine_bytes));
-        let fast = FastPath::new(&options, guard.as_ref());
+        let fast = FastPath::new(&options, guard.as_ref(), arena_heap);
         let state: &'static State = Box::leak(Box::new(State {
             fast,
             options,
@@ -179,6 +193,13 @@ impl State {
                 .unwrap_or(false)
             }
         }
+    }
+
+    /// Makes the thread's next [`State::should_sample`] fire: a sample that fired for a resize
+    /// that cannot carry it (a block moved by the general allocation instead) passes to that
+    /// allocation.
+    pub(crate) fn rearm_sample(&self) {
+        with_hot(|h| h.sample_countdown.set(0));
     }
 
     /// Whether to place this allocation in the guard pool.

@@ -50,11 +50,14 @@ use crate::block_table::{
     flag, prefetch, state as block_state, BlockInfo, PlainWord, Release, PLAIN_SIZE_LIMIT,
 };
 use crate::canary;
+use crate::header::{self, Found, Key, HEADER};
 use crate::options::{GuardRate, LeakCheck, Options};
 use crate::quarantine::{Held, Quarantine};
 use crate::report::{print_line, Detection, Facts, Report};
 use crate::state::{self, State, TrackerStats};
-use crate::thread_state::{enter, enter_always, hot, thread_id, with_local, Hot, Local};
+use crate::thread_state::{
+    counter_slot, enter, enter_always, hot, thread_id, with_local, Hot, Local,
+};
 use crate::trace_format::{Event, ReportKind};
 
 const UNINIT: u32 = 0;
@@ -194,7 +197,8 @@ impl<A: GlobalAlloc> Tracker<A> {
             Some(o) => Ok(o.clone()),
             None => env_options(),
         };
-        let built = options.and_then(State::create);
+        let arena_heap = self.inner_is_arena_heap();
+        let built = options.and_then(|o| State::create(o, arena_heap));
         match built {
             Ok(state) => {
                 // Relaxed: read only by this thread (its nested, re-entrant allocations) until
@@ -235,6 +239,23 @@ impl<A: GlobalAlloc> Tracker<A> {
                 None
             }
         }
+    }
+
+    /// Whether the inner allocator hands out the core heap's arena blocks (so that the default
+    /// path may record its blocks in headers, see [`crate::header`]): one block asked for and
+    /// given back at initialisation.
+    fn inner_is_arena_heap(&self) -> bool {
+        // SAFETY: a valid, non-zero layout.
+        let layout = unsafe { Layout::from_size_align_unchecked(64, 16) };
+        // SAFETY: as above.
+        let p = unsafe { self.inner.alloc(layout) };
+        if p.is_null() {
+            return false;
+        }
+        let yes = header::candidate(p as usize + HEADER);
+        // SAFETY: just allocated with this layout.
+        unsafe { self.inner.dealloc(p, layout) };
+        yes
     }
 
     // -----------------------------------------------------------------------------------------
@@ -333,6 +354,10 @@ impl<A: GlobalAlloc> Tracker<A> {
         if counts_guard {
             hot.guard_countdown.set(guard_left - 1);
         }
+        if !ZONES && fast.header_key != 0 && align <= header::MAX_ALIGN && size < header::SIZE_LIMIT
+        {
+            return self.allocate_with_header(state, hot, tid, size, align, zeroed);
+        }
         let mut w = PlainWord::new(size, align.trailing_zeros() as u8, tid);
         // Red zones: `left` bytes before the block, `right` after.
         let (left, right) = if ZONES {
@@ -348,13 +373,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         let layout =
             unsafe { Layout::from_size_align_unchecked((left + size + right).max(1), align) };
         // SAFETY: the layout's size is not zero.
-        let base = unsafe {
-            if zeroed {
-                self.inner.alloc_zeroed(layout)
-            } else {
-                self.inner.alloc(layout)
-            }
-        };
+        let base = unsafe { self.inner_alloc_layout(layout, zeroed) };
         if base.is_null() {
             return Some(base);
         }
@@ -370,6 +389,39 @@ impl<A: GlobalAlloc> Tracker<A> {
             return Some(self.insert_general(state, p, w));
         }
         Some(p)
+    }
+
+    /// The default path's allocation recorded in a header ([`crate::header`]): 16 more bytes
+    /// from the inner allocator, the header written in front of the block. `None` (the block
+    /// given back) when the inner allocator's block is not in an arena, which the table then
+    /// records instead. `align` is a power of two of at most 16, `size` below the header's
+    /// limit, `tid` the thread's open gate.
+    #[inline(always)]
+    fn allocate_with_header(
+        &self,
+        state: &'static State,
+        hot: &Hot,
+        tid: u32,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+    ) -> Option<*mut u8> {
+        let w = header::live_word(size, align.trailing_zeros() as u8, tid);
+        let layout = header_layout(size, align);
+        // SAFETY: the layout's size is not zero.
+        let base = unsafe { self.inner_alloc_layout(layout, zeroed) };
+        if base.is_null() {
+            return Some(base);
+        }
+        if !header::candidate(base as usize + HEADER) {
+            // SAFETY: just allocated with this layout.
+            unsafe { self.inner.dealloc(base, layout) };
+            return None;
+        }
+        // SAFETY: a block of at least 16 + size bytes, 8-aligned (`header_layout`), ours.
+        let p = unsafe { header::write(Key(state.fast.header_key), base as usize, w) };
+        state.table.count_header(hot.owned_slot(), size, 1);
+        Some(p as *mut u8)
     }
 
     /// The default path's block when the table's short insert declined it (a stale word to
@@ -405,6 +457,22 @@ impl<A: GlobalAlloc> Tracker<A> {
         };
         drop(busy);
         p
+    }
+
+    /// The inner allocator's `alloc` or `alloc_zeroed` of `layout`.
+    ///
+    /// # Safety
+    /// `layout`'s size is not zero.
+    #[inline(always)]
+    unsafe fn inner_alloc_layout(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        }
     }
 
     #[inline(always)]
@@ -540,6 +608,18 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
             return;
         }
+        if info.flags & flag::HEADER != 0 {
+            // SAFETY: a header block came from the inner allocator with exactly this layout
+            // (`allocate_with_header`), 16 bytes before `ptr`, and is freed once: its header
+            // moved out of LIVE before we got here.
+            unsafe {
+                self.inner.dealloc(
+                    (ptr - HEADER) as *mut u8,
+                    header_layout(info.size, info.align()),
+                )
+            };
+            return;
+        }
         let (base, total) = if info.flags & flag::CANARY != 0 {
             let canary = state.options.canary_bytes;
             let left = canary::left_zone(canary, info.align());
@@ -622,6 +702,29 @@ impl<A: GlobalAlloc> Tracker<A> {
         }
         // A power of two or none (`deallocate_given`'s contract).
         let expect = (given.align != 0).then(|| (given.size, given.align.trailing_zeros() as u8));
+        if state.fast.header_key != 0 {
+            let p = ptr as usize;
+            if !header::candidate(p) {
+                return false;
+            }
+            // SAFETY: `candidate(p)`.
+            let Some((size, align_log2)) =
+                (unsafe { header::release_owned(Key(state.fast.header_key), p, tid, expect) })
+            else {
+                return false;
+            };
+            state.table.count_header(hot.owned_slot(), size, -1);
+            // SAFETY: a header block came from the inner allocator with exactly this layout,
+            // 16 bytes before `p`; the release above moved it out of LIVE on this thread, so it
+            // is freed once.
+            unsafe {
+                self.inner.dealloc(
+                    (p - HEADER) as *mut u8,
+                    header_layout(size, 1 << align_log2),
+                )
+            };
+            return true;
+        }
         // No prefetch of the block here: the core heap's free only stores into it (its free-list
         // link), which waits in the store buffer instead of stalling; the prefetch cost more
         // than it saved (the overhead bench's table-only row, 16.9 -> 16.2 ns per pair).
@@ -776,6 +879,11 @@ impl<A: GlobalAlloc> Tracker<A> {
             self.free_untracked(ptr, layout);
             return;
         };
+        if matches!(self.header_find(state, ptr), Found::Live(_)) {
+            // A program block freed by code running for the tracker (below).
+            self.free_tracked(state, None, ptr, None, Detection::Free, false);
+            return;
+        }
         match state.table.get(ptr) {
             Some(info) if info.is_internal() => {
                 if let Release::Was(info) = state.table.release(ptr, block_state::FREED, 0, 0) {
@@ -811,44 +919,45 @@ impl<A: GlobalAlloc> Tracker<A> {
         // quarantine) takes the table's short release; everything else, and every bad free,
         // the general one.
         let free_stack = core::cell::Cell::new(0u32);
-        let short = match quarantine {
-            None => state.table.release_plain(ptr, tid),
-            Some(_) => None,
-        };
-        let released = match short {
-            Some((size, align_log2)) => Release::Was(BlockInfo {
-                size,
-                align_log2,
-                state: block_state::LIVE,
-                alloc_thread: tid,
-                ..Default::default()
-            }),
-            None => state.table.release_with(
-                ptr,
-                tid,
-                |info| {
-                    if info.flags & flag::GUARDED == 0
-                        && quarantine.is_some_and(|q| q.admits(info.size))
-                    {
-                        block_state::QUARANTINED
-                    } else {
-                        block_state::FREED
-                    }
-                },
-                |info| {
-                    // Sampled and guarded blocks get their free stack, captured before the
-                    // word changes so it is written with it.
-                    let stack = if state.options.free_stacks
-                        && (info.alloc_stack != 0 || info.flags & flag::GUARDED != 0)
-                    {
-                        state.stack_here(local)
-                    } else {
-                        0
-                    };
-                    free_stack.set(stack);
-                    stack
-                },
-            ),
+        let released = match self.release_header(state, ptr, tid) {
+            Some(released) => released,
+            None => {
+                match quarantine.map_or_else(|| state.table.release_plain(ptr, tid), |_| None) {
+                    Some((size, align_log2)) => Release::Was(BlockInfo {
+                        size,
+                        align_log2,
+                        state: block_state::LIVE,
+                        alloc_thread: tid,
+                        ..Default::default()
+                    }),
+                    None => state.table.release_with(
+                        ptr,
+                        tid,
+                        |info| {
+                            if info.flags & flag::GUARDED == 0
+                                && quarantine.is_some_and(|q| q.admits(info.size))
+                            {
+                                block_state::QUARANTINED
+                            } else {
+                                block_state::FREED
+                            }
+                        },
+                        |info| {
+                            // Sampled and guarded blocks get their free stack, captured before the
+                            // word changes so it is written with it.
+                            let stack = if state.options.free_stacks
+                                && (info.alloc_stack != 0 || info.flags & flag::GUARDED != 0)
+                            {
+                                state.stack_here(local)
+                            } else {
+                                0
+                            };
+                            free_stack.set(stack);
+                            stack
+                        },
+                    ),
+                }
+            }
         };
         let mut info = match released {
             Release::Was(info) => info,
@@ -858,7 +967,12 @@ impl<A: GlobalAlloc> Tracker<A> {
                 return;
             }
             Release::Unknown => {
-                self.report_invalid_free(state, local, ptr, detection);
+                if let Some(info) = self.freed_with_its_page(state, ptr) {
+                    let facts = state.facts_for(ReportKind::DoubleFree, detection, ptr, ptr, &info);
+                    state.raise(facts, local);
+                } else {
+                    self.report_invalid_free(state, local, ptr, detection);
+                }
                 return;
             }
         };
@@ -983,6 +1097,66 @@ impl<A: GlobalAlloc> Tracker<A> {
         self.release_memory(state, held.ptr, &info);
     }
 
+    /// The general free of a header block ([`crate::header::release`]): `None` when headers
+    /// are off or no header block starts at `ptr` (the table decides). A header that says
+    /// "freed" is a double free only if the table has no live block there: a freed header's
+    /// word may be stale memory in front of a block the table records.
+    fn release_header(&self, state: &'static State, ptr: usize, tid: u32) -> Option<Release> {
+        let key = state.fast.header_key;
+        if key == 0 || !header::candidate(ptr) {
+            return None;
+        }
+        // SAFETY: `candidate(ptr)`.
+        match unsafe { header::release(Key(key), ptr, tid) }? {
+            Release::Was(info) => {
+                state.table.count_header(counter_slot(), info.size, -1);
+                Some(Release::Was(info))
+            }
+            Release::AlreadyFreed(info) => match state.table.get(ptr) {
+                Some(t) if t.state == block_state::LIVE => None,
+                _ => Some(Release::AlreadyFreed(info)),
+            },
+            Release::Unknown => None,
+        }
+    }
+
+    /// A free that neither a header nor the table knows, of a header block's pointer whose page
+    /// the core heap has given back since the block was freed: a double free (the freed header
+    /// went with the page's memory, which may read as zero now). `None` otherwise (an invalid
+    /// free). Slow: only on that bad free.
+    #[cold]
+    fn freed_with_its_page(&self, state: &State, ptr: usize) -> Option<BlockInfo> {
+        let gone = state.fast.header_key != 0
+            && header::candidate(ptr)
+            && allocscope_core::heap::arena_page_in_use(ptr - HEADER) == Some(false);
+        gone.then(|| BlockInfo {
+            state: block_state::FREED,
+            flags: flag::HEADER,
+            ..Default::default()
+        })
+    }
+
+    /// What the header in front of `ptr` says ([`Found::None`] when headers are off), with a
+    /// "freed" header the table contradicts (a live block of its own there) read as none.
+    fn header_find(&self, state: &State, ptr: usize) -> Found {
+        let key = state.fast.header_key;
+        if key == 0 || !header::candidate(ptr) {
+            return Found::None;
+        }
+        // SAFETY: `candidate(ptr)`.
+        match unsafe { header::find(Key(key), ptr) } {
+            Found::Freed(_)
+                if state
+                    .table
+                    .get(ptr)
+                    .is_some_and(|t| t.state == block_state::LIVE) =>
+            {
+                Found::None
+            }
+            found => found,
+        }
+    }
+
     #[cold]
     fn report_invalid_free(
         &self,
@@ -992,7 +1166,15 @@ impl<A: GlobalAlloc> Tracker<A> {
         detection: Detection,
     ) {
         let mut facts = Facts::new(ReportKind::InvalidFree, detection, ptr, thread_id());
-        if let Some((start, info)) = state.table.find_containing(ptr) {
+        let mut containing = state.table.find_containing(ptr);
+        if containing.is_none() && state.fast.header_key != 0 {
+            header::for_each_live(Key(state.fast.header_key), &mut |start, info| {
+                if (start..start + info.size.max(1)).contains(&ptr) {
+                    containing = Some((start, *info));
+                }
+            });
+        }
+        if let Some((start, info)) = containing {
             facts.block = Some((start, info.size));
             facts.alloc_stack = info.alloc_stack;
             facts.alloc_thread = info.alloc_thread;
@@ -1077,6 +1259,9 @@ impl<A: GlobalAlloc> Tracker<A> {
                 )
             };
         };
+        if matches!(self.header_find(state, ptr), Found::Live(_)) {
+            return self.realloc_tracked(state, None, ptr, None, new_size, align, false);
+        }
         match state.table.get(ptr) {
             Some(info) if info.is_internal() => {
                 // SAFETY: internal blocks come from the inner allocator with exactly this layout.
@@ -1126,7 +1311,11 @@ impl<A: GlobalAlloc> Tracker<A> {
         align: usize,
         emit: bool,
     ) -> *mut u8 {
-        let info = match state.table.get(ptr) {
+        let found = match self.header_find(state, ptr) {
+            Found::Live(info) | Found::Freed(info) => Some(info),
+            Found::None => state.table.get(ptr),
+        };
+        let info = match found {
             Some(info) if info.state == block_state::LIVE => info,
             Some(info) => {
                 let facts = state.facts_for(
@@ -1157,41 +1346,9 @@ impl<A: GlobalAlloc> Tracker<A> {
                 state.raise(facts, local);
             }
         }
-        // Fast path: a plain block and no quarantine: let the inner allocator resize in place.
-        if info.flags == 0
-            && state.quarantine.is_none()
-            && align == info.align()
-            && !info.is_internal()
+        if let Some((new, stack)) = self.realloc_in_place(state, local, ptr, &info, new_size, align)
         {
-            let sampled = state.should_sample(local, new_size);
-            let stack = if sampled {
-                state.stack_here(local)
-            } else {
-                info.alloc_stack
-            };
-            // SAFETY: a plain block was allocated by the inner allocator with exactly
-            // (size.max(1), align); it is live (checked above).
-            let new = unsafe {
-                self.inner.realloc(
-                    ptr as *mut u8,
-                    Layout::from_size_align_unchecked(info.size.max(1), info.align()),
-                    new_size.max(1),
-                )
-            };
-            if new.is_null() {
-                return null_mut();
-            }
-            let moved = BlockInfo {
-                size: new_size,
-                alloc_stack: stack,
-                alloc_thread: thread_id(),
-                ..info
-            };
-            if new as usize != ptr {
-                state.table.release(ptr, block_state::FREED, 0, thread_id());
-            }
-            state.table.insert(new as usize, moved);
-            if emit {
+            if emit && !new.is_null() {
                 self.emit_realloc(
                     state,
                     local,
@@ -1228,6 +1385,128 @@ impl<A: GlobalAlloc> Tracker<A> {
         new
     }
 
+    /// Resizes a live block in place through the inner allocator's realloc when that keeps what
+    /// is known of it: a header block (below) or a plain table block (no flags, no quarantine,
+    /// the same alignment; the new size sampled). `None` when neither applies (the caller
+    /// moves the block), else the new pointer (null: out of memory, the old block still live)
+    /// and its stack.
+    ///
+    /// A header block: when the new block needs no stack and keeps the alignment, the header
+    /// is retired first (the inner realloc may free the old block) and written again at the
+    /// new place.
+    fn realloc_in_place(
+        &self,
+        state: &'static State,
+        local: Option<&Local>,
+        ptr: usize,
+        info: &BlockInfo,
+        new_size: usize,
+        align: usize,
+    ) -> Option<(*mut u8, u32)> {
+        if info.flags & flag::HEADER != 0 {
+            if new_size >= header::SIZE_LIMIT {
+                return None;
+            }
+            // The core heap turns a block growing past the medium classes into a large block
+            // (a mapping of its own, outside the arenas): such a resize moves through the
+            // general allocation instead.
+            if align != info.align() || new_size + HEADER > allocscope_core::size_class::MEDIUM_MAX
+            {
+                return None;
+            }
+            if state.should_sample(local, new_size) {
+                // The moved block gets the stack (`alloc_tracked`).
+                state.rearm_sample();
+                return None;
+            }
+            let tid = thread_id();
+            if tid == 0 || tid >= crate::thread_state::FAST_THREAD_LIMIT {
+                return None;
+            }
+            // SAFETY: a live header block, which this thread is resizing.
+            let old = unsafe { header::retire(ptr, tid) };
+            // SAFETY: the header block came from the inner allocator with exactly this layout,
+            // 16 bytes before `ptr`; its header is retired, so no other free of it succeeds.
+            let base = unsafe {
+                self.inner.realloc(
+                    (ptr - HEADER) as *mut u8,
+                    header_layout(info.size, align),
+                    new_size.max(1) + HEADER,
+                )
+            };
+            if base.is_null() {
+                // SAFETY: the retire above, undone: the block is still ours and live.
+                unsafe { header::restore(ptr, old) };
+                return Some((base, 0));
+            }
+            let slot = counter_slot();
+            state.table.count_header(slot, info.size, -1);
+            if !header::candidate(base as usize + HEADER) {
+                // Not an arena block after all (an inner allocator other than the core's, or
+                // another policy; the core's keeps these sizes in its arenas): the table
+                // records a copy, this block goes back. Out of memory here loses the old
+                // contents (the program gets null, and a later free of its old pointer is
+                // reported, not done).
+                let new = self.alloc_tracked(state, local, new_size, align, false, false);
+                // SAFETY: the inner allocator's block holds the program's bytes at +16, at
+                // least min(old, new) of them; the new block is distinct and as large.
+                unsafe {
+                    if !new.is_null() {
+                        core::ptr::copy_nonoverlapping(
+                            base.add(HEADER),
+                            new,
+                            info.size.min(new_size),
+                        );
+                    }
+                    self.inner.dealloc(base, header_layout(new_size, align));
+                }
+                return Some((new, 0));
+            }
+            let w = header::live_word(new_size, info.align_log2, tid);
+            // SAFETY: the inner allocator's block of 16 + new_size bytes, aligned as the old
+            // one (at least 8), ours, in an arena (checked above).
+            let p = unsafe { header::write(Key(state.fast.header_key), base as usize, w) };
+            state.table.count_header(slot, new_size, 1);
+            return Some((p as *mut u8, 0));
+        }
+        if info.flags != 0
+            || state.quarantine.is_some()
+            || align != info.align()
+            || info.is_internal()
+        {
+            return None;
+        }
+        let sampled = state.should_sample(local, new_size);
+        let stack = if sampled {
+            state.stack_here(local)
+        } else {
+            info.alloc_stack
+        };
+        // SAFETY: a plain block was allocated by the inner allocator with exactly
+        // (size.max(1), align); it is live (checked by the caller).
+        let new = unsafe {
+            self.inner.realloc(
+                ptr as *mut u8,
+                Layout::from_size_align_unchecked(info.size.max(1), info.align()),
+                new_size.max(1),
+            )
+        };
+        if new.is_null() {
+            return Some((new, 0));
+        }
+        let moved = BlockInfo {
+            size: new_size,
+            alloc_stack: stack,
+            alloc_thread: thread_id(),
+            ..*info
+        };
+        if new as usize != ptr {
+            state.table.release(ptr, block_state::FREED, 0, thread_id());
+        }
+        state.table.insert(new as usize, moved);
+        Some((new, stack))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn emit_realloc(
         &self,
@@ -1258,6 +1537,9 @@ impl<A: GlobalAlloc> Tracker<A> {
     pub fn usable_size(&self, ptr: *const u8) -> usize {
         let Some(state) = self.ready() else { return 0 };
         let _busy = enter_always();
+        if let Found::Live(info) = self.header_find(state, ptr as usize) {
+            return info.size;
+        }
         match state.table.get(ptr as usize) {
             Some(info) if info.state == block_state::LIVE => info.size,
             _ => 0,
@@ -1409,6 +1691,15 @@ impl Given {
     fn layout(self) -> Option<(usize, usize)> {
         (self.align != 0).then_some((self.size, self.align))
     }
+}
+
+/// The inner allocator's layout for a header block of `size` bytes aligned to `align` (at most
+/// 16): the header in front, the block at least one byte (a zero-size block's pointer must
+/// stay inside its own block), aligned to at least 8 (the header's words).
+#[inline(always)]
+fn header_layout(size: usize, align: usize) -> Layout {
+    // SAFETY: size < 2^24 + 17 and align a power of two of at most 16: a valid layout.
+    unsafe { Layout::from_size_align_unchecked(size.max(1) + HEADER, align.max(8)) }
 }
 
 fn env_options() -> Result<Options, String> {

@@ -1,0 +1,160 @@
+//! Block headers (`tracker/src/header.rs`): the default path's blocks over the core heap are
+//! recorded in front of each block rather than in the table. What the table gave must still
+//! hold: leaks found, resizes kept, another tracker's blocks not taken for ours, the figures
+//! right — and `headers=0` keeps every block in the table with the same reports.
+
+use std::alloc::{GlobalAlloc, Layout};
+
+use allocscope_core::Allocscope;
+use allocscope_tracker::{LeakCheck, Options, ReportKind, Tracker};
+
+fn tracker(headers: bool, leaks: LeakCheck) -> Tracker<Allocscope> {
+    let options = Options::builder()
+        .print_reports(false)
+        .check_at_exit(false)
+        .leak_check(leaks)
+        .headers(headers)
+        .build()
+        .unwrap();
+    Tracker::with_options(Allocscope::new(), options)
+}
+
+/// A thread's first calls take the general path (its id and counter slot are set up there):
+/// after these, its blocks are the default path's.
+fn warm_up(t: &Tracker<Allocscope>) {
+    let l = Layout::from_size_align(16, 8).unwrap();
+    for _ in 0..4 {
+        // SAFETY: allocated and freed at once.
+        unsafe {
+            let w = t.alloc(l);
+            t.dealloc(w, l);
+        }
+    }
+}
+
+/// Bytes the leak check finds leaked now.
+fn leaked_bytes(t: &Tracker<Allocscope>) -> usize {
+    t.check_leaks()
+        .iter()
+        .filter(|r| r.kind == ReportKind::MemoryLeak)
+        .filter_map(|r| r.leaked.map(|(_, bytes)| bytes))
+        .sum()
+}
+
+fn kinds(t: &Tracker<Allocscope>) -> Vec<ReportKind> {
+    t.take_reports().into_iter().map(|r| r.kind).collect()
+}
+
+#[test]
+fn live_blocks_are_found_by_the_leak_check_with_their_sizes() {
+    for headers in [true, false] {
+        let t = tracker(headers, LeakCheck::All);
+        warm_up(&t);
+        let sizes = [1usize, 24, 100, 4000, 70_000];
+        let ptrs: Vec<(*mut u8, Layout)> = sizes
+            .iter()
+            .map(|&s| {
+                let l = Layout::from_size_align(s, 8).unwrap();
+                // SAFETY: (test) a valid layout; the block is checked as a leak, then freed.
+                (unsafe { t.alloc(l) }, l)
+            })
+            .collect();
+        let leaked = leaked_bytes(&t);
+        let total: usize = sizes.iter().sum();
+        assert!(leaked >= total, "headers={headers}: {leaked} of {total}");
+        for (p, l) in ptrs {
+            // SAFETY: live blocks of this tracker.
+            unsafe { t.dealloc(p, l) };
+        }
+        let after = leaked_bytes(&t);
+        assert!(after < total, "headers={headers}: {after} still leaked");
+        assert_eq!(t.stats().live_blocks, 0);
+    }
+}
+
+#[test]
+fn resizes_keep_the_contents_and_the_figures() {
+    // Neither sampled nor guarded: every block here is a header block, resized in place by
+    // the core heap until it grows past the medium classes (where the core makes it a large
+    // block, outside the arenas: the table takes it) and comes back below them.
+    let options = Options::builder()
+        .parse("sample=0,guard=0")
+        .unwrap()
+        .print_reports(false)
+        .check_at_exit(false)
+        .leak_check(LeakCheck::Off)
+        .build()
+        .unwrap();
+    let t = Tracker::with_options(Allocscope::new(), options);
+    let mut l = Layout::from_size_align(16, 8).unwrap();
+    // SAFETY: (test) each pointer is used only until the resize that replaces it.
+    unsafe {
+        warm_up(&t);
+        let mut p = t.alloc(l);
+        for i in 0..16u8 {
+            p.add(i as usize).write(i);
+        }
+        for new_size in [40usize, 300, 5000, 65_000, 100_000, 24, 3000, 70_000, 3000] {
+            let q = t.realloc(p, l, new_size);
+            assert!(!q.is_null());
+            for i in 0..16u8 {
+                assert_eq!(q.add(i as usize).read(), i);
+            }
+            assert_eq!(t.usable_size(q), new_size);
+            l = Layout::from_size_align(new_size, 8).unwrap();
+            p = q;
+        }
+        assert_eq!(t.stats().live_blocks, 1);
+        assert_eq!(t.stats().live_bytes, 3000);
+        // The old layout after the last resize is a mismatch.
+        t.dealloc(p, Layout::from_size_align(24, 8).unwrap());
+    }
+    assert_eq!(kinds(&t), vec![ReportKind::AllocDeallocMismatch]);
+    assert_eq!(t.stats().live_blocks, 0);
+}
+
+#[test]
+fn another_trackers_block_is_an_invalid_free_and_stays_live() {
+    let a = tracker(true, LeakCheck::Off);
+    let b = tracker(true, LeakCheck::Off);
+    warm_up(&a);
+    let l = Layout::from_size_align(48, 8).unwrap();
+    // SAFETY: (test) freeing `a`'s block through `b` is the bug; `b` ignores it.
+    unsafe {
+        let p = a.alloc(l);
+        p.write_bytes(7, 48);
+        b.dealloc(p, l);
+        assert_eq!(kinds(&b), vec![ReportKind::InvalidFree]);
+        assert_eq!(a.usable_size(p), 48);
+        assert_eq!(b.usable_size(p), 0);
+        a.dealloc(p, l);
+    }
+    assert!(kinds(&a).is_empty());
+    assert_eq!(a.stats().live_blocks, 0);
+}
+
+#[test]
+fn the_table_alone_reports_the_same_bad_frees() {
+    for headers in [true, false] {
+        let t = tracker(headers, LeakCheck::Off);
+        warm_up(&t);
+        let l = Layout::from_size_align(100, 8).unwrap();
+        // SAFETY: (test) the interior free, the wrong layout and the double free are the bugs.
+        unsafe {
+            let p = t.alloc(l);
+            t.deallocate(p.add(16), None);
+            t.dealloc(p, Layout::from_size_align(101, 8).unwrap());
+            t.dealloc(p, l);
+        }
+        assert_eq!(
+            kinds(&t),
+            vec![
+                ReportKind::InvalidFree,
+                ReportKind::AllocDeallocMismatch,
+                ReportKind::DoubleFree
+            ],
+            "headers={headers}"
+        );
+        assert_eq!(t.stats().live_blocks, 0);
+    }
+}
