@@ -32,11 +32,14 @@
 //! guarded pair cost 2.8–4.7 µs from run to run; leaving parts of the pool out one at a time saved
 //! 2.9–3.2 µs without the closing `mprotect` (and so without openings), 1.1–1.4 µs without the
 //! check of the whole slack (up to 4 KiB read cold at free); ~0.4 µs remained without both (two
-//! stacks, the table, the lock). Measured alone, a call that changes a protection costs 1.1–1.7 µs
+//! stacks, the table, the lock). Measured alone, a call that changes a protection costs 1.1–1.9 µs
 //! there and each further slot of a run ~0.6 µs, while `getppid` costs 0.16 µs: the price is the
 //! kernel's work on the mapping, not the system call, and the user's pages touched after it cost no
 //! more than before it. Hence the slack checked only near the block (see [`SLACK_CHECKED`]); the
-//! closing call stays one per free, at once: a use-after-free right after the free must fault.
+//! closing call stays one per free, at once: a use-after-free right after the free must fault. Runs
+//! of 32 slots instead of `OPEN_RUN` showed no difference in one alternated run (the kernel's work
+//! is mostly per slot); closing with guard markers over the data pages costs 3.4–3.8 µs a call, and
+//! the page is then faulted in again at the next use.
 //!
 //! May touch: [`allocscope_core::os`] (protect), [`crate::os_memory`],
 //! [`crate::spin`], [`crate::canary`].
