@@ -146,6 +146,12 @@ fn main() {
             "tracker, sample=1,unwinder=backtrace (every stack, DWARF)".into(),
             Box::new(tracker("sample=1,unwinder=backtrace")),
         ),
+        // Ten times the default rate: the guard pool's own price per guarded allocation and
+        // free stands out of the noise (this row minus the table-only row, divided by 100).
+        (
+            "tracker, sample=0,guard=1/100 (guard pages for 1 in 100)".into(),
+            Box::new(tracker("sample=0,guard=1/100")),
+        ),
     ];
     // `OVERHEAD_ONLY=i` or `OVERHEAD_ONLY=i,j,...` keeps the core allocator and those
     // configurations (for profiling, or to leave out the slow rows).
