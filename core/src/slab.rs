@@ -1117,6 +1117,17 @@ impl ListTop {
         self.count.get()
     }
 
+    /// The list holds fewer than [`LIST_SLOTS`] objects (never true of a closed one).
+    #[inline(always)]
+    fn has_room(&self) -> bool {
+        #[cfg(target_pointer_width = "64")]
+        return self.word.get().addr() < LIST_SLOTS << COUNT_SHIFT;
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            self.count.get() < LIST_SLOTS
+        }
+    }
+
     #[inline(always)]
     fn set(&self, first: *mut u8, count: usize) {
         self.word.set(Self::pack(first, count));
@@ -1356,9 +1367,17 @@ impl<T> Magazine<'_, '_, T> {
     /// byte interface (raw memory).
     #[inline]
     fn push(&self, obj: NonNull<u8>, rebuild: bool) {
-        if self.hot.get().is_null() {
+        let older = self.hot.get();
+        if older.is_null() {
             // Only a linked magazine's `hot` is ever empty (a closed one is not null): its
             // cache has no constructor, so there is nothing to rebuild.
+            self.hot.set(obj.as_ptr());
+        } else if self.top.has_room() {
+            // SAFETY: the list is open (a closed one counts more than LIST_SLOTS), so the
+            // magazine is linked: its objects hold a pointer and lie below LINKABLE_END
+            // (`SlabCache::magazine`), and its `hot` is null or an object, here an object
+            // accepted before, so nobody uses it; the list has room.
+            unsafe { self.top.push(older) };
             self.hot.set(obj.as_ptr());
         } else {
             self.push_slow(obj, rebuild);
@@ -1367,18 +1386,14 @@ impl<T> Magazine<'_, '_, T> {
         self.deallocations.set(self.deallocations.get() + 1);
     }
 
-    /// A full `hot` (its object moves onto the list, depositing the list's oldest half first
-    /// when it is full), or the slots of a magazine that does not link.
+    /// A full `hot` over a full list (the list's oldest half is deposited, then the hot
+    /// object moves onto the list), or the slots of a magazine that does not link.
     #[inline(never)]
     fn push_slow(&self, obj: NonNull<u8>, rebuild: bool) {
         if self.linked {
-            if self.top.len() >= LIST_SLOTS {
-                self.deposit_oldest();
-            }
+            self.deposit_oldest();
             let older = self.hot.replace(obj.as_ptr());
-            // SAFETY: the magazine is linked: its objects hold a pointer and lie below
-            // LINKABLE_END (`SlabCache::magazine`); `older` was accepted into `hot`, so
-            // nobody uses it; the list has room (deposited above when full).
+            // SAFETY: as in `push`; the deposit left room.
             unsafe { self.top.push(older) };
         } else {
             if rebuild {
@@ -1502,7 +1517,7 @@ impl<T> Magazine<'_, '_, T> {
         let (count, left) = if self.linked {
             let count = count.min(self.top.len()).min(MAGAZINE_SLOTS);
             self.top.take_oldest(&mut batch[..count]);
-            if self.hot_held() && self.top.len() < LIST_SLOTS {
+            if self.hot_held() && self.top.has_room() {
                 let hot = self.hot.replace(ptr::null_mut());
                 // SAFETY: as in `push_slow`: a linked magazine's free object; room checked.
                 unsafe { self.top.push(hot) };
