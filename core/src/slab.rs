@@ -61,6 +61,12 @@ use crate::typed::{impl_allocator_api2, TypedAlloc};
 pub const MAGAZINE_SLOTS: usize = 32;
 /// Objects moved between a magazine and the slabs at once.
 pub const MAGAZINE_BATCH: usize = MAGAZINE_SLOTS / 2;
+/// Objects a linked magazine's list holds: one fewer than the magazine, for the hot object.
+const LIST_SLOTS: usize = MAGAZINE_SLOTS - 1;
+/// The `hot` of a magazine that does not link: neither null (so a free never puts an object
+/// there) nor an object (so an allocation never takes it). Address 1 is no object's: objects
+/// lie in slabs, past a slab header.
+const CLOSED_HOT: *mut u8 = NonNull::<u8>::dangling().as_ptr();
 /// Chains of [`MAGAZINE_BATCH`] objects the depot holds at most (see the module docs).
 pub const DEPOT_CHAINS: usize = 64;
 /// Bytes of objects the depot holds at most (at least one chain).
@@ -328,6 +334,7 @@ impl<'a, T> SlabCache<'a, T> {
         Magazine {
             cache: self,
             linked,
+            hot: Cell::new(if linked { ptr::null_mut() } else { CLOSED_HOT }),
             top: ListTop::new(!linked),
             slots: [const { Cell::new(NonNull::dangling()) }; MAGAZINE_SLOTS],
             len: Cell::new(0),
@@ -1029,8 +1036,8 @@ impl<T: core::fmt::Debug, H: ObjectHome<T>> core::fmt::Debug for Pooled<'_, T, H
 /// intrusive free list, and no more. Each object's link is the top word as it was when the
 /// object was pushed, so taking the object restores the count below it with no arithmetic.
 /// Other targets keep the count beside the pointer. A magazine that does not link objects
-/// has a *closed* top: no object and a count past [`MAGAZINE_SLOTS`], so its fast paths'
-/// own tests (empty? full?) send every operation to the slots, with no test of their own.
+/// has a *closed* top: no object and a count past [`MAGAZINE_SLOTS`], so the list's own
+/// tests (empty? full?) send every operation to the slots, with no test of their own.
 struct ListTop {
     word: Cell<*mut u8>,
     #[cfg(not(target_pointer_width = "64"))]
@@ -1110,6 +1117,17 @@ impl ListTop {
         self.count.get()
     }
 
+    /// The list holds fewer than [`LIST_SLOTS`] objects (never true of a closed one).
+    #[inline(always)]
+    fn has_room(&self) -> bool {
+        #[cfg(target_pointer_width = "64")]
+        return self.word.get().addr() < LIST_SLOTS << COUNT_SHIFT;
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            self.count.get() < LIST_SLOTS
+        }
+    }
+
     #[inline(always)]
     fn set(&self, first: *mut u8, count: usize) {
         self.word.set(Self::pack(first, count));
@@ -1135,7 +1153,7 @@ impl ListTop {
     ///
     /// # Safety
     /// `obj` is an object of the cache nobody uses, at least a pointer in size, below
-    /// [`LINKABLE_END`]; the list holds fewer than [`MAGAZINE_SLOTS`] objects.
+    /// [`LINKABLE_END`]; the list holds fewer than [`LIST_SLOTS`] objects.
     #[inline(always)]
     unsafe fn push(&self, obj: *mut u8) {
         let word = self.word.get();
@@ -1207,17 +1225,27 @@ impl ListTop {
 /// A per-thread magazine of a [`SlabCache`]: objects come and go without the lock; half a
 /// magazine moves at once. Dropping it returns its objects to their slabs.
 ///
-/// Objects of a cache without a constructor (at least a pointer in size) are *linked*: a
-/// LIFO list through each free object's first word, headed by `top`, which also
-/// counts them — the fast paths load and store only that word and the link, like an
-/// intrusive free list (a free followed by an allocation hands back the same, cache-hot
-/// object). Constructed objects keep their state while they wait, so they cannot hold a
-/// link: they sit in `slots`, the newest on top (so do objects smaller than a pointer), and
-/// the list's top is closed.
+/// Objects of a cache without a constructor (at least a pointer in size) are *linked*: the
+/// newest free object waits in `hot`, the others on a LIFO list through each free object's
+/// first word, headed by `top`, which also counts them (up to [`LIST_SLOTS`], so the
+/// magazine holds at most [`MAGAZINE_SLOTS`]). A free into an empty `hot` is one store, and
+/// an allocation that finds it full another: a free followed by an allocation hands back the
+/// same, cache-hot object without touching the list. Without `hot`, that pair went through
+/// the list's count: the free's new top is the object with the count of the top before it,
+/// which the allocation had just loaded from the object's link, so each pair waited for the
+/// previous one's link load and count arithmetic (the pool's free sets its head to the
+/// freed pointer and waits for nothing). A free that finds `hot` full moves its object onto
+/// the list; an allocation that finds it empty takes the list's first object. Constructed
+/// objects keep their state while they wait, so they cannot hold a link: they sit in
+/// `slots`, the newest on top (so do objects smaller than a pointer), and both `hot` and the
+/// list's top are closed.
 pub struct Magazine<'c, 'a, T> {
     cache: &'c SlabCache<'a, T>,
     /// Objects are linked, not in slots (fixed when the magazine is made).
     linked: bool,
+    /// The newest free object of a linked magazine, null for none; [`CLOSED_HOT`] in a
+    /// magazine that does not link.
+    hot: Cell<*mut u8>,
     top: ListTop,
     slots: [Cell<NonNull<u8>>; MAGAZINE_SLOTS],
     len: Cell<usize>,
@@ -1234,10 +1262,16 @@ impl<T> Magazine<'_, '_, T> {
     /// Objects held.
     pub fn cached(&self) -> usize {
         if self.linked {
-            self.top.len()
+            self.top.len() + usize::from(self.hot_held())
         } else {
             self.len()
         }
+    }
+
+    /// `hot` holds an object (neither empty nor closed).
+    #[inline(always)]
+    fn hot_held(&self) -> bool {
+        self.hot.get().addr() > CLOSED_HOT.addr()
     }
 
     /// `len`, which every store keeps at most [`MAGAZINE_SLOTS`] (a refill takes at most a
@@ -1259,17 +1293,27 @@ impl<T> Magazine<'_, '_, T> {
         Some(Pooled { ptr, home: self })
     }
 
-    /// The top of the list, else the top slot, else a refill.
+    /// The hot object, else the top of the list, else the top slot, else a refill.
     #[inline]
     fn pop(&self) -> Option<NonNull<u8>> {
-        let obj = match self.take_linked() {
+        let obj = match self.take_hot().or_else(|| self.take_linked()) {
             Some(obj) => obj,
             None => self.pop_unlinked()?,
         };
         Some(self.handed_out(obj))
     }
 
-    /// Fast path: the list's first object, unless the list is empty or closed.
+    /// Fast path: the hot object, unless `hot` is empty or closed.
+    #[inline(always)]
+    fn take_hot(&self) -> Option<NonNull<u8>> {
+        if !self.hot_held() {
+            return None;
+        }
+        let obj = self.hot.replace(ptr::null_mut());
+        NonNull::new(obj)
+    }
+
+    /// The list's first object, unless the list is empty or closed.
     #[inline(always)]
     fn take_linked(&self) -> Option<NonNull<u8>> {
         let obj = NonNull::new(self.top.first())?;
@@ -1318,16 +1362,23 @@ impl<T> Magazine<'_, '_, T> {
         true
     }
 
-    /// Adds an accepted object: onto the list, or (not linked) into the slots; `rebuild`: a
-    /// constructor cache's object coming back from the byte interface (raw memory).
+    /// Adds an accepted object: into an empty `hot`, else (`push_slow`) onto the list or (not
+    /// linked) into the slots; `rebuild`: a constructor cache's object coming back from the
+    /// byte interface (raw memory).
     #[inline]
     fn push(&self, obj: NonNull<u8>, rebuild: bool) {
-        if self.top.len() < MAGAZINE_SLOTS {
-            // SAFETY: the list is open (a closed one counts more than MAGAZINE_SLOTS), so the
+        let older = self.hot.get();
+        if older.is_null() {
+            // Only a linked magazine's `hot` is ever empty (a closed one is not null): its
+            // cache has no constructor, so there is nothing to rebuild.
+            self.hot.set(obj.as_ptr());
+        } else if self.top.has_room() {
+            // SAFETY: the list is open (a closed one counts more than LIST_SLOTS), so the
             // magazine is linked: its objects hold a pointer and lie below LINKABLE_END
-            // (`SlabCache::magazine`); the object was accepted, so nobody uses it; the list
-            // has room.
-            unsafe { self.top.push(obj.as_ptr()) };
+            // (`SlabCache::magazine`), and its `hot` is null or an object, here an object
+            // accepted before, so nobody uses it; the list has room.
+            unsafe { self.top.push(older) };
+            self.hot.set(obj.as_ptr());
         } else {
             self.push_slow(obj, rebuild);
         }
@@ -1335,13 +1386,15 @@ impl<T> Magazine<'_, '_, T> {
         self.deallocations.set(self.deallocations.get() + 1);
     }
 
-    /// A full list (flushed first), or the slots of a magazine that does not link.
+    /// A full `hot` over a full list (the list's oldest half is deposited, then the hot
+    /// object moves onto the list), or the slots of a magazine that does not link.
     #[inline(never)]
     fn push_slow(&self, obj: NonNull<u8>, rebuild: bool) {
         if self.linked {
             self.deposit_oldest();
+            let older = self.hot.replace(obj.as_ptr());
             // SAFETY: as in `push`; the deposit left room.
-            unsafe { self.top.push(obj.as_ptr()) };
+            unsafe { self.top.push(older) };
         } else {
             if rebuild {
                 self.cache.reconstruct(obj.as_ptr());
@@ -1448,13 +1501,15 @@ impl<T> Magazine<'_, '_, T> {
     #[cold]
     #[inline(never)]
     fn deposit_oldest(&self) {
-        debug_assert!(self.linked && self.top.len() == MAGAZINE_SLOTS);
+        debug_assert!(self.linked && self.top.len() == LIST_SLOTS);
         let chain = self.top.split_oldest(MAGAZINE_BATCH);
-        let report = self.report(self.top.len());
+        let report = self.report(self.cached());
         self.cache.deposit(chain, report);
     }
 
-    /// Moves the `count` oldest objects to their slabs.
+    /// Moves the `count` oldest objects to their slabs (the hot object, the newest, goes onto
+    /// the list: a flush comes before a drop, or makes room in the slots of a magazine that
+    /// does not link, whose `hot` is closed).
     #[cold]
     #[inline(never)]
     fn flush(&self, count: usize) {
@@ -1462,7 +1517,12 @@ impl<T> Magazine<'_, '_, T> {
         let (count, left) = if self.linked {
             let count = count.min(self.top.len()).min(MAGAZINE_SLOTS);
             self.top.take_oldest(&mut batch[..count]);
-            (count, self.top.len())
+            if self.hot_held() && self.top.has_room() {
+                let hot = self.hot.replace(ptr::null_mut());
+                // SAFETY: as in `push_slow`: a linked magazine's free object; room checked.
+                unsafe { self.top.push(hot) };
+            }
+            (count, self.cached())
         } else {
             let len = self.len();
             let count = count.min(len);
@@ -1491,15 +1551,15 @@ impl<T> ObjectHome<T> for Magazine<'_, '_, T> {
 // SAFETY: objects come from the cache (see its implementation) and are held by this magazine
 // alone until handed out.
 unsafe impl<T> TypedAlloc for Magazine<'_, '_, T> {
-    /// Fast path: a compare with a constant, the list's first object taken (its link loaded,
-    /// the top stored).
+    /// Fast path: a compare with a constant (folded away), the hot object taken (`hot` loaded,
+    /// tested and cleared); else the list's first object (its link loaded, the top stored).
     #[inline]
     fn allocate_bytes(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
         if !SlabCache::<T>::fits(size, align) {
             record(AllocErrorKind::InvalidRequest);
             return None;
         }
-        if let Some(obj) = self.take_linked() {
+        if let Some(obj) = self.take_hot().or_else(|| self.take_linked()) {
             // A linked magazine's cache has no constructor: the object is raw memory.
             return Some(self.handed_out(obj));
         }
@@ -1510,7 +1570,7 @@ unsafe impl<T> TypedAlloc for Magazine<'_, '_, T> {
         Some(obj)
     }
 
-    /// Fast path: the count tested, the object linked on top (two stores).
+    /// Fast path: `hot` tested, the object stored there (one store); else onto the list.
     #[inline]
     unsafe fn deallocate_bytes(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
         if self.accept(ptr.as_ptr()) {

@@ -332,6 +332,57 @@ fn a_magazine_hands_back_the_object_freed_last() {
     assert_eq!(cache.allocate::<[u64; 2]>(1).map(|_| ()), Some(()));
 }
 
+/// A magazine holds a full magazine's worth (the newest object apart from the list, the
+/// others on it) and no more: the next free deposits the oldest half; a magazine dropped
+/// full or nearly gives everything back, the newest object too, so `shrink` finds every slab
+/// empty.
+#[test]
+fn a_full_magazine_gives_back_every_object_on_drop() {
+    let os = HeapOs::default();
+    let cache = SlabCache::<[u64; 4]>::with_os(&os);
+    {
+        let mag = cache.magazine();
+        // Taken from the cache itself, so the magazine starts empty.
+        let objects: Vec<_> = (0..=MAGAZINE_SLOTS)
+            .map(|_| cache.allocate::<[u64; 4]>(1).unwrap())
+            .collect();
+        for (i, &p) in objects.iter().enumerate() {
+            // SAFETY: live objects of the magazine's cache, each freed once.
+            unsafe { mag.deallocate(p, 1) };
+            assert_eq!(
+                mag.cached(),
+                if i < MAGAZINE_SLOTS {
+                    i + 1
+                } else {
+                    MAGAZINE_SLOTS + 1 - MAGAZINE_BATCH
+                },
+                "full at {MAGAZINE_SLOTS}, then the oldest half goes to the depot"
+            );
+        }
+        assert_eq!(
+            mag.allocate::<[u64; 4]>(1),
+            objects.last().copied(),
+            "the object freed last comes back first"
+        );
+        // SAFETY: handed out again just above.
+        unsafe { mag.deallocate(objects[MAGAZINE_SLOTS], 1) };
+    }
+    {
+        // Dropped while exactly full.
+        let mag = cache.magazine();
+        for _ in 0..MAGAZINE_SLOTS {
+            let p = cache.allocate::<[u64; 4]>(1).unwrap();
+            // SAFETY: a live object of the magazine's cache, freed once.
+            unsafe { mag.deallocate(p, 1) };
+        }
+        assert_eq!(mag.cached(), MAGAZINE_SLOTS);
+    }
+    let s = cache.stats();
+    assert_eq!((s.used_bytes, s.misuse), (0, 0));
+    cache.shrink();
+    assert_eq!(cache.slab_counts(), (0, 0, 0), "every object went back");
+}
+
 /// A magazine that flushes keeps its newest objects, last freed first out, with the right
 /// count: objects linked through their first word (here not even pointer-aligned, over a
 /// caller's buffer) and objects in slots (a type smaller than a pointer) alike.
