@@ -1,6 +1,7 @@
-//! The record of every block the tracker handed out: address -> size, alignment, state and
-//! stacks. It is what makes double and invalid frees certain to be caught, what the layout check
-//! at dealloc compares against, and what the leak check and canary scan walk.
+//! The record of every block the tracker handed out but the default path's header blocks
+//! ([`crate::header`], which record themselves): address -> size, alignment, state and stacks.
+//! It is what makes double and invalid frees certain to be caught, what the layout check at
+//! dealloc compares against, and what the leak check and canary scan walk.
 //!
 //! Design: a direct map, ordered by address. The address space is cut into 4 MiB regions; a
 //! region that holds a block gets a lazily mapped array of one 64-bit word per 8-byte granule,

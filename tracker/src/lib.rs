@@ -15,9 +15,11 @@
 //! Map of the crate (each module says what it may touch):
 //! - [`tracker`]: the `Tracker` type and its allocation paths;
 //! - `state`: one tracker's run-time state, reports, scans, the registry for exit and faults;
-//! - `block_table` (direct map by address) and `cold_table` (hashed, for what a word cannot
-//!   hold): every live (and recently freed) block, with `barrier` (the asymmetric barrier
-//!   that lets the allocating thread free without a locked instruction); `guard`, `fault`:
+//! - `header`: the default path's blocks over the core heap, recorded in 16 bytes in front of
+//!   each block; `block_table` (direct map by address) and `cold_table` (hashed, for what a
+//!   word cannot hold): every other live (and recently freed) block, with `barrier` (the
+//!   asymmetric barrier that lets the allocating thread free without a locked instruction);
+//!   `guard`, `fault`:
 //!   guard-page pool
 //!   and its signal handler; `quarantine`; `canary`: red zones and poison;
 //! - `stacks` (capture, de-duplication), [`symbolize`]; `leaks` (reachability scan);

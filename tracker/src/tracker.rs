@@ -9,9 +9,10 @@
 //! The default path (no red zones, no quarantine, no stream, neither sampled nor guarded, the
 //! thread's own block at free) is `allocate_fast` / `deallocate_fast`: one hot thread-local
 //! (whose "gate" word stands for the re-entrancy flag, the thread id and its counter slot at
-//! once), two countdowns, the inner call, one table word — at free, compared with the layout
-//! given in one comparison, so a mismatch takes the general path, which reports it — and the
-//! thread's live counters; anything else takes the path below. Measured (cachegrind, the
+//! once), two countdowns, the inner call, the block's record — its header over the core heap
+//! ([`crate::header`]), else one table word — at free compared with the layout given in one
+//! comparison, so a mismatch takes the general path, which reports it — and the thread's live
+//! counters; anything else takes the path below. The figures below are the table's. Measured (cachegrind, the
 //! overhead bench's table-only row): about 200 instructions per alloc/free pair, core included,
 //! against the core's 43 (240 before the gate, the folded layout check and the word built
 //! beside the inner call), all inline but the core's allocation; about two more D1 misses per
