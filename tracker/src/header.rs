@@ -65,11 +65,11 @@ const FIXED: u64 = !(STATE_MASK | THREAD_MASK);
 pub(crate) struct Key(pub(crate) u64);
 
 impl Key {
-    /// The keyed hash of a program pointer: one multiply, then the high half folded down.
+    /// The keyed hash of a program pointer: one multiply (the tag takes its well-mixed high
+    /// half).
     #[inline(always)]
     fn hash(self, p: usize) -> u64 {
-        let h = ((p as u64) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        h ^ (h >> 29)
+        ((p as u64) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
     /// The tag bits of `p`'s word, in place.

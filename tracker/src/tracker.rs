@@ -414,7 +414,9 @@ impl<A: GlobalAlloc> Tracker<A> {
         if base.is_null() {
             return Some(base);
         }
-        if !header::candidate(base as usize + HEADER) {
+        // The inner allocator's blocks are 8-aligned (`header_layout`) and an arena starts with
+        // a segment header, so an arena block's pointer is a header `candidate`.
+        if !allocscope_core::heap::in_arena(base as usize) {
             // SAFETY: just allocated with this layout.
             unsafe { self.inner.dealloc(base, layout) };
             return None;
