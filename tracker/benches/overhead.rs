@@ -109,9 +109,10 @@ fn main() {
             Box::new(Allocscope::new()),
         ),
         ("tracker, default options".into(), Box::new(tracker(""))),
-        // The default options' cost taken apart: the table alone, then with each sampler.
+        // The default options' cost taken apart: the blocks' records alone (headers over the
+        // core heap), then with each sampler.
         (
-            "tracker, sample=0,guard=0 (block table only)".into(),
+            "tracker, sample=0,guard=0 (block records only)".into(),
             Box::new(tracker("sample=0,guard=0")),
         ),
         (
@@ -147,10 +148,15 @@ fn main() {
             Box::new(tracker("sample=1,unwinder=backtrace")),
         ),
         // Ten times the default rate: the guard pool's own price per guarded allocation and
-        // free stands out of the noise (this row minus the table-only row, divided by 100).
+        // free stands out of the noise (this row minus row 2, divided by 100).
         (
             "tracker, sample=0,guard=1/100 (guard pages for 1 in 100)".into(),
             Box::new(tracker("sample=0,guard=1/100")),
+        ),
+        // Row 2 with every block in the block table instead of headers.
+        (
+            "tracker, sample=0,guard=0,headers=0 (block table only)".into(),
+            Box::new(tracker("sample=0,guard=0,headers=0")),
         ),
     ];
     // `OVERHEAD_ONLY=i` or `OVERHEAD_ONLY=i,j,...` keeps the core allocator and those
