@@ -58,7 +58,10 @@ unsafe impl TypedAlloc for Allocscope {
 // SAFETY: every method forwards to the heap, which returns blocks of at least the requested
 // size and alignment, or null; `dealloc`/`realloc` get only pointers this heap returned.
 unsafe impl GlobalAlloc for Allocscope {
-    #[inline]
+    // Always inline: a wrapper (the tracker's default path) otherwise calls this as a function
+    // of its own, with a second frame around the heap's fast path (cachegrind, the tracker's
+    // overhead bench: 15 instructions a pair fewer inline).
+    #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         heap::alloc(layout.size(), layout.align())
     }
@@ -68,7 +71,8 @@ unsafe impl GlobalAlloc for Allocscope {
         heap::alloc_zeroed(layout.size(), layout.align())
     }
 
-    #[inline]
+    // Always inline: as for `alloc`.
+    #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         // SAFETY: GlobalAlloc's contract: `ptr` was returned by this allocator.
         unsafe { heap::free(ptr) }
