@@ -1215,13 +1215,10 @@ pub fn arena_page_in_use(addr: usize) -> Option<bool> {
         if ![KIND_SMALL, KIND_MEDIUM, KIND_BIG].contains(&kind) {
             return Some(false);
         }
-        let page = Segment::page_of(seg, addr as *const u8);
+        let shift = (*seg).page_shift.load(Ordering::Relaxed);
+        let index = (addr - seg as usize) >> shift;
         let count = (*seg).page_count.load(Ordering::Relaxed) as usize;
-        let index = (page as usize - core::ptr::addr_of!((*seg).pages) as usize)
-            / core::mem::size_of::<Page>();
-        if index >= count {
-            return Some(false);
-        }
-        Some((*page).in_use.load(Ordering::Relaxed) != 0)
+        let page = (*seg).pages.get(index).filter(|_| index < count);
+        Some(page.is_some_and(|page| page.in_use.load(Ordering::Relaxed) != 0))
     }
 }

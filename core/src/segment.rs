@@ -75,7 +75,7 @@ const MAP_UNITS: usize = 1 << (MAP_ADDRESS_BITS - ARENA_SHIFT);
 const MAP_WORDS: usize = MAP_UNITS.div_ceil(usize::BITS as usize);
 /// One bit per arena-sized unit of the address space: set once an arena occupies the unit
 /// (never cleared: arenas are never released). 128 KiB of zero-initialised statics on 64-bit,
-/// of which a program touches one line per 32 GiB of arenas.
+/// of which a program touches one line per 128 GiB of arenas.
 static ARENA_MAP: [AtomicUsize; MAP_WORDS] = [const { AtomicUsize::new(0) }; MAP_WORDS];
 
 /// Whether `addr` lies in one of the heap's arenas. Every arena stays mapped, readable and

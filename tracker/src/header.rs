@@ -174,11 +174,8 @@ pub(crate) unsafe fn release_owned(
     if !ok || check.load(Ordering::Relaxed) != h ^ (w & FIXED) {
         return None;
     }
-    let freed = (w & !(STATE_MASK | THREAD_MASK))
-        | u64::from(state::FREED)
-        | (u64::from(thread) << THREAD_SHIFT);
     // Relaxed: see above; the core's free, which follows, orders the block's reuse.
-    word.store(freed, Ordering::Relaxed);
+    word.store(freed_word(w, thread), Ordering::Relaxed);
     Some(((w >> SIZE_SHIFT) as usize, ((w >> ALIGN_SHIFT) & 63) as u8))
 }
 
@@ -208,15 +205,17 @@ fn info(w: u64) -> BlockInfo {
     }
 }
 
-/// What the header in front of `p` says.
-///
-/// # Safety
-/// `candidate(p)`.
-pub(crate) unsafe fn find(key: Key, p: usize) -> Found {
-    // SAFETY: forwarded.
-    let (check, word) = unsafe { words(p) };
-    // Relaxed: a snapshot; `release` decides with a compare-and-swap.
-    let w = word.load(Ordering::Relaxed);
+/// `w` (a live header's word) marked freed by `thread` (the thread field then names the
+/// freeing thread).
+#[inline(always)]
+fn freed_word(w: u64, thread: u32) -> u64 {
+    (w & !(STATE_MASK | THREAD_MASK))
+        | u64::from(state::FREED)
+        | (u64::from(thread.min((1 << 12) - 1)) << THREAD_SHIFT)
+}
+
+/// What word `w` in front of `p`, with `check` beside it, says.
+fn classify(key: Key, p: usize, w: u64, check: &AtomicU64) -> Found {
     let h = key.hash(p);
     if w & TAG_MASK != Key::tag(h) {
         return Found::None;
@@ -227,6 +226,17 @@ pub(crate) unsafe fn find(key: Key, p: usize) -> Found {
         state::FREED => Found::Freed(info(w)),
         _ => Found::None,
     }
+}
+
+/// What the header in front of `p` says.
+///
+/// # Safety
+/// `candidate(p)`.
+pub(crate) unsafe fn find(key: Key, p: usize) -> Found {
+    // SAFETY: forwarded.
+    let (check, word) = unsafe { words(p) };
+    // Relaxed: a snapshot; `release` decides with a compare-and-swap.
+    classify(key, p, word.load(Ordering::Relaxed), check)
 }
 
 /// The general free of a header block by any thread: one compare-and-swap from live to freed,
@@ -244,26 +254,25 @@ pub(crate) unsafe fn release(
 ) -> Option<crate::block_table::Release> {
     use crate::block_table::Release;
     // SAFETY: forwarded.
-    let (_, word) = unsafe { words(p) };
+    let (check, word) = unsafe { words(p) };
+    // Relaxed: the exchange below decides.
+    let mut w = word.load(Ordering::Relaxed);
     loop {
-        // SAFETY: forwarded.
-        let found = unsafe { find(key, p) };
-        let info = match found {
+        let info = match classify(key, p, w, check) {
             Found::Live(info) => info,
             Found::Freed(info) => return Some(Release::AlreadyFreed(info)),
             Found::None => return None,
         };
-        let old = live_word(info.size, info.align_log2, info.alloc_thread) | Key::tag(key.hash(p));
-        let freed = (old & !(STATE_MASK | THREAD_MASK))
-            | u64::from(state::FREED)
-            | (u64::from(thread.min((1 << 12) - 1)) << THREAD_SHIFT);
         // Relaxed: the exchange only decides which free wins; the core's free of the block
         // orders its reuse.
-        if word
-            .compare_exchange(old, freed, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            return Some(Release::Was(info));
+        match word.compare_exchange(
+            w,
+            freed_word(w, thread),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return Some(Release::Was(info)),
+            Err(now) => w = now,
         }
     }
 }
@@ -276,14 +285,9 @@ pub(crate) unsafe fn release(
 pub(crate) unsafe fn retire(p: usize, thread: u32) -> u64 {
     // SAFETY: a live header block's words.
     let (_, word) = unsafe { words(p) };
-    let freed = |w: u64| {
-        (w & !(STATE_MASK | THREAD_MASK))
-            | u64::from(state::FREED)
-            | (u64::from(thread.min((1 << 12) - 1)) << THREAD_SHIFT)
-    };
     // Relaxed: as for `release`.
     let old = word.load(Ordering::Relaxed);
-    word.store(freed(old), Ordering::Relaxed);
+    word.store(freed_word(old, thread), Ordering::Relaxed);
     old
 }
 

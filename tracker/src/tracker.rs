@@ -12,9 +12,10 @@
 //! once), two countdowns, the inner call, the block's record — its header over the core heap
 //! ([`crate::header`]), else one table word — at free compared with the layout given in one
 //! comparison, so a mismatch takes the general path, which reports it — and the thread's live
-//! counters; anything else takes the path below. The figures below are the table's. Measured (cachegrind, the
-//! overhead bench's table-only row): about 200 instructions per alloc/free pair, core included,
-//! against the core's 43 (240 before the gate, the folded layout check and the word built
+//! counters; anything else takes the path below. The figures below are the table's (for the
+//! headers' see `crate::header` and the design document). Measured (cachegrind, the overhead
+//! bench's table-only row): about 200 instructions per alloc/free pair, core included, against
+//! the core's 43 (240 before the gate, the folded layout check and the word built
 //! beside the inner call), all inline but the core's allocation; about two more D1 misses per
 //! pair than the core's three (the table word at alloc and at free, one word per 8 heap bytes,
 //! so rarely in cache), and perf put a third of the tracker's own samples on the instruction
@@ -1115,11 +1116,9 @@ impl<A: GlobalAlloc> Tracker<A> {
                 state.table.count_header(counter_slot(), info.size, -1);
                 Some(Release::Was(info))
             }
-            Release::AlreadyFreed(info) => match state.table.get(ptr) {
-                Some(t) if t.state == block_state::LIVE => None,
-                _ => Some(Release::AlreadyFreed(info)),
-            },
+            Release::AlreadyFreed(_) if table_has_live(state, ptr) => None,
             Release::Unknown => None,
+            other => Some(other),
         }
     }
 
@@ -1148,14 +1147,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         }
         // SAFETY: `candidate(ptr)`.
         match unsafe { header::find(Key(key), ptr) } {
-            Found::Freed(_)
-                if state
-                    .table
-                    .get(ptr)
-                    .is_some_and(|t| t.state == block_state::LIVE) =>
-            {
-                Found::None
-            }
+            Found::Freed(_) if table_has_live(state, ptr) => Found::None,
             found => found,
         }
     }
@@ -1694,6 +1686,15 @@ impl Given {
     fn layout(self) -> Option<(usize, usize)> {
         (self.align != 0).then_some((self.size, self.align))
     }
+}
+
+/// Whether the table records a live block at `ptr`: then a "freed" header in front of it is
+/// stale memory, not a double free (see [`crate::header`]).
+fn table_has_live(state: &State, ptr: usize) -> bool {
+    state
+        .table
+        .get(ptr)
+        .is_some_and(|t| t.state == block_state::LIVE)
 }
 
 /// The inner allocator's layout for a header block of `size` bytes aligned to `align` (at most
