@@ -112,29 +112,60 @@ fn a_cxx_program_gives_the_same_output() {
 #[test]
 fn a_rust_program_runs_under_the_instrumented_library() {
     let lib = library().with_file_name("liballocscope_debug.so");
-    let mut child = Command::new("rustc")
+    let child = Command::new("rustc")
         .arg("--version")
         .env("LD_PRELOAD", &lib)
         .env("ALLOCSCOPE_OPTIONS", "leak_check=0")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // A hang (the failure this guards against) is turned into a failure, not a stuck suite.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let out = finish_within(child, 120, "rustc --version", &lib);
+    assert!(out.starts_with("rustc "), "{out}");
+}
+
+/// Waits for `child` (its stdout piped) at most `seconds`; returns its output after checking
+/// that it succeeded. A hang (what the callers guard against) is turned into a failure, not a
+/// stuck suite.
+fn finish_within(mut child: std::process::Child, seconds: u64, what: &str, lib: &Path) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         if std::time::Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("rustc hung under {}", lib.display());
+            panic!("{what} hung under {}", lib.display());
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert!(status.success());
+    assert!(status.success(), "{what} failed under {}", lib.display());
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    assert!(out.starts_with("rustc "), "{out}");
+    out
+}
+
+/// Threads whose first allocation is glibc's, from inside pthread_getattr_np with the
+/// thread's lock held (as in every thread the JVM starts), under the instrumented library:
+/// the tracker reads the new thread's stack bounds then, and must not ask glibc for them.
+#[test]
+fn threads_that_first_allocate_inside_pthread_getattr_np_do_not_hang() {
+    let lib = library().with_file_name("liballocscope_debug.so");
+    let dir = scratch("thread_stack");
+    let exe = dir.join("thread_stack");
+    let status = Command::new("gcc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(workspace().join("tests/preload/thread_stack.c"))
+        .status()
+        .expect("gcc runs");
+    assert!(status.success());
+    let child = Command::new(&exe)
+        .env("LD_PRELOAD", &lib)
+        .env("ALLOCSCOPE_OPTIONS", "leak_check=0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(finish_within(child, 60, "thread_stack", &lib).trim(), "ok");
 }
 
 /// A Rust program that starts threads, traced: the tracker's own writer thread frees what

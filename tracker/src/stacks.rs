@@ -813,50 +813,37 @@ fn capture_frame_pointers(_frames: &mut [usize], _depth: usize, _local: &Local) 
     0
 }
 
-/// The current thread's stack range, read once per thread.
+/// The current thread's stack range, read once per thread; a `high` of 0 when unknown.
 #[cfg(target_os = "linux")]
 pub(crate) fn stack_bounds(local: &Local) -> (usize, usize) {
+    // (0, 0) is "not read yet"; an unknown range is kept as (1, 0), so it is not read again.
     let cached = local.stack_bounds.get();
-    if cached.1 != 0 {
+    if cached != (0, 0) {
         return cached;
     }
-    // The main thread: glibc's pthread_getattr_np reads /proc/self/maps with stdio (malloc)
-    // while holding the thread's lock, and Rust's runtime calls it for the main thread before
-    // `main`: a malloc from inside it would call it again and deadlock. Read the mapping of
-    // the stack ourselves, without allocating.
-    // SAFETY: getpid and gettid have no preconditions.
-    if unsafe { libc::getpid() == libc::gettid() } {
-        let marker = 0u8;
-        let sp = core::hint::black_box(&marker) as *const u8 as usize;
-        let bounds = main_stack_from_maps(sp).unwrap_or((0, 0));
-        local.stack_bounds.set(bounds);
-        return bounds;
-    }
-    // SAFETY: pthread_getattr_np fills an attribute object for the calling thread, which we
-    // query and destroy; all pointers are to locals.
-    let bounds = unsafe {
-        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return (0, 0);
-        }
-        let mut addr: *mut libc::c_void = core::ptr::null_mut();
-        let mut size: libc::size_t = 0;
-        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0;
-        libc::pthread_attr_destroy(&mut attr);
-        if ok {
-            (addr as usize, addr as usize + size)
-        } else {
-            (0, 0)
-        }
+    // Read the mapping of the stack ourselves, without allocating, for every thread: glibc's
+    // pthread_getattr_np holds the thread's lock while it allocates (stdio over
+    // /proc/self/maps for the main thread, a realloc of the cpuset buffer for the others), so
+    // a malloc from inside it that asked it again would wait on that lock for good. Rust's
+    // runtime calls it for the main thread before `main`; the JVM for each thread it starts
+    // (`java -version` under the debug library hung so).
+    let marker = 0u8;
+    let sp = core::hint::black_box(&marker) as *const u8 as usize;
+    let bounds = match stack_from_maps(sp) {
+        // A stack the program placed in this heap's own memory (pthread_attr_setstack over a
+        // malloc'd block): the mapping is a whole arena, not the stack; unknown is safer.
+        Some(_) if allocscope_core::heap::in_arena(sp) => (1, 0),
+        Some(range) => range,
+        None => (1, 0),
     };
     local.stack_bounds.set(bounds);
     bounds
 }
 
-/// The mapping of /proc/self/maps that contains `addr` (the main thread's stack), read with
+/// The mapping of /proc/self/maps that contains `addr` (the calling thread's stack), read with
 /// raw `open`/`read` into a stack buffer: no allocation.
 #[cfg(target_os = "linux")]
-fn main_stack_from_maps(addr: usize) -> Option<(usize, usize)> {
+fn stack_from_maps(addr: usize) -> Option<(usize, usize)> {
     // SAFETY: the path is NUL-terminated.
     let fd = unsafe {
         libc::open(
