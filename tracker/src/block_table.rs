@@ -935,14 +935,17 @@ impl BlockTable {
         // visible before the words are read (see `crate::barrier`).
         barrier::heavy();
         self.for_each_region(&mut |region, words| {
-            for (i, w) in words.iter().enumerate() {
-                // SeqCst: see `release_with` (a plain load on the usual targets).
-                let w = w.load(Ordering::SeqCst);
-                if w != 0 {
-                    let key = (region << REGION_SHIFT) | (i << GRANULE_SHIFT);
-                    f(key, &self.info(key, w));
+            // Only the pages of words ever written can hold a word.
+            os_memory::for_each_touched(words, &mut |first, part| {
+                for (i, w) in part.iter().enumerate() {
+                    // SeqCst: see `release_with` (a plain load on the usual targets).
+                    let w = w.load(Ordering::SeqCst);
+                    if w != 0 {
+                        let key = (region << REGION_SHIFT) | ((first + i) << GRANULE_SHIFT);
+                        f(key, &self.info(key, w));
+                    }
                 }
-            }
+            });
         });
         self.cold.for_each(&mut |key, info| {
             if info.flags & flag::SHADOW == 0 {

@@ -367,20 +367,24 @@ fn tls_blocks() -> Vec<(usize, usize)> {
 /// 0 = untested, 1 = process_vm_readv works, 2 = not allowed here (read directly).
 static READ_MODE: AtomicU32 = AtomicU32::new(0);
 
-/// Calls `f` with every aligned word of `start..end` that could be read.
+/// Calls `f` with every aligned word of `start..end` that could be read, skipping pages
+/// that were never touched (see [`crate::os_memory::for_each_resident`]: a root's untouched
+/// pages, which reading would fault in for nothing, hold no pointer).
 fn scan_words(start: usize, end: usize, f: &mut dyn FnMut(usize)) {
     const CHUNK: usize = 16 * 1024;
     let mut buf = [0usize; CHUNK / 8];
-    let mut a = (start + 7) & !7;
-    while a + 8 <= end {
-        let len = (end - a).min(CHUNK) & !7;
-        if let Some(words) = read_words(a, len, &mut buf) {
-            for &w in words {
-                f(w);
+    crate::os_memory::for_each_resident(start, end, &mut |start, end| {
+        let mut a = (start + 7) & !7;
+        while a + 8 <= end {
+            let len = (end - a).min(CHUNK) & !7;
+            if let Some(words) = read_words(a, len, &mut buf) {
+                for &w in words {
+                    f(w);
+                }
             }
+            a += len;
         }
-        a += len;
-    }
+    });
 }
 
 fn read_words(addr: usize, len: usize, buf: &mut [usize]) -> Option<&[usize]> {

@@ -157,6 +157,102 @@ pub(crate) fn for_each_region(f: &mut dyn FnMut(usize, usize)) {
     }
 }
 
+/// Calls `f(first, part)` for the parts of `items` (in an anonymous mapping of ours) that
+/// [`for_each_resident`] passes, `first` being the index of `part[0]`. For walks over sparse
+/// tables: the leak check's walk of the block table's regions (4 MiB of words each, faulting
+/// in zero pages for nothing) was a tenth of a short program's time under the instrumented
+/// library.
+pub(crate) fn for_each_touched<T>(items: &[T], f: &mut dyn FnMut(usize, &[T])) {
+    let size = core::mem::size_of::<T>();
+    let start = items.as_ptr() as usize;
+    if size == 0 || start % size != 0 {
+        return f(0, items);
+    }
+    for_each_resident(start, start + core::mem::size_of_val(items), &mut |a, b| {
+        // Whole items: a run's ends are page boundaries or the slice's, multiples of `size`
+        // from `start` when a page holds whole items; otherwise round outwards.
+        let first = (a - start) / size;
+        let end = ((b - start).div_ceil(size)).min(items.len());
+        f(first, &items[first..end]);
+    });
+}
+
+/// Calls `f(a, b)` for the runs of `start..end` (readable memory) whose pages are resident:
+/// a page never touched reads as zero, or as its file's bytes, and holds nothing the program
+/// wrote. A page of a system with swap may be out of memory and still hold data, so there,
+/// and where the OS cannot tell (`mincore` missing or refused), the whole range is passed.
+/// Allocates nothing.
+pub(crate) fn for_each_resident(start: usize, end: usize, f: &mut dyn FnMut(usize, usize)) {
+    if start >= end {
+        return;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        if has_swap() {
+            return f(start, end);
+        }
+        let page = page_size();
+        // One byte per page, in chunks, on the stack.
+        let mut vec = [0u8; 1024];
+        let mut lo = start & !(page - 1);
+        while lo < end {
+            let n = (end - lo).div_ceil(page).min(vec.len());
+            // SAFETY: mincore writes one byte per page of the range into `vec` (n bytes) and
+            // reads no memory; a range with unmapped pages fails, which passes it whole.
+            let ok =
+                unsafe { libc::mincore(lo as *mut libc::c_void, n * page, vec.as_mut_ptr()) } == 0;
+            let mut i = 0;
+            while i < n {
+                if ok && vec[i] & 1 == 0 {
+                    i += 1;
+                    continue;
+                }
+                let run = i;
+                while i < n && (!ok || vec[i] & 1 != 0) {
+                    i += 1;
+                }
+                f((lo + run * page).max(start), (lo + i * page).min(end));
+            }
+            lo += n * page;
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    f(start, end)
+}
+
+/// Whether the system has swap space on (a line in /proc/swaps beyond its header), read once
+/// without allocating; `true` when it cannot be read.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn has_swap() -> bool {
+    // 0 = not read yet, 1 = no swap, 2 = swap (or unknown).
+    static SWAP: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+    // Relaxed: every thread that reads the file finds the same answer.
+    match SWAP.load(core::sync::atomic::Ordering::Relaxed) {
+        1 => return false,
+        2 => return true,
+        _ => {}
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: a NUL-terminated path; read fills at most `buf.len()` bytes of our buffer; the
+    // descriptor is closed once read.
+    let lines = unsafe {
+        let fd = libc::open(c"/proc/swaps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            None
+        } else {
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            (n >= 0).then(|| buf[..n as usize].iter().filter(|&&b| b == b'\n').count())
+        }
+    };
+    let swap = lines != Some(1);
+    SWAP.store(
+        if swap { 2 } else { 1 },
+        core::sync::atomic::Ordering::Relaxed,
+    );
+    swap
+}
+
 /// A growable array of plain `Copy` values in tracker-owned memory (for data that outlives any
 /// heap: stack frames, quarantine entries).
 pub(crate) struct MappedArray<T: Copy> {
@@ -273,5 +369,53 @@ impl<T: Copy> MappedVec<T> {
         let a = self.array.as_ref()?;
         // SAFETY: element `len` (the old last one) was written by `push`.
         Some(unsafe { a.as_ptr().add(self.len).read() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_touched_pages_are_passed_where_there_is_no_swap() {
+        let page = page_size();
+        let len = 64 * page;
+        let base = map(len).unwrap();
+        let start = base.as_ptr() as usize;
+        // SAFETY: pages 3, 10 and 11 of our own fresh mapping.
+        unsafe {
+            base.as_ptr().add(3 * page + 5).write(1);
+            base.as_ptr().add(10 * page).write(1);
+            base.as_ptr().add(12 * page - 1).write(1);
+        }
+        let mut runs = Vec::new();
+        // From the middle of page 3 to the middle of page 11: the runs are cut to the range.
+        for_each_resident(
+            start + 3 * page + 100,
+            start + 11 * page + 7,
+            &mut |a, b| runs.push((a - start, b - start)),
+        );
+        if has_swap() {
+            assert_eq!(runs, [(3 * page + 100, 11 * page + 7)]);
+        } else {
+            assert_eq!(
+                runs,
+                [(3 * page + 100, 4 * page), (10 * page, 11 * page + 7)]
+            );
+        }
+        // Items: the touched pages' words, with their indexes.
+        // SAFETY: the mapping holds `len` zeroed bytes, u64-aligned.
+        let words = unsafe { core::slice::from_raw_parts(base.as_ptr().cast::<u64>(), len / 8) };
+        let mut parts = Vec::new();
+        for_each_touched(words, &mut |first, part| parts.push((first, part.len())));
+        let per_page = page / 8;
+        if !has_swap() {
+            assert_eq!(
+                parts,
+                [(3 * per_page, per_page), (10 * per_page, 2 * per_page)]
+            );
+        }
+        // SAFETY: mapped above with this length; nothing refers to it any more.
+        unsafe { unmap(base, len) };
     }
 }

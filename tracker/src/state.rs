@@ -329,16 +329,19 @@ impl State {
         let mut found: [(usize, BlockInfo, ReportKind, usize); SCAN_BATCH] =
             [(0, BlockInfo::default(), ReportKind::HeapBufferOverflow, 0); SCAN_BATCH];
         let mut n = 0;
-        self.table.for_each(&mut |ptr, info| {
-            if n < SCAN_BATCH && info.state == state::LIVE && !info.is_internal() {
-                // SAFETY: the block is live and its shard lock is held, so it cannot be freed
-                // while we read it.
-                if let Some((kind, addr)) = unsafe { self.canary_damage(ptr, info) } {
-                    found[n] = (ptr, *info, kind, addr);
-                    n += 1;
+        // Only blocks with red zones have anything to check, and none has without the option.
+        if self.options.canary_bytes > 0 {
+            self.table.for_each(&mut |ptr, info| {
+                if n < SCAN_BATCH && info.state == state::LIVE && !info.is_internal() {
+                    // SAFETY: the block is live and its shard lock is held, so it cannot be
+                    // freed while we read it.
+                    if let Some((kind, addr)) = unsafe { self.canary_damage(ptr, info) } {
+                        found[n] = (ptr, *info, kind, addr);
+                        n += 1;
+                    }
                 }
-            }
-        });
+            });
+        }
         if let Some(q) = &self.quarantine {
             q.for_each(&mut |held| {
                 // SAFETY: a held block's memory stays ours until it leaves the quarantine, which
