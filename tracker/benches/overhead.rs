@@ -158,6 +158,12 @@ fn main() {
             "tracker, sample=0,guard=0,headers=0 (block table only)".into(),
             Box::new(tracker("sample=0,guard=0,headers=0")),
         ),
+        // Every allocation's stack and none of the frees' (what heaptrack records): row 7 less
+        // the free stacks that sampled blocks get by default (`free_stacks=1`).
+        (
+            "tracker, sample=1,free_stacks=0 (allocation stacks only)".into(),
+            Box::new(tracker("sample=1,free_stacks=0")),
+        ),
     ];
     // `OVERHEAD_ONLY=i` or `OVERHEAD_ONLY=i,j,...` keeps the core allocator and those
     // configurations (for profiling, or to leave out the slow rows).
