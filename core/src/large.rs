@@ -177,7 +177,7 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     };
     let (base, mapped, fresh) = match cached {
         Some((base, mapped)) => (base, mapped, false),
-        None => match os.reserve(total, SEGMENT_SIZE) {
+        None => match os.reserve_backed(total, SEGMENT_SIZE) {
             Some(p) => {
                 if total >= 2 * SEGMENT_SIZE && crate::options::huge_pages() {
                     os.hint_huge_pages(p, total);
@@ -268,7 +268,7 @@ pub(crate) unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut u8 {
             return null_mut();
         };
         let total = align_up(needed.max(old_mapped + old_mapped / 2), os.page_size());
-        let Some(new_base) = os.reserve(total, SEGMENT_SIZE) else {
+        let Some(new_base) = os.reserve_backed(total, SEGMENT_SIZE) else {
             return null_mut();
         };
         let moved = libc::mremap(

@@ -40,6 +40,15 @@ pub trait Os: Sync {
     /// reads as zero. Returns `None` when the address space or the buffer is exhausted.
     fn reserve(&self, size: usize, align: usize) -> Option<NonNull<u8>>;
 
+    /// As [`Os::reserve`], for memory handed to the program whole at once (a large block):
+    /// the OS applies its own limit on committed memory as it does to the system allocator's
+    /// mappings, so an allocation larger than the machine could ever back fails now, with the
+    /// system's policy, instead of succeeding and failing at first touch. The same as
+    /// `reserve` where the OS draws no such line.
+    fn reserve_backed(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        self.reserve(size, align)
+    }
+
     /// Makes reserved memory usable. Returns `false` when the OS refuses (out of memory).
     ///
     /// # Safety
@@ -156,12 +165,17 @@ mod unix {
         size
     }
 
-    fn mmap(size: usize) -> Option<NonNull<u8>> {
-        // MAP_NORESERVE: we account for commitment ourselves; Linux backs pages on first touch.
+    /// `noreserve`: MAP_NORESERVE, for arenas and tables, whose commitment we account for
+    /// ourselves (Linux backs pages on first touch); without it (large blocks) the kernel's
+    /// overcommit policy judges the mapping, as it does glibc's: a 64 TiB malloc fails.
+    fn mmap_with(size: usize, noreserve: bool) -> Option<NonNull<u8>> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        let extra = libc::MAP_NORESERVE;
+        let extra = if noreserve { libc::MAP_NORESERVE } else { 0 };
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let extra = 0;
+        let extra = {
+            let _ = noreserve;
+            0
+        };
         // SAFETY: an anonymous private mapping at an address the kernel chooses touches no
         // existing memory.
         let p = unsafe {
@@ -188,33 +202,42 @@ mod unix {
         }
     }
 
+    /// [`Os::reserve`] (`noreserve`) or [`Os::reserve_backed`].
+    fn reserve_with(size: usize, align: usize, noreserve: bool) -> Option<NonNull<u8>> {
+        let page = page_size();
+        let size = align_up(size, page);
+        if size == 0 || size > isize::MAX as usize {
+            return None;
+        }
+        if align <= page {
+            return mmap_with(size, noreserve);
+        }
+        // Over-reserve and trim: first try the exact size, which the kernel often places
+        // aligned when the previous mapping was; fall back to size + align.
+        let p = mmap_with(size, noreserve)?;
+        if (p.as_ptr() as usize) & (align - 1) == 0 {
+            return Some(p);
+        }
+        munmap(p.as_ptr() as usize, size);
+        let total = size.checked_add(align)?;
+        let p = mmap_with(total, noreserve)?.as_ptr() as usize;
+        let aligned = align_up(p, align);
+        munmap(p, aligned - p);
+        munmap(aligned + size, p + total - (aligned + size));
+        NonNull::new(aligned as *mut u8)
+    }
+
     impl Os for SystemOs {
         fn page_size(&self) -> usize {
             page_size()
         }
 
         fn reserve(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-            let page = page_size();
-            let size = align_up(size, page);
-            if size == 0 || size > isize::MAX as usize {
-                return None;
-            }
-            if align <= page {
-                return mmap(size);
-            }
-            // Over-reserve and trim: first try the exact size, which the kernel often places
-            // aligned when the previous mapping was; fall back to size + align.
-            let p = mmap(size)?;
-            if (p.as_ptr() as usize) & (align - 1) == 0 {
-                return Some(p);
-            }
-            munmap(p.as_ptr() as usize, size);
-            let total = size.checked_add(align)?;
-            let p = mmap(total)?.as_ptr() as usize;
-            let aligned = align_up(p, align);
-            munmap(p, aligned - p);
-            munmap(aligned + size, p + total - (aligned + size));
-            NonNull::new(aligned as *mut u8)
+            reserve_with(size, align, true)
+        }
+
+        fn reserve_backed(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+            reserve_with(size, align, false)
         }
 
         unsafe fn commit(&self, _ptr: NonNull<u8>, _size: usize) -> bool {
@@ -696,6 +719,28 @@ mod tests {
         assert_eq!(align_up(1, 16), 16);
         assert_eq!(align_up(16, 16), 16);
         assert_eq!(align_up(usize::MAX - 3, 16), usize::MAX & !15);
+    }
+
+    /// A large block larger than the machine could back fails at once, as glibc's malloc does,
+    /// wherever the kernel judges mappings (overcommit modes 0 and 2): the heap's large blocks
+    /// are not reserved with MAP_NORESERVE (a 64 TiB malloc succeeded before, and would have
+    /// failed only at first touch).
+    #[cfg(all(target_os = "linux", target_pointer_width = "64", not(miri)))]
+    #[test]
+    fn a_large_block_beyond_what_the_machine_can_back_is_refused() {
+        let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap_or_default();
+        if mode.trim() == "1" {
+            return; // "always overcommit": the kernel grants every mapping.
+        }
+        let huge = 1usize << 46;
+        assert!(SystemOs.reserve_backed(huge, 4 << 20).is_none());
+        assert!(crate::heap::alloc(huge, 8).is_null());
+        assert!(crate::heap::alloc(huge, 4096).is_null());
+        // A large block the machine can back is still served.
+        let p = crate::heap::alloc(8 << 20, 8);
+        assert!(!p.is_null());
+        // SAFETY: just allocated with this size and alignment.
+        unsafe { crate::heap::free(p) };
     }
 
     #[cfg(not(miri))]
