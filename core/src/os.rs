@@ -725,7 +725,7 @@ mod tests {
     /// wherever the kernel judges mappings (overcommit modes 0 and 2): the heap's large blocks
     /// are not reserved with MAP_NORESERVE (a 64 TiB malloc succeeded before, and would have
     /// failed only at first touch).
-    #[cfg(all(target_os = "linux", target_pointer_width = "64", not(miri)))]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64", not(miri), not(loom)))]
     #[test]
     fn a_large_block_beyond_what_the_machine_can_back_is_refused() {
         let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap_or_default();
