@@ -189,12 +189,12 @@ fn mark_reachable(
                 break;
             }
             if s > cursor {
-                scan_words(cursor, s, &mut |v| visit(v, candidates, &mut work));
+                scan_root(cursor, s, &mut |v| visit(v, candidates, &mut work));
             }
             cursor = cursor.max(e);
         }
         if cursor < end {
-            scan_words(cursor, end, &mut |v| visit(v, candidates, &mut work));
+            scan_root(cursor, end, &mut |v| visit(v, candidates, &mut work));
         }
     }
     while let Some(i) = work.pop() {
@@ -367,24 +367,28 @@ fn tls_blocks() -> Vec<(usize, usize)> {
 /// 0 = untested, 1 = process_vm_readv works, 2 = not allowed here (read directly).
 static READ_MODE: AtomicU32 = AtomicU32::new(0);
 
-/// Calls `f` with every aligned word of `start..end` that could be read, skipping pages
-/// that were never touched (see [`crate::os_memory::for_each_resident`]: a root's untouched
-/// pages, which reading would fault in for nothing, hold no pointer).
+/// [`scan_words`] over a root mapping, skipping its pages that were never touched (see
+/// [`crate::os_memory::for_each_resident`]: reading them would fault them in for nothing, and
+/// they hold no pointer). Blocks are read whole with `scan_words`: their pages are the heap's,
+/// in use, and one `mincore` per block would cost more than it saves.
+fn scan_root(start: usize, end: usize, f: &mut dyn FnMut(usize)) {
+    crate::os_memory::for_each_resident(start, end, &mut |start, end| scan_words(start, end, f));
+}
+
+/// Calls `f` with every aligned word of `start..end` that could be read.
 fn scan_words(start: usize, end: usize, f: &mut dyn FnMut(usize)) {
     const CHUNK: usize = 16 * 1024;
     let mut buf = [0usize; CHUNK / 8];
-    crate::os_memory::for_each_resident(start, end, &mut |start, end| {
-        let mut a = (start + 7) & !7;
-        while a + 8 <= end {
-            let len = (end - a).min(CHUNK) & !7;
-            if let Some(words) = read_words(a, len, &mut buf) {
-                for &w in words {
-                    f(w);
-                }
+    let mut a = (start + 7) & !7;
+    while a + 8 <= end {
+        let len = (end - a).min(CHUNK) & !7;
+        if let Some(words) = read_words(a, len, &mut buf) {
+            for &w in words {
+                f(w);
             }
-            a += len;
         }
-    });
+        a += len;
+    }
 }
 
 fn read_words(addr: usize, len: usize, buf: &mut [usize]) -> Option<&[usize]> {
