@@ -66,11 +66,11 @@ MIRIFLAGS="-Zmiri-strict-provenance" CARGO_TARGET_DIR="$target/miri" \
   --test strategy_pool --test strategy_stack --test strategy_buddy --test strategy_slab \
   --test strategy_lock_free --test stress_lock_free -- --skip matches_model
 
-# Permissive provenance: a block's header is found from the pointer's address (as the block
-# table's words are), an integer-to-pointer step strict provenance refuses.
-step "miri: the tracker's block headers (keyed check, owner and compare-and-swap frees)"
+# Permissive provenance: the shadow's words are found from a pointer's address (as the block
+# table's are), an integer-to-pointer step strict provenance refuses.
+step "miri: the tracker's shadow words (owner and compare-and-swap frees, retire and restore)"
 MIRIFLAGS="-Zmiri-permissive-provenance" CARGO_TARGET_DIR="$target/miri" \
-  cargo +nightly miri test -p allocscope-tracker --lib header::
+  cargo +nightly miri test -p allocscope-tracker --lib shadow::
 
 step "ThreadSanitizer: the heap's and the lock-free pool's multi-threaded stress tests"
 bash tests/sanitizers.sh tsan

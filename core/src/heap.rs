@@ -1199,6 +1199,21 @@ pub use crate::segment::in_arena;
 /// The alignment of every arena (its size): an address's offset in its arena is its low bits.
 pub const ARENA_ALIGN: usize = crate::segment::ARENA_SIZE;
 
+/// Whether the segment holding `ptr` belongs to the calling thread's heap: whether a free of a
+/// block there would take the owner's path. One load of the segment header (the line that free
+/// reads first) and of the thread's heap pointer.
+///
+/// # Safety
+/// `ptr` is in an arena ([`in_arena`]): its segment header is then mapped and committed.
+#[inline(always)]
+pub unsafe fn owned_here(ptr: *const u8) -> bool {
+    let seg = crate::segment::Segment::of(ptr);
+    // SAFETY: the caller's contract: `seg` is a segment header of an arena. Relaxed: a
+    // segment's owner is only ever set to a thread's own heap by that thread (or while that
+    // heap is idle), so comparing with our heap cannot give a false match (as in `free`).
+    unsafe { (*seg).owner.load(Ordering::Relaxed) == thread::current() }
+}
+
 /// Whether the arena page holding `addr` belongs to a size class now (holds blocks); `false`
 /// for a page or segment given back (its memory may be decommitted: it reads as zero), `None`
 /// outside the arenas. A snapshot for describing bad frees: slow, and racy with the owner.

@@ -24,6 +24,18 @@ mod backend {
     pub unsafe fn usable_size(ptr: *const u8) -> usize {
         allocscope_tracker::usable_size(ptr)
     }
+
+    /// The alignment `malloc(size)` asks the tracker for: C's 16 above 8 bytes, 8 below. The
+    /// release heap's classes give 16 for free, but a guarded block is placed against its guard
+    /// page and a red-zoned one after its zone, both only as aligned as asked.
+    #[inline(always)]
+    pub fn malloc_align(size: usize) -> usize {
+        if size > 8 {
+            16
+        } else {
+            8
+        }
+    }
 }
 
 c_abi!();

@@ -2,7 +2,8 @@
 // release heap) and `liballocscope_debug.so` (the instrumented tracker). Each includes this
 // file and invokes `c_abi!()` next to a module `backend` offering `alloc(size, align)`,
 // `alloc_zeroed`, `free`, `realloc(ptr, size, align)`, `usable_size` (which set `errno` on
-// failure themselves) and `collect()`.
+// failure themselves), `collect()` and `malloc_align(size)`: the alignment to ask the heap for
+// so that `malloc(size)` keeps C's promise (16, or 8 for requests of at most 8 bytes).
 //
 // Failures follow C: null plus `errno` (`ENOMEM`, `EINVAL`), never a message or an abort.
 
@@ -31,14 +32,10 @@ macro_rules! c_abi {
         /// C's `max_align_t`: the alignment `malloc` promises (8-byte blocks keep 8).
         const MIN_ALIGN: usize = 16;
 
-        /// The alignment to ask the heap for so that C's promise holds: every class above 8 bytes is
-        /// a multiple of 16 (so 16-aligned), and a request of at most 8 bytes needs only 8.
-        const MALLOC_ALIGN: usize = 8;
-
         /// `malloc(size)`: at least `size` bytes aligned to 16 (8 for requests of 8 bytes or less).
         #[no_mangle]
         pub extern "C" fn malloc(size: usize) -> *mut c_void {
-            backend::alloc(size, MALLOC_ALIGN).cast()
+            backend::alloc(size, backend::malloc_align(size)).cast()
         }
 
         /// `free(ptr)`. `ptr` is null or a live block of this heap.
@@ -69,7 +66,7 @@ macro_rules! c_abi {
                 set_errno(libc::ENOMEM);
                 return null_mut();
             };
-            backend::alloc_zeroed(total, MALLOC_ALIGN).cast()
+            backend::alloc_zeroed(total, backend::malloc_align(total)).cast()
         }
 
         /// `realloc(ptr, size)`: glibc's semantics for `size == 0` (free, return null).
@@ -81,7 +78,7 @@ macro_rules! c_abi {
                 return null_mut();
             }
             // SAFETY: C's contract: `ptr` is null or a live block of this heap.
-            unsafe { backend::realloc(ptr.cast(), size, MALLOC_ALIGN) }.cast()
+            unsafe { backend::realloc(ptr.cast(), size, backend::malloc_align(size)) }.cast()
         }
 
         /// `reallocarray(ptr, n, size)`: `realloc` with an overflow check.

@@ -108,6 +108,11 @@ int main(void) {
     void *pv = pvalloc(10); CHECK(pv && ((uintptr_t)pv % page) == 0 && malloc_usable_size(pv) >= (size_t)page); free(pv);
     errno = 0;
     CHECK(malloc(SIZE_MAX - 4096) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(malloc(PTRDIFF_MAX) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(realloc(v = malloc(8), SIZE_MAX / 2 + 1) == NULL && errno == ENOMEM);
+    free(v);
 
     /* threads created and destroyed, blocks freed by the next thread */
     for (long t = 0; t < THREADS; t++) {

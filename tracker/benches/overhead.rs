@@ -109,7 +109,7 @@ fn main() {
             Box::new(Allocscope::new()),
         ),
         ("tracker, default options".into(), Box::new(tracker(""))),
-        // The default options' cost taken apart: the blocks' records alone (headers over the
+        // The default options' cost taken apart: the blocks' records alone (shadow words over the
         // core heap), then with each sampler.
         (
             "tracker, sample=0,guard=0 (block records only)".into(),
@@ -153,10 +153,10 @@ fn main() {
             "tracker, sample=0,guard=1/100 (guard pages for 1 in 100)".into(),
             Box::new(tracker("sample=0,guard=1/100")),
         ),
-        // Row 2 with every block in the block table instead of headers.
+        // Row 2 with every block in the block table instead of the shadow.
         (
-            "tracker, sample=0,guard=0,headers=0 (block table only)".into(),
-            Box::new(tracker("sample=0,guard=0,headers=0")),
+            "tracker, sample=0,guard=0,shadow=0 (block table only)".into(),
+            Box::new(tracker("sample=0,guard=0,shadow=0")),
         ),
         // Every allocation's stack and none of the frees' (what heaptrack records): row 7 less
         // the free stacks that sampled blocks get by default (`free_stacks=1`).

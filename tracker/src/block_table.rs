@@ -1,5 +1,5 @@
-//! The record of every block the tracker handed out but the default path's header blocks
-//! ([`crate::header`], which record themselves): address -> size, alignment, state and stacks.
+//! The record of every block the tracker handed out but the default path's shadow blocks
+//! ([`crate::shadow`]): address -> size, alignment, state and stacks.
 //! It is what makes double and invalid frees certain to be caught, what the layout check at
 //! dealloc compares against, and what the leak check and canary scan walk.
 //!
@@ -68,9 +68,9 @@ pub(crate) mod flag {
     /// A cold-table entry that completes a direct-map word (never set in a [`super::BlockInfo`]
     /// handed out of the table).
     pub(crate) const SHADOW: u8 = 8;
-    /// Recorded in a header in front of the block ([`crate::header`]), not in the table: never
-    /// in a table word (which holds the three flags above), only in the entries headers give.
-    pub(crate) const HEADER: u8 = 16;
+    /// Recorded in a shadow word ([`crate::shadow`]), not in the table: never in a table word
+    /// (which holds the three flags above), only in the entries shadow words give.
+    pub(crate) const IN_SHADOW: u8 = 16;
 }
 
 /// What the table knows of one block.
@@ -478,13 +478,6 @@ impl BlockTable {
     #[inline(always)]
     fn count(&self, flags: u8, size: usize, sign: isize) {
         self.count_at(counter_slot(), flags, size, sign);
-    }
-
-    /// Counts a header block ([`crate::header`]) in or out of the live figures, with the
-    /// current thread's counter `slot` (`sign` 1 or -1).
-    #[inline(always)]
-    pub(crate) fn count_header(&self, slot: usize, size: usize, sign: isize) {
-        self.count_at(slot, 0, size, sign);
     }
 
     /// As `count`, for the current thread's counter `slot` (which the caller read).

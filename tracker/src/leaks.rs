@@ -62,8 +62,8 @@ pub(crate) fn find(state: &State, mode: LeakCheck, caller_sp: usize) -> Vec<Leak
             entries.push((key, *info));
         }
     });
-    if state.fast.header_key != 0 {
-        crate::header::for_each_live(crate::header::Key(state.fast.header_key), &mut |p, info| {
+    if let Some(shadow) = &state.fast.shadow {
+        shadow.for_each_live(&mut |p, info| {
             entries.push((p, *info));
         });
     }

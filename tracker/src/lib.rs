@@ -15,8 +15,8 @@
 //! Map of the crate (each module says what it may touch):
 //! - [`tracker`]: the `Tracker` type and its allocation paths;
 //! - `state`: one tracker's run-time state, reports, scans, the registry for exit and faults;
-//! - `header`: the default path's blocks over the core heap, recorded in 16 bytes in front of
-//!   each block; `block_table` (direct map by address) and `cold_table` (hashed, for what a
+//! - `shadow`: the default path's blocks over the core heap, recorded in a map beside the heap
+//!   (a 32-bit word per 16-byte granule); `block_table` (direct map by address) and `cold_table` (hashed, for what a
 //!   word cannot hold): every other live (and recently freed) block, with `barrier` (the
 //!   asymmetric barrier that lets the allocating thread free without a locked instruction);
 //!   `guard`, `fault`:
@@ -53,13 +53,13 @@ mod fault;
 #[cfg(windows)]
 use windows as fault;
 mod guard;
-mod header;
 mod leaks;
 mod modules;
 pub mod options;
 mod os_memory;
 mod quarantine;
 pub mod report;
+mod shadow;
 mod snapshot;
 mod spin;
 mod stacks;

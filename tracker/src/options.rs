@@ -100,10 +100,10 @@ pub struct Options {
     pub unwinder: Unwinder,
     /// Record the stack of frees of sampled and guarded blocks.
     pub free_stacks: bool,
-    /// Record the default path's blocks in a 16-byte header in front of each (over the core
-    /// heap, on Linux) instead of the block table: the same checks, without the table's cache
-    /// misses. Off: every block in the table.
-    pub headers: bool,
+    /// Record the default path's blocks in the shadow map (a 32-bit word per 16-byte granule
+    /// of the core heap's arenas, beside the heap; on Linux) instead of the block table: the
+    /// same checks, a quarter of the table's footprint. Off: every block in the table.
+    pub shadow: bool,
 }
 
 impl Default for Options {
@@ -130,7 +130,7 @@ impl Default for Options {
             stack_depth: 48,
             unwinder: Unwinder::Auto,
             free_stacks: true,
-            headers: true,
+            shadow: true,
         }
     }
 }
@@ -194,7 +194,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "stack_depth",
     "unwinder",
     "free_stacks",
-    "headers",
+    "shadow",
 ];
 
 impl Options {
@@ -248,12 +248,12 @@ impl fmt::Display for Options {
         )?;
         write!(
             f,
-            ",halt_on_error={},print_reports={},check_at_exit={},free_stacks={},headers={}",
+            ",halt_on_error={},print_reports={},check_at_exit={},free_stacks={},shadow={}",
             u8::from(self.halt_on_error),
             u8::from(self.print_reports),
             u8::from(self.check_at_exit),
             u8::from(self.free_stacks),
-            u8::from(self.headers)
+            u8::from(self.shadow)
         )?;
         let leak = match self.leak_check {
             LeakCheck::Off => "0",
@@ -325,7 +325,8 @@ impl OptionsBuilder {
             "print_reports" => o.print_reports = parse_bool(key, value)?,
             "check_at_exit" => o.check_at_exit = parse_bool(key, value)?,
             "free_stacks" => o.free_stacks = parse_bool(key, value)?,
-            "headers" => o.headers = parse_bool(key, value)?,
+            // `headers`: the option's name while the records were headers in front of the blocks.
+            "shadow" | "headers" => o.shadow = parse_bool(key, value)?,
             "leak_check" => {
                 o.leak_check = match value {
                     "0" | "false" | "off" | "none" => LeakCheck::Off,
@@ -503,9 +504,9 @@ impl OptionsBuilder {
         self
     }
 
-    /// Record the default path's blocks in headers (see [`Options::headers`]).
-    pub fn headers(mut self, yes: bool) -> Self {
-        self.options.headers = yes;
+    /// Record the default path's blocks in the shadow map (see [`Options::shadow`]).
+    pub fn shadow(mut self, yes: bool) -> Self {
+        self.options.shadow = yes;
         self
     }
 

@@ -69,11 +69,11 @@ pub(crate) struct FastPath {
     /// The largest alignment the default path serves: a page, the guard pool's limit, so that
     /// every allocation it serves counts for the guard countdown by its size alone.
     pub(crate) max_align: usize,
-    /// The key of the default path's block headers ([`crate::header`]), or 0 when its blocks
-    /// go to the table: headers need the core heap as the inner allocator, both default paths
-    /// (no red zones, no quarantine, no stream), and Linux, where an arena is readable
-    /// everywhere (elsewhere, decommitted memory faults).
-    pub(crate) header_key: u64,
+    /// The default path's shadow map ([`crate::shadow`]), or `None` when its blocks go to the
+    /// table: the shadow needs the core heap as the inner allocator and both default paths (no
+    /// red zones, no quarantine, no stream); it is used on Linux (on Windows its reservations
+    /// would be committed memory).
+    pub(crate) shadow: Option<crate::shadow::Shadow>,
 }
 
 impl FastPath {
@@ -83,14 +83,14 @@ impl FastPath {
             && options.sample_bytes != 1
             && !matches!(options.guard, GuardRate::All);
         let free = alloc && options.quarantine_bytes == 0;
-        let headers = free && arena_heap && cfg!(target_os = "linux") && options.headers;
+        let shadow = free && arena_heap && cfg!(target_os = "linux") && options.shadow;
         FastPath {
             alloc,
             free,
-            header_key: if headers {
-                crate::thread_state::process_random()
+            shadow: if shadow {
+                crate::shadow::Shadow::new()
             } else {
-                0
+                None
             },
             sample: options.sample_bytes > 1,
             guard_below: match (guard, options.guard) {
@@ -119,8 +119,8 @@ pub(crate) struct State {
 impl State {
     /// Builds the state. Runs with the re-entrancy flag set. The table is created first so that
     /// what the rest of initialisation allocates is already recorded (as internal blocks).
-    /// `arena_heap`: the inner allocator hands out the core heap's arena blocks (block headers
-    /// may be used, see [`FastPath::header_key`]).
+    /// `arena_heap`: the inner allocator hands out the core heap's arena blocks (the shadow may
+    /// be used, see [`FastPath::shadow`]).
     pub(crate) fn create(options: Options, arena_heap: bool) -> Result<&'static State, String> {
         let guard = match options.guard {
             GuardRate::Off => None,
@@ -430,9 +430,10 @@ impl State {
 
     pub(crate) fn stats(&self) -> TrackerStats {
         let t = self.table.totals();
+        let (shadow_blocks, shadow_bytes) = self.fast.shadow.map_or((0, 0), |s| s.live_figures());
         TrackerStats {
-            live_blocks: t.live_blocks,
-            live_bytes: t.live_bytes,
+            live_blocks: t.live_blocks + shadow_blocks,
+            live_bytes: t.live_bytes + shadow_bytes,
             overhead_bytes: crate::os_memory::mapped_bytes() + t.internal_bytes,
             quarantine_bytes: self.quarantine.as_ref().map_or(0, Quarantine::bytes),
             stacks: stacks::count() as usize,

@@ -9,11 +9,11 @@
 //! The default path (no red zones, no quarantine, no stream, neither sampled nor guarded, the
 //! thread's own block at free) is `allocate_fast` / `deallocate_fast`: one hot thread-local
 //! (whose "gate" word stands for the re-entrancy flag, the thread id and its counter slot at
-//! once), two countdowns, the inner call, the block's record — its header over the core heap
-//! ([`crate::header`]), else one table word — at free compared with the layout given in one
-//! comparison, so a mismatch takes the general path, which reports it — and the thread's live
-//! counters; anything else takes the path below. The figures below are the table's (for the
-//! headers' see `crate::header` and the design document). Measured (cachegrind, the overhead
+//! once), two countdowns, the inner call, the block's record — its shadow word over the core
+//! heap ([`crate::shadow`]), else one table word — at free compared with the layout given in
+//! one comparison, so a mismatch takes the general path, which reports it — and the thread's
+//! live counters; anything else takes the path below. The figures below are the table's (for
+//! the shadow's see `crate::shadow` and the design document). Measured (cachegrind, the overhead
 //! bench's table-only row): about 200 instructions per alloc/free pair, core included, against
 //! the core's 43 (240 before the gate, the folded layout check and the word built
 //! beside the inner call), all inline but the core's allocation; about two more D1 misses per
@@ -45,6 +45,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 use std::time::Duration;
 
+use allocscope_core::error::{record, AllocErrorKind};
 use allocscope_core::sync::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use allocscope_core::Allocscope;
 
@@ -52,14 +53,12 @@ use crate::block_table::{
     flag, prefetch, state as block_state, BlockInfo, PlainWord, Release, PLAIN_SIZE_LIMIT,
 };
 use crate::canary;
-use crate::header::{self, Found, Key, HEADER};
 use crate::options::{GuardRate, LeakCheck, Options};
 use crate::quarantine::{Held, Quarantine};
 use crate::report::{print_line, Detection, Facts, Report};
+use crate::shadow::{self, Found};
 use crate::state::{self, State, TrackerStats};
-use crate::thread_state::{
-    counter_slot, enter, enter_always, hot, thread_id, with_local, Hot, Local,
-};
+use crate::thread_state::{enter, enter_always, hot, thread_id, with_local, Hot, Local};
 use crate::trace_format::{Event, ReportKind};
 
 const UNINIT: u32 = 0;
@@ -199,7 +198,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             Some(o) => Ok(o.clone()),
             None => env_options(),
         };
-        let arena_heap = self.inner_is_arena_heap();
+        let arena_heap = shadow::Shadow::usable_over::<A>() && self.inner_is_arena_heap();
         let built = options.and_then(|o| State::create(o, arena_heap));
         match built {
             Ok(state) => {
@@ -244,8 +243,8 @@ impl<A: GlobalAlloc> Tracker<A> {
     }
 
     /// Whether the inner allocator hands out the core heap's arena blocks (so that the default
-    /// path may record its blocks in headers, see [`crate::header`]): one block asked for and
-    /// given back at initialisation.
+    /// path may record its blocks in shadow words, see [`crate::shadow`]): one block asked for
+    /// and given back at initialisation.
     fn inner_is_arena_heap(&self) -> bool {
         // SAFETY: a valid, non-zero layout.
         let layout = unsafe { Layout::from_size_align_unchecked(64, 16) };
@@ -254,7 +253,8 @@ impl<A: GlobalAlloc> Tracker<A> {
         if p.is_null() {
             return false;
         }
-        let yes = header::candidate(p as usize + HEADER);
+        let q = p as usize + shadow::HEADER;
+        let yes = q % shadow::GRANULE == 0 && allocscope_core::heap::in_arena(q);
         // SAFETY: just allocated with this layout.
         unsafe { self.inner.dealloc(p, layout) };
         yes
@@ -268,6 +268,7 @@ impl<A: GlobalAlloc> Tracker<A> {
     #[inline(always)]
     pub fn allocate(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
         if !align.is_power_of_two() {
+            record(AllocErrorKind::InvalidRequest);
             return null_mut();
         }
         self.allocate_pow2(size, align, zeroed)
@@ -356,9 +357,10 @@ impl<A: GlobalAlloc> Tracker<A> {
         if counts_guard {
             hot.guard_countdown.set(guard_left - 1);
         }
-        if !ZONES && fast.header_key != 0 && align <= header::MAX_ALIGN && size < header::SIZE_LIMIT
-        {
-            return self.allocate_with_header(state, hot, tid, size, align, zeroed);
+        if !ZONES && align <= shadow::MAX_ALIGN && size < shadow::SIZE_LIMIT {
+            if let Some(shadow) = &fast.shadow {
+                return self.allocate_shadowed(shadow, tid, size, align, zeroed);
+            }
         }
         let mut w = PlainWord::new(size, align.trailing_zeros() as u8, tid);
         // Red zones: `left` bytes before the block, `right` after.
@@ -393,39 +395,38 @@ impl<A: GlobalAlloc> Tracker<A> {
         Some(p)
     }
 
-    /// The default path's allocation recorded in a header ([`crate::header`]): 16 more bytes
-    /// from the inner allocator, the header written in front of the block. `None` (the block
-    /// given back) when the inner allocator's block is not in an arena, which the table then
-    /// records instead. `align` is a power of two of at most 16, `size` below the header's
+    /// The default path's allocation recorded in the shadow ([`crate::shadow`]): 16 more
+    /// bytes from the inner allocator, aligned to 16, the header written in front of the block
+    /// and its state byte. `None` (the block given back) when the inner allocator's block has
+    /// no state byte (not in an arena, or the bytes could not be mapped), which the table then
+    /// records instead. `align` is a power of two of at most 16, `size` below the shadow's
     /// limit, `tid` the thread's open gate.
     #[inline(always)]
-    fn allocate_with_header(
+    fn allocate_shadowed(
         &self,
-        state: &'static State,
-        hot: &Hot,
+        shadow: &shadow::Shadow,
         tid: u32,
         size: usize,
         align: usize,
         zeroed: bool,
     ) -> Option<*mut u8> {
-        let w = header::live_word(size, align.trailing_zeros() as u8, tid);
-        let layout = header_layout(size, align);
+        let align_log2 = align.trailing_zeros() as u8;
+        let byte = shadow::live_byte(size, align_log2);
+        let word = shadow::header_word(size, align_log2, tid);
+        let layout = shadow_layout(size);
         // SAFETY: the layout's size is not zero.
         let base = unsafe { self.inner_alloc_layout(layout, zeroed) };
         if base.is_null() {
             return Some(base);
         }
-        // The inner allocator's blocks are 8-aligned (`header_layout`) and an arena starts with
-        // a segment header, so an arena block's pointer is a header `candidate`.
-        if !allocscope_core::heap::in_arena(base as usize) {
+        let p = base.wrapping_add(shadow::HEADER);
+        let Some(slot) = shadow.slot_for_new(p as usize) else {
             // SAFETY: just allocated with this layout.
             unsafe { self.inner.dealloc(base, layout) };
             return None;
-        }
-        // SAFETY: a block of at least 16 + size bytes, 8-aligned (`header_layout`), ours.
-        let p = unsafe { header::write(Key(state.fast.header_key), base as usize, w) };
-        state.table.count_header(hot.owned_slot(), size, 1);
-        Some(p as *mut u8)
+        };
+        slot.write(byte, word);
+        Some(p)
     }
 
     /// The default path's block when the table's short insert declined it (a stale word to
@@ -438,6 +439,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         if !state.table.insert(p as usize, info) {
             // No room to record it: better out of memory than an untracked block.
             self.release_memory(state, p as usize, &info);
+            record(AllocErrorKind::OutOfMemory);
             return null_mut();
         }
         p
@@ -482,6 +484,8 @@ impl<A: GlobalAlloc> Tracker<A> {
     #[inline(always)]
     fn inner_alloc(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
         let Ok(layout) = Layout::from_size_align(size, align) else {
+            // More than the address space holds (`align` is a power of two): C's ENOMEM.
+            record(AllocErrorKind::OutOfMemory);
             return null_mut();
         };
         // SAFETY: size >= 1 (callers pass a non-zero size), and the layout is valid.
@@ -565,6 +569,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             let canary = state.options.canary_bytes;
             let left = canary::left_zone(canary, align);
             let Some(total) = left.checked_add(size).and_then(|t| t.checked_add(canary)) else {
+                record(AllocErrorKind::OutOfMemory);
                 return null_mut();
             };
             let base = self.inner_alloc(total.max(1), align, zeroed);
@@ -587,6 +592,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         if !plain && !state.table.insert(ptr, info) {
             // No room to record it: better out of memory than an untracked block.
             self.release_memory(state, ptr, &info);
+            record(AllocErrorKind::OutOfMemory);
             return null_mut();
         }
         if emit {
@@ -612,15 +618,13 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
             return;
         }
-        if info.flags & flag::HEADER != 0 {
-            // SAFETY: a header block came from the inner allocator with exactly this layout
-            // (`allocate_with_header`), 16 bytes before `ptr`, and is freed once: its header
-            // moved out of LIVE before we got here.
+        if info.flags & flag::IN_SHADOW != 0 {
+            // SAFETY: a shadow block came from the inner allocator with exactly this layout
+            // (`allocate_shadowed`), 16 bytes before `ptr`, and is freed once: its byte moved
+            // out of LIVE before we got here.
             unsafe {
-                self.inner.dealloc(
-                    (ptr - HEADER) as *mut u8,
-                    header_layout(info.size, info.align()),
-                )
+                self.inner
+                    .dealloc((ptr - shadow::HEADER) as *mut u8, shadow_layout(info.size))
             };
             return;
         }
@@ -706,27 +710,23 @@ impl<A: GlobalAlloc> Tracker<A> {
         }
         // A power of two or none (`deallocate_given`'s contract).
         let expect = (given.align != 0).then(|| (given.size, given.align.trailing_zeros() as u8));
-        if state.fast.header_key != 0 {
-            let p = ptr as usize;
-            if !header::candidate(p) {
+        if let Some(shadow) = &state.fast.shadow {
+            let Some(slot) = shadow.slot(ptr as usize) else {
+                return false;
+            };
+            // SAFETY: `ptr` has a slot, so it is in an arena.
+            if !unsafe { allocscope_core::heap::owned_here(ptr) } {
                 return false;
             }
-            // SAFETY: `candidate(p)`.
-            let Some((size, align_log2)) =
-                (unsafe { header::release_owned(Key(state.fast.header_key), p, tid, expect) })
-            else {
+            let expect = expect.map(|(size, align_log2)| shadow::live_byte(size, align_log2));
+            if !slot.release_owned(expect) {
                 return false;
-            };
-            state.table.count_header(hot.owned_slot(), size, -1);
-            // SAFETY: a header block came from the inner allocator with exactly this layout,
-            // 16 bytes before `p`; the release above moved it out of LIVE on this thread, so it
+            }
+            // SAFETY: a shadow block came from the core heap itself, 16 bytes before `ptr` (the
+            // shadow is on only over it, `Shadow::usable_over`), whose `dealloc` is
+            // `heap::free` and needs no layout; the release above moved it out of LIVE, so it
             // is freed once.
-            unsafe {
-                self.inner.dealloc(
-                    (p - HEADER) as *mut u8,
-                    header_layout(size, 1 << align_log2),
-                )
-            };
+            unsafe { allocscope_core::heap::free(ptr.wrapping_sub(shadow::HEADER)) };
             return true;
         }
         // No prefetch of the block here: the core heap's free only stores into it (its free-list
@@ -883,7 +883,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             self.free_untracked(ptr, layout);
             return;
         };
-        if matches!(self.header_find(state, ptr), Found::Live(_)) {
+        if matches!(self.shadow_find(state, ptr), Found::Live(_)) {
             // A program block freed by code running for the tracker (below).
             self.free_tracked(state, None, ptr, None, Detection::Free, false);
             return;
@@ -923,7 +923,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         // quarantine) takes the table's short release; everything else, and every bad free,
         // the general one.
         let free_stack = core::cell::Cell::new(0u32);
-        let released = match self.release_header(state, ptr, tid) {
+        let released = match self.release_shadowed(state, ptr) {
             Some(released) => released,
             None => {
                 match quarantine.map_or_else(|| state.table.release_plain(ptr, tid), |_| None) {
@@ -1101,52 +1101,44 @@ impl<A: GlobalAlloc> Tracker<A> {
         self.release_memory(state, held.ptr, &info);
     }
 
-    /// The general free of a header block ([`crate::header::release`]): `None` when headers
-    /// are off or no header block starts at `ptr` (the table decides). A header that says
-    /// "freed" is a double free only if the table has no live block there: a freed header's
-    /// word may be stale memory in front of a block the table records.
-    fn release_header(&self, state: &'static State, ptr: usize, tid: u32) -> Option<Release> {
-        let key = state.fast.header_key;
-        if key == 0 || !header::candidate(ptr) {
-            return None;
-        }
-        // SAFETY: `candidate(ptr)`.
-        match unsafe { header::release(Key(key), ptr, tid) }? {
-            Release::Was(info) => {
-                state.table.count_header(counter_slot(), info.size, -1);
-                Some(Release::Was(info))
-            }
+    /// The general free of a shadow block ([`crate::shadow::Slot::release`]): `None` when the
+    /// shadow is off or no shadow block starts at `ptr` (the table decides). A word that says
+    /// "freed" is a double free only if the table has no live block there: the granule may
+    /// start a block the table records now.
+    fn release_shadowed(&self, state: &'static State, ptr: usize) -> Option<Release> {
+        let slot = state.fast.shadow.as_ref()?.slot(ptr)?;
+        match slot.release()? {
+            Release::Was(info) => Some(Release::Was(info)),
             Release::AlreadyFreed(_) if table_has_live(state, ptr) => None,
             Release::Unknown => None,
             other => Some(other),
         }
     }
 
-    /// A free that neither a header nor the table knows, of a header block's pointer whose page
-    /// the core heap has given back since the block was freed: a double free (the freed header
-    /// went with the page's memory, which may read as zero now). `None` otherwise (an invalid
-    /// free). Slow: only on that bad free.
+    /// A free that neither a shadow word nor the table knows, of a pointer into an arena page
+    /// the core heap has given back (no block of it is live): a double free of a block whose
+    /// word went with an earlier tracker's state, or a free of memory never handed out; named
+    /// a double free. `None` otherwise (an invalid free). Slow: only on that bad free.
     #[cold]
     fn freed_with_its_page(&self, state: &State, ptr: usize) -> Option<BlockInfo> {
-        let gone = state.fast.header_key != 0
-            && header::candidate(ptr)
-            && allocscope_core::heap::arena_page_in_use(ptr - HEADER) == Some(false);
+        let gone = state.fast.shadow.is_some()
+            && ptr % shadow::GRANULE == 0
+            && allocscope_core::heap::in_arena(ptr)
+            && allocscope_core::heap::arena_page_in_use(ptr - shadow::HEADER) == Some(false);
         gone.then(|| BlockInfo {
             state: block_state::FREED,
-            flags: flag::HEADER,
+            flags: flag::IN_SHADOW,
             ..Default::default()
         })
     }
 
-    /// What the header in front of `ptr` says ([`Found::None`] when headers are off), with a
-    /// "freed" header the table contradicts (a live block of its own there) read as none.
-    fn header_find(&self, state: &State, ptr: usize) -> Found {
-        let key = state.fast.header_key;
-        if key == 0 || !header::candidate(ptr) {
+    /// What the shadow word of `ptr` says ([`Found::None`] when the shadow is off), with a
+    /// "freed" word the table contradicts (a live block of its own there) read as none.
+    fn shadow_find(&self, state: &State, ptr: usize) -> Found {
+        let Some(shadow) = &state.fast.shadow else {
             return Found::None;
-        }
-        // SAFETY: `candidate(ptr)`.
-        match unsafe { header::find(Key(key), ptr) } {
+        };
+        match shadow.find(ptr) {
             Found::Freed(_) if table_has_live(state, ptr) => Found::None,
             found => found,
         }
@@ -1162,8 +1154,8 @@ impl<A: GlobalAlloc> Tracker<A> {
     ) {
         let mut facts = Facts::new(ReportKind::InvalidFree, detection, ptr, thread_id());
         let mut containing = state.table.find_containing(ptr);
-        if containing.is_none() && state.fast.header_key != 0 {
-            header::for_each_live(Key(state.fast.header_key), &mut |start, info| {
+        if let (None, Some(shadow)) = (containing, &state.fast.shadow) {
+            shadow.for_each_live(&mut |start, info| {
                 if (start..start + info.size.max(1)).contains(&ptr) {
                     containing = Some((start, *info));
                 }
@@ -1198,6 +1190,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             return self.allocate(new_size, align, false);
         }
         if !align.is_power_of_two() {
+            record(AllocErrorKind::InvalidRequest);
             return null_mut();
         }
         let Some(busy) = enter() else {
@@ -1254,7 +1247,7 @@ impl<A: GlobalAlloc> Tracker<A> {
                 )
             };
         };
-        if matches!(self.header_find(state, ptr), Found::Live(_)) {
+        if matches!(self.shadow_find(state, ptr), Found::Live(_)) {
             return self.realloc_tracked(state, None, ptr, None, new_size, align, false);
         }
         match state.table.get(ptr) {
@@ -1306,7 +1299,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         align: usize,
         emit: bool,
     ) -> *mut u8 {
-        let found = match self.header_find(state, ptr) {
+        let found = match self.shadow_find(state, ptr) {
             Found::Live(info) | Found::Freed(info) => Some(info),
             Found::None => state.table.get(ptr),
         };
@@ -1381,14 +1374,14 @@ impl<A: GlobalAlloc> Tracker<A> {
     }
 
     /// Resizes a live block in place through the inner allocator's realloc when that keeps what
-    /// is known of it: a header block (below) or a plain table block (no flags, no quarantine,
+    /// is known of it: a shadow block (below) or a plain table block (no flags, no quarantine,
     /// the same alignment; the new size sampled). `None` when neither applies (the caller
     /// moves the block), else the new pointer (null: out of memory, the old block still live)
     /// and its stack.
     ///
-    /// A header block: when the new block needs no stack and keeps the alignment, the header
-    /// is retired first (the inner realloc may free the old block) and written again at the
-    /// new place.
+    /// A shadow block: when the new block needs no stack and keeps the alignment, its word is
+    /// retired first (the inner realloc may free the old block) and written again at the new
+    /// place.
     fn realloc_in_place(
         &self,
         state: &'static State,
@@ -1398,14 +1391,13 @@ impl<A: GlobalAlloc> Tracker<A> {
         new_size: usize,
         align: usize,
     ) -> Option<(*mut u8, u32)> {
-        if info.flags & flag::HEADER != 0 {
-            if new_size >= header::SIZE_LIMIT {
-                return None;
-            }
+        if info.flags & flag::IN_SHADOW != 0 {
+            let shadow = state.fast.shadow.as_ref()?;
             // The core heap turns a block growing past the medium classes into a large block
-            // (a mapping of its own, outside the arenas): such a resize moves through the
-            // general allocation instead.
-            if align != info.align() || new_size + HEADER > allocscope_core::size_class::MEDIUM_MAX
+            // (a mapping of its own, outside the arenas): such a resize, and one to a new
+            // alignment, moves through the general allocation instead.
+            if new_size + shadow::HEADER > allocscope_core::size_class::MEDIUM_MAX
+                || align != info.align()
             {
                 return None;
             }
@@ -1418,51 +1410,46 @@ impl<A: GlobalAlloc> Tracker<A> {
             if tid == 0 || tid >= crate::thread_state::FAST_THREAD_LIMIT {
                 return None;
             }
-            // SAFETY: a live header block, which this thread is resizing.
-            let old = unsafe { header::retire(ptr, tid) };
-            // SAFETY: the header block came from the inner allocator with exactly this layout,
-            // 16 bytes before `ptr`; its header is retired, so no other free of it succeeds.
+            let old_slot = shadow.slot(ptr)?;
+            // The block is live and this thread is resizing it (the caller looked it up).
+            let old = old_slot.retire();
+            // SAFETY: the shadow block came from the inner allocator with exactly this layout,
+            // 16 bytes before `ptr`; its byte is retired, so no other free of it succeeds.
             let base = unsafe {
                 self.inner.realloc(
-                    (ptr - HEADER) as *mut u8,
-                    header_layout(info.size, align),
-                    new_size.max(1) + HEADER,
+                    (ptr - shadow::HEADER) as *mut u8,
+                    shadow_layout(info.size),
+                    new_size.max(1) + shadow::HEADER,
                 )
             };
             if base.is_null() {
-                // SAFETY: the retire above, undone: the block is still ours and live.
-                unsafe { header::restore(ptr, old) };
+                // The retire above, undone: the block is still ours and live.
+                old_slot.restore(old);
                 return Some((base, 0));
             }
-            let slot = counter_slot();
-            state.table.count_header(slot, info.size, -1);
-            if !header::candidate(base as usize + HEADER) {
-                // Not an arena block after all (an inner allocator other than the core's, or
-                // another policy; the core's keeps these sizes in its arenas): the table
-                // records a copy, this block goes back. Out of memory here loses the old
+            let p = base.wrapping_add(shadow::HEADER);
+            let Some(new_slot) = shadow.slot_for_new(p as usize) else {
+                // No state byte for the new place (not an arena block after all: an inner
+                // allocator other than the core's, or no memory for the arena's bytes): the
+                // table records a copy, this block goes back. Out of memory here loses the old
                 // contents (the program gets null, and a later free of its old pointer is
                 // reported, not done).
-                let new = self.alloc_tracked(state, local, new_size, align, false, false);
+                let copy = self.alloc_tracked(state, local, new_size, align, false, false);
                 // SAFETY: the inner allocator's block holds the program's bytes at +16, at
-                // least min(old, new) of them; the new block is distinct and as large.
+                // least min(old, new) of them; the copy is distinct and as large.
                 unsafe {
-                    if !new.is_null() {
-                        core::ptr::copy_nonoverlapping(
-                            base.add(HEADER),
-                            new,
-                            info.size.min(new_size),
-                        );
+                    if !copy.is_null() {
+                        core::ptr::copy_nonoverlapping(p, copy, info.size.min(new_size));
                     }
-                    self.inner.dealloc(base, header_layout(new_size, align));
+                    self.inner.dealloc(base, shadow_layout(new_size));
                 }
-                return Some((new, 0));
-            }
-            let w = header::live_word(new_size, info.align_log2, tid);
-            // SAFETY: the inner allocator's block of 16 + new_size bytes, aligned as the old
-            // one (at least 8), ours, in an arena (checked above).
-            let p = unsafe { header::write(Key(state.fast.header_key), base as usize, w) };
-            state.table.count_header(slot, new_size, 1);
-            return Some((p as *mut u8, 0));
+                return Some((copy, 0));
+            };
+            new_slot.write(
+                shadow::live_byte(new_size, info.align_log2),
+                shadow::header_word(new_size, info.align_log2, tid),
+            );
+            return Some((p, 0));
         }
         if info.flags != 0
             || state.quarantine.is_some()
@@ -1532,7 +1519,7 @@ impl<A: GlobalAlloc> Tracker<A> {
     pub fn usable_size(&self, ptr: *const u8) -> usize {
         let Some(state) = self.ready() else { return 0 };
         let _busy = enter_always();
-        if let Found::Live(info) = self.header_find(state, ptr as usize) {
+        if let Found::Live(info) = self.shadow_find(state, ptr as usize) {
             return info.size;
         }
         match state.table.get(ptr as usize) {
@@ -1688,8 +1675,8 @@ impl Given {
     }
 }
 
-/// Whether the table records a live block at `ptr`: then a "freed" header in front of it is
-/// stale memory, not a double free (see [`crate::header`]).
+/// Whether the table records a live block at `ptr`: then a "freed" shadow word of it is an
+/// earlier block's, not a double free (see [`crate::shadow`]).
 fn table_has_live(state: &State, ptr: usize) -> bool {
     state
         .table
@@ -1697,13 +1684,13 @@ fn table_has_live(state: &State, ptr: usize) -> bool {
         .is_some_and(|t| t.state == block_state::LIVE)
 }
 
-/// The inner allocator's layout for a header block of `size` bytes aligned to `align` (at most
-/// 16): the header in front, the block at least one byte (a zero-size block's pointer must
-/// stay inside its own block), aligned to at least 8 (the header's words).
+/// The inner allocator's layout for a shadow block of `size` bytes: the header in front, the
+/// block at least one byte (a zero-size block's pointer must stay inside its own block), all
+/// aligned to 16 (see [`crate::shadow`]).
 #[inline(always)]
-fn header_layout(size: usize, align: usize) -> Layout {
-    // SAFETY: size < 2^24 + 17 and align a power of two of at most 16: a valid layout.
-    unsafe { Layout::from_size_align_unchecked(size.max(1) + HEADER, align.max(8)) }
+fn shadow_layout(size: usize) -> Layout {
+    // SAFETY: size < 2^19 and 16 a power of two: a valid layout.
+    unsafe { Layout::from_size_align_unchecked(size.max(1) + shadow::HEADER, shadow::MAX_ALIGN) }
 }
 
 fn env_options() -> Result<Options, String> {

@@ -249,6 +249,17 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
             range,
         } => {
             let (profile, mut symbols) = load_symbolized(&file, range)?;
+            if crate::export::folded(&profile, &mut symbols, kind).is_empty() {
+                // inferno would say only "No stack counts found"; name what is empty and why.
+                return Err(CliError(format!(
+                    "{}: no stacks to draw for --kind {}: the trace (in this range) holds no \
+                     sampled allocation stacks. Record with stacks sampled more often \
+                     (ALLOCSCOPE_OPTIONS=sample=1 records every allocation's), or pick another \
+                     --kind or range; nothing was written",
+                    file.display(),
+                    kind.name()
+                )));
+            }
             let out = std::fs::File::create(&output)
                 .map_err(|e| CliError(format!("cannot create {}: {e}", output.display())))?;
             let mut out = std::io::BufWriter::new(out);

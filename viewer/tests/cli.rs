@@ -147,6 +147,30 @@ fn flamegraph_writes_an_svg_with_the_function_names() {
     );
 }
 
+/// A range with no allocation in it: the error names the empty profile and writes nothing
+/// (inferno's own words were "cannot write FILE: No stack counts found").
+#[test]
+fn flamegraph_of_nothing_says_what_is_empty() {
+    let trace = recorded_trace().to_str().unwrap();
+    let svg = temp_dir().join("empty.svg");
+    let out = allocscope(&[
+        "flamegraph",
+        trace,
+        "-o",
+        svg.to_str().unwrap(),
+        "--from-ms",
+        "1e12",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no stacks to draw for --kind allocated") && err.contains("sample=1"),
+        "{err}"
+    );
+    assert!(!err.contains("No stack counts found"), "{err}");
+    assert!(!svg.exists(), "nothing is written");
+}
+
 #[test]
 fn export_folded_and_dhat() {
     let trace = recorded_trace().to_str().unwrap();

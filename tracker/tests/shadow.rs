@@ -1,19 +1,20 @@
-//! Block headers (`tracker/src/header.rs`): the default path's blocks over the core heap are
-//! recorded in front of each block rather than in the table. What the table gave must still
-//! hold: leaks found, resizes kept, another tracker's blocks not taken for ours, the figures
-//! right — and `headers=0` keeps every block in the table with the same reports.
+//! The shadow map (`tracker/src/shadow.rs`): the default path's blocks over the core heap are
+//! recorded in a word per 16-byte granule beside the heap rather than in the table. What the
+//! table gave must still hold: leaks found, resizes kept, another tracker's blocks not taken
+//! for ours, the figures right — and `shadow=0` keeps every block in the table with the same
+//! reports.
 
 use std::alloc::{GlobalAlloc, Layout};
 
 use allocscope_core::Allocscope;
 use allocscope_tracker::{LeakCheck, Options, ReportKind, Tracker};
 
-fn tracker(headers: bool, leaks: LeakCheck) -> Tracker<Allocscope> {
+fn tracker(shadow: bool, leaks: LeakCheck) -> Tracker<Allocscope> {
     let options = Options::builder()
         .print_reports(false)
         .check_at_exit(false)
         .leak_check(leaks)
-        .headers(headers)
+        .shadow(shadow)
         .build()
         .unwrap();
     Tracker::with_options(Allocscope::new(), options)
@@ -47,8 +48,8 @@ fn kinds(t: &Tracker<Allocscope>) -> Vec<ReportKind> {
 
 #[test]
 fn live_blocks_are_found_by_the_leak_check_with_their_sizes() {
-    for headers in [true, false] {
-        let t = tracker(headers, LeakCheck::All);
+    for shadow in [true, false] {
+        let t = tracker(shadow, LeakCheck::All);
         warm_up(&t);
         let sizes = [1usize, 24, 100, 4000, 70_000];
         let ptrs: Vec<(*mut u8, Layout)> = sizes
@@ -61,22 +62,22 @@ fn live_blocks_are_found_by_the_leak_check_with_their_sizes() {
             .collect();
         let leaked = leaked_bytes(&t);
         let total: usize = sizes.iter().sum();
-        assert!(leaked >= total, "headers={headers}: {leaked} of {total}");
+        assert!(leaked >= total, "shadow={shadow}: {leaked} of {total}");
         for (p, l) in ptrs {
             // SAFETY: live blocks of this tracker.
             unsafe { t.dealloc(p, l) };
         }
         let after = leaked_bytes(&t);
-        assert!(after < total, "headers={headers}: {after} still leaked");
+        assert!(after < total, "shadow={shadow}: {after} still leaked");
         assert_eq!(t.stats().live_blocks, 0);
     }
 }
 
 #[test]
 fn resizes_keep_the_contents_and_the_figures() {
-    // Neither sampled nor guarded: every block here is a header block, resized in place by
-    // the core heap until it grows past the medium classes (where the core makes it a large
-    // block, outside the arenas: the table takes it) and comes back below them.
+    // Neither sampled nor guarded: every block here below 32 KiB is a shadow block, resized
+    // in place by the core heap; larger ones move to the table (past the medium classes the
+    // core makes a large block, outside the arenas) and come back below them.
     let options = Options::builder()
         .parse("sample=0,guard=0")
         .unwrap()
@@ -135,8 +136,8 @@ fn another_trackers_block_is_an_invalid_free_and_stays_live() {
 
 #[test]
 fn the_table_alone_reports_the_same_bad_frees() {
-    for headers in [true, false] {
-        let t = tracker(headers, LeakCheck::Off);
+    for shadow in [true, false] {
+        let t = tracker(shadow, LeakCheck::Off);
         warm_up(&t);
         let l = Layout::from_size_align(100, 8).unwrap();
         // SAFETY: (test) the interior free, the wrong layout and the double free are the bugs.
@@ -153,7 +154,7 @@ fn the_table_alone_reports_the_same_bad_frees() {
                 ReportKind::AllocDeallocMismatch,
                 ReportKind::DoubleFree
             ],
-            "headers={headers}"
+            "shadow={shadow}"
         );
         assert_eq!(t.stats().live_blocks, 0);
     }
