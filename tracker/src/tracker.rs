@@ -362,6 +362,25 @@ impl<A: GlobalAlloc> Tracker<A> {
                 return self.allocate_shadowed(shadow, tid, size, align, zeroed);
             }
         }
+        self.allocate_in_table::<ZONES>(state, hot, tid, canary, size, align, zeroed)
+    }
+
+    /// The rest of `allocate_short` for a block the table records (no shadow, or a block it
+    /// does not serve): out of line, so that the shadow's path, the default one, carries none
+    /// of its code (nor the registers it needs). `hot`, `tid`: the thread's, its countdowns
+    /// already taken.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn allocate_in_table<const ZONES: bool>(
+        &self,
+        state: &'static State,
+        hot: &Hot,
+        tid: u32,
+        canary: usize,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+    ) -> Option<*mut u8> {
         let mut w = PlainWord::new(size, align.trailing_zeros() as u8, tid);
         // Red zones: `left` bytes before the block, `right` after.
         let (left, right) = if ZONES {
@@ -729,6 +748,21 @@ impl<A: GlobalAlloc> Tracker<A> {
             unsafe { allocscope_core::heap::free(ptr.wrapping_sub(shadow::HEADER)) };
             return true;
         }
+        self.deallocate_in_table(state, hot, tid, ptr, expect)
+    }
+
+    /// The rest of `deallocate_fast` for a block the table records (no shadow): out of line,
+    /// so that the shadow's path carries none of its code. `hot`, `tid`: the thread's open
+    /// gate; `expect` the layout given.
+    #[inline(never)]
+    fn deallocate_in_table(
+        &self,
+        state: &'static State,
+        hot: &Hot,
+        tid: u32,
+        ptr: *mut u8,
+        expect: Option<(usize, u8)>,
+    ) -> bool {
         // No prefetch of the block here: the core heap's free only stores into it (its free-list
         // link), which waits in the store buffer instead of stalling; the prefetch cost more
         // than it saved (the overhead bench's table-only row, 16.9 -> 16.2 ns per pair).
