@@ -256,12 +256,57 @@ fn group(state: &State, candidates: &[Candidate]) -> Vec<LeakGroup> {
             }),
         }
     }
+    let mut groups = merge_same_program_stacks(groups);
     let suppressions = &state.options.suppressions;
     if !suppressions.is_empty() {
         groups.retain(|g| !suppressed(g.stack, suppressions));
     }
     groups.sort_by(|a, b| b.direct.cmp(&a.direct).then(b.bytes.cmp(&a.bytes)));
     groups
+}
+
+/// Merges groups whose stacks differ only in the allocator's own frames: one call site reaches
+/// the tracker's paths by more than one way (its default path's sampled allocation, the
+/// general path), and a stack starts with the frames of whichever it took. The program's frames
+/// are what the report shows (`symbolize_stack` drops the allocator's), so they are the key.
+fn merge_same_program_stacks(groups: Vec<LeakGroup>) -> Vec<LeakGroup> {
+    if groups.len() < 2 {
+        return groups;
+    }
+    let key = |id: u32| -> Vec<usize> {
+        stacks::frames_of(id).map_or_else(Vec::new, |frames| {
+            symbolize_stack(frames).iter().map(|f| f.address).collect()
+        })
+    };
+    let mut seen: std::collections::HashMap<(Vec<usize>, bool), usize> =
+        std::collections::HashMap::new();
+    let mut out: Vec<LeakGroup> = Vec::with_capacity(groups.len());
+    for g in groups {
+        let k = (
+            if g.stack == 0 {
+                Vec::new()
+            } else {
+                key(g.stack)
+            },
+            g.direct,
+        );
+        match seen.get(&k) {
+            Some(&i) => {
+                let into = &mut out[i];
+                into.blocks += g.blocks;
+                into.bytes += g.bytes;
+                if g.first < into.first {
+                    into.first = g.first;
+                    into.first_size = g.first_size;
+                }
+            }
+            None => {
+                seen.insert(k, out.len());
+                out.push(g);
+            }
+        }
+    }
+    out
 }
 
 /// Whether a frame of stack `id` mentions one of the patterns (function or file name).

@@ -225,11 +225,14 @@ fn render(f: &Facts) -> String {
         if f.free_stack != 0 || matches!(f.kind, ReportKind::DoubleFree | ReportKind::UseAfterFree)
         {
             let _ = writeln!(out, "freed by thread T{} here:", f.free_thread);
-            push_stack(
-                &mut out,
-                f.free_stack,
-                "free stack not recorded (the block was not sampled)",
-            );
+            // A sampled block (it has an allocation stack) lacks a free stack only when free
+            // stacks are off.
+            let missing = if f.alloc_stack != 0 {
+                "free stack not recorded (free_stacks=0)"
+            } else {
+                "free stack not recorded (the block was not sampled)"
+            };
+            push_stack(&mut out, f.free_stack, missing);
         }
         if f.block.is_some() || f.alloc_stack != 0 {
             let what = if f.free_stack != 0 {

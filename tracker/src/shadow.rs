@@ -3,8 +3,10 @@
 //! header in front of the block, instead of the block table.
 //!
 //! ```text
-//! state byte (per granule, 1/16 of the heap)   0 none · FREED · LIVE_BIT | 7-bit layout hash
-//! header (16 bytes in front of the block)       spare (8) | log2 align 6 · thread 12 · size 24
+//! state byte (per granule, 1/16 of the heap)   0 none · FREED · FREED_SAMPLED · SAMPLED ·
+//!                                               LIVE_BIT | layout hash (127 values)
+//! header (16 bytes in front of the block)       spare (8) | align 3 · thread 12 · size 19 ·
+//!                                               allocation stack id 30
 //! ```
 //!
 //! What a free must *read* has to be dense, and what an allocation writes has to be where it
@@ -74,47 +76,68 @@ const TOP_LEN: usize = 1 << (ADDRESS_BITS - ARENA_SHIFT);
 /// State bytes per arena.
 const GRANULES: usize = ARENA >> GRANULE_SHIFT;
 
-/// State byte: a freed block.
+/// State byte: a freed block; its header is still its allocation's.
 const FREED: u8 = 1;
-/// State byte: set in every live block's, with a 7-bit hash of its layout beside it.
+/// State byte: a freed block that had a stack; its header word holds the allocation's and the
+/// free's stack ids (the size and thread are gone).
+const FREED_SAMPLED: u8 = 2;
+/// State byte: set in every live block's, with a hash of its layout beside it (a value below
+/// [`SAMPLED`]).
 const LIVE_BIT: u8 = 0x80;
+/// State byte: a live block whose free records its stack (a sampled block, with
+/// `free_stacks`): its free takes the general path, which captures it, whatever the layout.
+/// Sampled blocks whose free records nothing get a layout's byte: their stack id is in the
+/// header either way.
+const SAMPLED: u8 = 0xFF;
 
-const ALIGN_MASK: u64 = 63;
-const THREAD_SHIFT: u32 = 6;
+const ALIGN_MASK: u64 = 0b111;
+const THREAD_SHIFT: u32 = 3;
 /// Thread ids a header holds: below 4096 ([`crate::thread_state::FAST_THREAD_LIMIT`]).
 const THREAD_BITS: u32 = 12;
 const THREAD_MASK: u64 = ((1 << THREAD_BITS) - 1) << THREAD_SHIFT;
 const SIZE_SHIFT: u32 = THREAD_SHIFT + THREAD_BITS;
-const _: () = assert!(SIZE_LIMIT < 1 << 24);
+const SIZE_BITS: u32 = 19;
+const SIZE_MASK: u64 = (1 << SIZE_BITS) - 1;
+const STACK_SHIFT: u32 = SIZE_SHIFT + SIZE_BITS;
+/// Stack ids a header holds (below 2^30; a block with a larger one goes to the table).
+pub(crate) const STACK_LIMIT: u32 = 1 << (64 - STACK_SHIFT);
+const _: () = assert!(SIZE_LIMIT <= 1 << SIZE_BITS && STACK_SHIFT == 34);
 const _: () = assert!(1 << THREAD_BITS == crate::thread_state::FAST_THREAD_LIMIT);
 
 /// The state byte of a live block of `size` bytes aligned to `1 << align_log2`: [`LIVE_BIT`]
-/// and seven bits of a multiplicative hash of the layout (one multiply, on both sides).
+/// and a multiplicative hash of the layout reduced to 0..127 (127 values: [`SAMPLED`] is the
+/// 128th). Two multiplies, on both sides.
 #[inline(always)]
 pub(crate) fn live_byte(size: usize, align_log2: u8) -> u8 {
     let key = ((size as u32) << 3) | u32::from(align_log2);
-    LIVE_BIT | (key.wrapping_mul(0x9E37_79B1) >> 25) as u8
+    let h = u64::from(key.wrapping_mul(0x9E37_79B1));
+    LIVE_BIT | ((h * 127) >> 32) as u8
 }
 
 /// The header word of a block of `size` bytes aligned to `1 << align_log2`, allocated by
-/// `thread`. `size < SIZE_LIMIT`, `thread < 4096`, `1 << align_log2 <= MAX_ALIGN`.
+/// `thread` with allocation stack `stack` (0: none). `size < SIZE_LIMIT`, `thread < 4096`,
+/// `1 << align_log2 <= MAX_ALIGN`, `stack < STACK_LIMIT`.
 #[inline(always)]
-pub(crate) fn header_word(size: usize, align_log2: u8, thread: u32) -> u64 {
+pub(crate) fn header_word(size: usize, align_log2: u8, thread: u32, stack: u32) -> u64 {
     debug_assert!(size < SIZE_LIMIT && thread < (1 << THREAD_BITS) && align_log2 <= 4);
-    u64::from(align_log2) | (u64::from(thread) << THREAD_SHIFT) | ((size as u64) << SIZE_SHIFT)
+    debug_assert!(stack < STACK_LIMIT);
+    u64::from(align_log2)
+        | (u64::from(thread) << THREAD_SHIFT)
+        | ((size as u64) << SIZE_SHIFT)
+        | (u64::from(stack) << STACK_SHIFT)
 }
 
 /// What a record says: the byte decides the state, the header gives the rest. A freed block's
 /// header may since be another block's bytes (the core reused the memory for another class):
 /// a size out of range reads as 0.
 fn info(w: u64, live: bool) -> BlockInfo {
-    let size = (w >> SIZE_SHIFT) as usize;
+    let size = ((w >> SIZE_SHIFT) & SIZE_MASK) as usize;
     BlockInfo {
         size: if size < SIZE_LIMIT { size } else { 0 },
         align_log2: (w & ALIGN_MASK).min(4) as u8,
         state: if live { state::LIVE } else { state::FREED },
         flags: flag::IN_SHADOW,
-        alloc_stack: 0,
+        alloc_stack: (w >> STACK_SHIFT) as u32,
         free_stack: 0,
         alloc_thread: ((w & THREAD_MASK) >> THREAD_SHIFT) as u32,
         free_thread: 0,
@@ -279,6 +302,24 @@ impl Slot {
         unsafe { &*((self.p - 8) as *const AtomicU64) }
     }
 
+    /// Records a block just allocated whose free is to record its stack: its header and the
+    /// [`SAMPLED`] byte. As for [`Slot::write`].
+    pub(crate) fn write_sampled(self, word: u64) {
+        self.write(SAMPLED, word);
+    }
+
+    /// After the general free of a sampled block (its byte now [`FREED_SAMPLED`], this thread
+    /// the free's winner, the core's free still to come): keeps the two stack ids in the header
+    /// word, which the core's free-list link does not overwrite, for a later report.
+    pub(crate) fn keep_stacks(self, alloc_stack: u32, free_stack: u32) {
+        // SAFETY: the byte says a block starts here, and the block is still this thread's.
+        // Relaxed: read only by a later report, after the program's own ordering of the frees.
+        unsafe { self.header() }.store(
+            u64::from(alloc_stack) | (u64::from(free_stack) << 32),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Records a block just allocated: its header (the core's block starts 16 bytes before
     /// `p`, and this thread owns it) and its state byte.
     #[inline(always)]
@@ -299,15 +340,32 @@ impl Slot {
     pub(crate) fn release_owned(self, expect: Option<u8>) -> bool {
         // Relaxed: see the module's notes; the core's free, which follows, orders the reuse.
         let b = self.byte.load(Ordering::Relaxed);
+        // A layout's byte is never SAMPLED, so only plain blocks pass.
         let ok = match expect {
             Some(e) => b == e,
-            None => b & LIVE_BIT != 0,
+            None => b & LIVE_BIT != 0 && b != SAMPLED,
         };
         if ok {
             // Relaxed: as above.
             self.byte.store(FREED, Ordering::Relaxed);
         }
         ok
+    }
+
+    /// Whether the byte says a live block whose free records its stack ([`SAMPLED`]).
+    #[inline(always)]
+    pub(crate) fn is_sampled(self) -> bool {
+        // Relaxed: a hint; the free that follows decides as `release_owned` does.
+        self.byte.load(Ordering::Relaxed) == SAMPLED
+    }
+
+    /// The owner's free of a [`SAMPLED`] block the caller just found live with the layout
+    /// given (`is_sampled`, `find`): a plain store, as in `release_owned`, then the stacks kept
+    /// as the general path keeps them ([`Slot::keep_stacks`]).
+    pub(crate) fn release_sampled_owned(self, alloc_stack: u32, free_stack: u32) {
+        // Relaxed: as in `release_owned`.
+        self.byte.store(FREED_SAMPLED, Ordering::Relaxed);
+        self.keep_stacks(alloc_stack, free_stack);
     }
 
     /// What the record says.
@@ -330,11 +388,12 @@ impl Slot {
                 Found::Freed(info) => return Some(Release::AlreadyFreed(info)),
                 Found::None => return None,
             };
+            let freed = if b == SAMPLED { FREED_SAMPLED } else { FREED };
             // Relaxed: the exchange only decides which free wins; the core's free of the block
             // orders its reuse.
             match self
                 .byte
-                .compare_exchange(b, FREED, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(b, freed, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => return Some(Release::Was(info)),
                 Err(now) => b = now,
@@ -344,7 +403,7 @@ impl Slot {
 
     /// Marks the live block freed without a free (a resize that hands the memory to the
     /// core's realloc); returns the byte it had, for [`Slot::restore`]. The caller just found
-    /// the block live and is resizing it.
+    /// the block live and is resizing it (and carries its stack id over itself).
     pub(crate) fn retire(self) -> u8 {
         // Relaxed: as for `release`.
         self.byte.swap(FREED, Ordering::Relaxed)
@@ -359,18 +418,23 @@ impl Slot {
 
 /// What byte `b` of `slot` says, with the header read where a block starts.
 fn classify(slot: Slot, b: u8) -> Found {
-    let live = b & LIVE_BIT != 0;
-    if !live && b != FREED {
+    if b & LIVE_BIT == 0 && b != FREED && b != FREED_SAMPLED {
         return Found::None;
     }
     // SAFETY: the byte says a block starts at `slot.p`. Relaxed: written before the byte by
     // the allocation, whose hand-over to this thread (for a block it may free) carries it; for
     // a walk, a snapshot.
     let w = unsafe { slot.header() }.load(Ordering::Relaxed);
-    if live {
-        Found::Live(info(w, true))
-    } else {
-        Found::Freed(info(w, false))
+    match b {
+        FREED => Found::Freed(info(w, false)),
+        FREED_SAMPLED => Found::Freed(BlockInfo {
+            state: state::FREED,
+            flags: flag::IN_SHADOW,
+            alloc_stack: w as u32,
+            free_stack: (w >> 32) as u32,
+            ..BlockInfo::default()
+        }),
+        _ => Found::Live(info(w, true)),
     }
 }
 
@@ -400,7 +464,7 @@ mod tests {
         static B: AtomicU8 = AtomicU8::new(0);
         let s = slot(&BLOCK, &B);
         assert_eq!(s.find(), Found::None);
-        s.write(live_byte(40, 3), header_word(40, 3, 7));
+        s.write(live_byte(40, 3), header_word(40, 3, 7, 0));
         match s.find() {
             Found::Live(i) => assert_eq!((i.size, i.align_log2, i.alloc_thread), (40, 3, 7)),
             f => panic!("{f:?}"),
@@ -445,7 +509,7 @@ mod tests {
         let s = slot(&BLOCK, &B);
         s.write(
             live_byte(SIZE_LIMIT - 1, 4),
-            header_word(SIZE_LIMIT - 1, 4, 4095),
+            header_word(SIZE_LIMIT - 1, 4, 4095, STACK_LIMIT - 1),
         );
         match s.find() {
             Found::Live(i) => {
@@ -464,17 +528,44 @@ mod tests {
         static BLOCK: Block = Block([ZERO; 8]);
         static B: AtomicU8 = AtomicU8::new(0);
         let s = slot(&BLOCK, &B);
-        s.write(live_byte(8, 0), header_word(8, 0, 3));
+        s.write(live_byte(8, 0), header_word(8, 0, 3, 0));
         match s.release() {
             Some(Release::Was(i)) => assert_eq!((i.size, i.alloc_thread), (8, 3)),
             r => panic!("{r:?}"),
         }
         assert!(matches!(s.release(), Some(Release::AlreadyFreed(_))));
-        s.write(live_byte(100, 4), header_word(100, 4, 2));
+        s.write(live_byte(100, 4), header_word(100, 4, 2, 0));
         let old = s.retire();
         assert!(matches!(s.find(), Found::Freed(_)));
         s.restore(old);
         assert!(matches!(s.find(), Found::Live(i) if i.size == 100));
+    }
+
+    #[test]
+    fn a_sampled_record_keeps_both_stacks_once_freed() {
+        static BLOCK: Block = Block([ZERO; 8]);
+        static B: AtomicU8 = AtomicU8::new(0);
+        let s = slot(&BLOCK, &B);
+        s.write_sampled(header_word(24, 3, 5, 77));
+        assert!(s.is_sampled());
+        match s.find() {
+            Found::Live(i) => assert_eq!((i.size, i.alloc_stack, i.alloc_thread), (24, 77, 5)),
+            f => panic!("{f:?}"),
+        }
+        // Its free records a stack: never the default path's plain release.
+        assert!(!s.release_owned(None));
+        assert!(!s.release_owned(Some(live_byte(24, 3))));
+        assert!(matches!(s.release(), Some(Release::Was(i)) if i.alloc_stack == 77));
+        s.keep_stacks(77, 88);
+        match s.find() {
+            Found::Freed(i) => assert_eq!((i.alloc_stack, i.free_stack), (77, 88)),
+            f => panic!("{f:?}"),
+        }
+        assert!(matches!(s.release(), Some(Release::AlreadyFreed(i)) if i.free_stack == 88));
+        // The owner's short path writes the same.
+        s.write_sampled(header_word(24, 3, 5, 78));
+        s.release_sampled_owned(78, 89);
+        assert!(matches!(s.find(), Found::Freed(i) if (i.alloc_stack, i.free_stack) == (78, 89)));
     }
 
     #[test]
@@ -486,7 +577,7 @@ mod tests {
         assert!(allocscope_core::heap::in_arena(p));
         assert!(shadow.slot(p).is_none(), "no bytes before the first record");
         let s = shadow.slot_for_new(p).expect("the arena's bytes map");
-        s.write(live_byte(48, 4), header_word(48, 4, 1));
+        s.write(live_byte(48, 4), header_word(48, 4, 1, 0));
         assert!(matches!(shadow.find(p), Found::Live(i) if i.size == 48));
         assert!(shadow.slot(p + 8).is_none());
         assert_eq!(shadow.find(p + 16), Found::None);

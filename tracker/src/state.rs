@@ -55,12 +55,13 @@ pub struct TrackerStats {
 /// when nothing they skip is wanted.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FastPath {
-    /// Allocations may take the short path: no red zones, no event stream, stacks not recorded
-    /// for every allocation, guard pages not for every one.
+    /// Allocations may take the short path: no red zones, no event stream, guard pages not for
+    /// every one (an allocation whose sample fires takes the sampled short path).
     pub(crate) alloc: bool,
     /// Frees may take the short path: as for `alloc`, and no quarantine.
     pub(crate) free: bool,
-    /// Stacks are sampled by the byte countdown (a mean above 1).
+    /// Stacks are sampled by the byte countdown (with `sample=1` it stays at 0: every
+    /// allocation's fires).
     pub(crate) sample: bool,
     /// Guard pages are chosen by the allocation countdown (1 in N) for allocations of fewer
     /// than `guard_below` bytes (aligned to at most `max_align`); 0 when they are not (no
@@ -69,10 +70,9 @@ pub(crate) struct FastPath {
     /// The largest alignment the default path serves: a page, the guard pool's limit, so that
     /// every allocation it serves counts for the guard countdown by its size alone.
     pub(crate) max_align: usize,
-    /// The default path's shadow map ([`crate::shadow`]), or `None` when its blocks go to the
-    /// table: the shadow needs the core heap as the inner allocator and both default paths (no
-    /// red zones, no quarantine, no stream); it is used on Linux (on Windows its reservations
-    /// would be committed memory).
+    /// The shadow map ([`crate::shadow`]), or `None` when every block goes to the table: the
+    /// shadow needs the core heap as the inner allocator, no red zones and no quarantine; it is
+    /// used on Linux (on Windows its reservations would be committed memory).
     pub(crate) shadow: Option<crate::shadow::Shadow>,
 }
 
@@ -80,10 +80,15 @@ impl FastPath {
     fn new(options: &Options, guard: Option<&GuardPool>, arena_heap: bool) -> Self {
         let alloc = options.canary_bytes == 0
             && !options.streams()
-            && options.sample_bytes != 1
             && !matches!(options.guard, GuardRate::All);
         let free = alloc && options.quarantine_bytes == 0;
-        let shadow = free && arena_heap && cfg!(target_os = "linux") && options.shadow;
+        // Not `free`: sampled blocks and those of a traced program are shadow blocks too, made
+        // and freed by the general path; red zones and the quarantine keep theirs in the table.
+        let shadow = options.canary_bytes == 0
+            && options.quarantine_bytes == 0
+            && arena_heap
+            && cfg!(target_os = "linux")
+            && options.shadow;
         FastPath {
             alloc,
             free,
@@ -92,7 +97,7 @@ impl FastPath {
             } else {
                 None
             },
-            sample: options.sample_bytes > 1,
+            sample: options.sample_bytes >= 1,
             guard_below: match (guard, options.guard) {
                 (Some(pool), GuardRate::OneIn(_)) => pool.max_size().saturating_add(1),
                 _ => 0,

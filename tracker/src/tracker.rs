@@ -308,9 +308,16 @@ impl<A: GlobalAlloc> Tracker<A> {
     /// short as it was (calling this from `allocate_fast` cost it six instructions per pair,
     /// and from the start of `allocate_slow` cost the checked path ~60: cachegrind, the
     /// overhead bench).
+    /// Also where the default path's allocation whose sample fired is served
+    /// (`allocate_sampled`).
     #[inline(never)]
     fn allocate_checked(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
         if let Some(state) = self.ready() {
+            if state.fast.alloc {
+                if let Some(p) = self.allocate_sampled(state, size, align, zeroed) {
+                    return p;
+                }
+            }
             // Relaxed: stored before the state was published (see `checked`).
             let canary = self.checked.load(Ordering::Relaxed);
             if !state.fast.alloc && canary != CHECKED_OFF {
@@ -348,6 +355,10 @@ impl<A: GlobalAlloc> Tracker<A> {
         // `align` is at most a page, the guard pool's limit (`FastPath::max_align`).
         let counts_guard = size < fast.guard_below;
         let guard_left = hot.guard_countdown.get();
+        // A sample that fires is `allocate_checked`'s (`allocate_sampled`): reached from the one
+        // call site every declined allocation uses, so that a sampled block's stack is the same
+        // whichever path took it (the paths are inlined into the caller, whose return address
+        // is the stack's first frame).
         if tid == 0 || (fast.sample && left <= 0) || (counts_guard && guard_left <= 1) {
             return None;
         }
@@ -363,6 +374,58 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
         }
         self.allocate_in_table::<ZONES>(state, hot, tid, canary, size, align, zeroed)
+    }
+
+    /// The default path's allocation whose sample fired (`allocate_short` declined it): a
+    /// shadow block with the stack in its header — the stack captured with the re-entrancy flag
+    /// set (the unwinder may allocate), the countdowns taken as `allocate_short` takes them.
+    /// `None` when anything else applies (the fast path declined for another reason, a nested
+    /// call, no thread state, a block the shadow does not serve), the countdowns then as they
+    /// were for the general path, which decides.
+    #[inline(always)]
+    fn allocate_sampled(
+        &self,
+        state: &'static State,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+    ) -> Option<*mut u8> {
+        let fast = &state.fast;
+        let shadow = fast.shadow.as_ref()?;
+        if !fast.sample || align > shadow::MAX_ALIGN || size >= shadow::SIZE_LIMIT {
+            return None;
+        }
+        let hot = hot()?;
+        // SAFETY: the current thread's hot state, used during this call on this thread.
+        let hot = unsafe { &*hot };
+        let tid = hot.gate();
+        let counts_guard = size < fast.guard_below;
+        let guard_left = hot.guard_countdown.get();
+        let fired = hot.sample_countdown.get() - size as i64 <= 0;
+        if tid == 0 || !fired || (counts_guard && guard_left <= 1) {
+            return None;
+        }
+        let busy = enter()?;
+        let p = with_local(|local| {
+            let local = Some(local);
+            // The countdown fired, so this draws the next interval and says yes.
+            if !state.should_sample(local, size) {
+                return None;
+            }
+            let stack = state.stack_here(local);
+            let p = self.alloc_shadowed_tracked(state, shadow, tid, size, align, zeroed, stack);
+            if p.is_none() {
+                // The sample passes to the general path's allocation.
+                state.rearm_sample();
+            }
+            p
+        })
+        .flatten();
+        drop(busy);
+        if p.is_some() && counts_guard {
+            hot.guard_countdown.set(guard_left - 1);
+        }
+        p
     }
 
     /// The rest of `allocate_short` for a block the table records (no shadow, or a block it
@@ -431,7 +494,7 @@ impl<A: GlobalAlloc> Tracker<A> {
     ) -> Option<*mut u8> {
         let align_log2 = align.trailing_zeros() as u8;
         let byte = shadow::live_byte(size, align_log2);
-        let word = shadow::header_word(size, align_log2, tid);
+        let word = shadow::header_word(size, align_log2, tid, 0);
         let layout = shadow_layout(size);
         // SAFETY: the layout's size is not zero.
         let base = unsafe { self.inner_alloc_layout(layout, zeroed) };
@@ -585,6 +648,18 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
         }
         if ptr == 0 {
+            let shadowed = state.fast.shadow.as_ref().and_then(|shadow| {
+                self.alloc_shadowed_tracked(state, shadow, tid, size, align, zeroed, stack)
+            });
+            if let Some(p) = shadowed {
+                if p.is_null() {
+                    return p;
+                }
+                info.flags = flag::IN_SHADOW;
+                ptr = p as usize;
+            }
+        }
+        if ptr == 0 {
             let canary = state.options.canary_bytes;
             let left = canary::left_zone(canary, align);
             let Some(total) = left.checked_add(size).and_then(|t| t.checked_add(canary)) else {
@@ -608,7 +683,8 @@ impl<A: GlobalAlloc> Tracker<A> {
         // The default path's block (no flags, no stack) mostly takes the table's short insert.
         let plain =
             info.flags == 0 && stack == 0 && state.table.insert_plain(ptr, size, align_log2, tid);
-        if !plain && !state.table.insert(ptr, info) {
+        let recorded = plain || info.flags == flag::IN_SHADOW;
+        if !recorded && !state.table.insert(ptr, info) {
             // No room to record it: better out of memory than an untracked block.
             self.release_memory(state, ptr, &info);
             record(AllocErrorKind::OutOfMemory);
@@ -627,6 +703,52 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
         }
         ptr as *mut u8
+    }
+
+    /// A shadow block with allocation stack `stack` (0: none) in its header, for the general
+    /// path (`alloc_tracked`, a block neither guarded nor red-zoned) and the sampled short path.
+    /// `None` when the shadow does not serve it (a layout, thread or stack id it cannot hold,
+    /// no state byte for the block), having changed nothing; null when out of memory. The byte
+    /// is [`shadow`]'s `SAMPLED` when the free is to record its stack, else the layout's.
+    #[allow(clippy::too_many_arguments)]
+    fn alloc_shadowed_tracked(
+        &self,
+        state: &'static State,
+        shadow: &shadow::Shadow,
+        tid: u32,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        stack: u32,
+    ) -> Option<*mut u8> {
+        if align > shadow::MAX_ALIGN
+            || size >= shadow::SIZE_LIMIT
+            || tid == 0
+            || tid >= crate::thread_state::FAST_THREAD_LIMIT
+            || stack >= shadow::STACK_LIMIT
+        {
+            return None;
+        }
+        let layout = shadow_layout(size);
+        // SAFETY: the layout's size is not zero.
+        let base = unsafe { self.inner_alloc_layout(layout, zeroed) };
+        if base.is_null() {
+            return Some(base);
+        }
+        let p = base.wrapping_add(shadow::HEADER);
+        let Some(slot) = shadow.slot_for_new(p as usize) else {
+            // SAFETY: just allocated with this layout.
+            unsafe { self.inner.dealloc(base, layout) };
+            return None;
+        };
+        let align_log2 = align.trailing_zeros() as u8;
+        let word = shadow::header_word(size, align_log2, tid, stack);
+        if stack != 0 && state.options.free_stacks {
+            slot.write_sampled(word);
+        } else {
+            slot.write(shadow::live_byte(size, align_log2), word);
+        }
+        Some(p)
     }
 
     /// Gives a block's memory back to where it came from (guard slot or inner allocator).
@@ -858,14 +980,67 @@ impl<A: GlobalAlloc> Tracker<A> {
     /// Where `deallocate_fast` falls back to: `deallocate_checked_short` when the checked
     /// paths apply, else (or when it declines) `deallocate_slow`. Out of line, for the same
     /// reason as `allocate_checked`.
+    /// Also where the default path's free of a sampled shadow block is served
+    /// (`deallocate_sampled`).
     #[inline(never)]
     fn deallocate_checked(&self, ptr: *mut u8, given: Given) {
         if let Some(state) = self.ready() {
-            if !state.fast.free && self.deallocate_checked_short(state, ptr, given) {
+            if state.fast.free {
+                if self.deallocate_sampled(state, ptr, given) {
+                    return;
+                }
+            } else if self.deallocate_checked_short(state, ptr, given) {
                 return;
             }
         }
         self.deallocate_slow(ptr, given);
+    }
+
+    /// The default path's free of a sampled shadow block whose free records its stack (its
+    /// byte `SAMPLED`), by the thread whose heap owns it, with the layout it was allocated with
+    /// (compared exactly: the header is read) or none: the stack captured with the re-entrancy
+    /// flag set, the byte and stacks written as the general path writes them, the core's free.
+    /// `false` when anything else applies, having changed nothing.
+    #[inline(always)]
+    fn deallocate_sampled(&self, state: &'static State, ptr: *mut u8, given: Given) -> bool {
+        let Some(shadow) = &state.fast.shadow else {
+            return false;
+        };
+        let Some(slot) = shadow.slot(ptr as usize) else {
+            return false;
+        };
+        // SAFETY: `ptr` has a slot, so it is in an arena.
+        if !slot.is_sampled() || !unsafe { allocscope_core::heap::owned_here(ptr) } {
+            return false;
+        }
+        let Found::Live(info) = slot.find() else {
+            return false;
+        };
+        if let Some((size, align)) = given.layout() {
+            if size != info.size || align != info.align() {
+                return false;
+            }
+        }
+        let Some(hot) = hot() else {
+            return false;
+        };
+        // SAFETY: the current thread's hot state, used during this call on this thread.
+        if unsafe { &*hot }.gate() == 0 {
+            return false;
+        }
+        let Some(busy) = enter() else {
+            return false;
+        };
+        let Some(stack) = with_local(|local| state.stack_here(Some(local))) else {
+            return false;
+        };
+        slot.release_sampled_owned(info.alloc_stack, stack);
+        drop(busy);
+        // SAFETY: a shadow block came from the core heap itself, 16 bytes before `ptr` (see
+        // `deallocate_fast`); the store above moved it out of SAMPLED on its owner's thread, so
+        // it is freed once.
+        unsafe { allocscope_core::heap::free(ptr.wrapping_sub(shadow::HEADER)) };
+        true
     }
 
     /// The rest of [`Tracker::deallocate`] (whose contract the caller keeps). `given` in
@@ -957,7 +1132,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         // quarantine) takes the table's short release; everything else, and every bad free,
         // the general one.
         let free_stack = core::cell::Cell::new(0u32);
-        let released = match self.release_shadowed(state, ptr) {
+        let released = match self.release_shadowed(state, local, ptr, &free_stack) {
             Some(released) => released,
             None => {
                 match quarantine.map_or_else(|| state.table.release_plain(ptr, tid), |_| None) {
@@ -1139,10 +1314,27 @@ impl<A: GlobalAlloc> Tracker<A> {
     /// shadow is off or no shadow block starts at `ptr` (the table decides). A word that says
     /// "freed" is a double free only if the table has no live block there: the granule may
     /// start a block the table records now.
-    fn release_shadowed(&self, state: &'static State, ptr: usize) -> Option<Release> {
+    ///
+    /// A sampled block's free gets its stack (with `free_stacks`), set in `free_stack` and
+    /// kept with the allocation's in the freed block's header for a later report.
+    fn release_shadowed(
+        &self,
+        state: &'static State,
+        local: Option<&Local>,
+        ptr: usize,
+        free_stack: &core::cell::Cell<u32>,
+    ) -> Option<Release> {
         let slot = state.fast.shadow.as_ref()?.slot(ptr)?;
         match slot.release()? {
-            Release::Was(info) => Some(Release::Was(info)),
+            Release::Was(info) => {
+                // A `SAMPLED` byte (now `FREED_SAMPLED`): the stacks replace the header's word.
+                if info.alloc_stack != 0 && state.options.free_stacks {
+                    let stack = state.stack_here(local);
+                    free_stack.set(stack);
+                    slot.keep_stacks(info.alloc_stack, stack);
+                }
+                Some(Release::Was(info))
+            }
             Release::AlreadyFreed(_) if table_has_live(state, ptr) => None,
             Release::Unknown => None,
             other => Some(other),
@@ -1479,11 +1671,13 @@ impl<A: GlobalAlloc> Tracker<A> {
                 }
                 return Some((copy, 0));
             };
-            new_slot.write(
-                shadow::live_byte(new_size, info.align_log2),
-                shadow::header_word(new_size, info.align_log2, tid),
-            );
-            return Some((p, 0));
+            let word = shadow::header_word(new_size, info.align_log2, tid, info.alloc_stack);
+            if info.alloc_stack != 0 && state.options.free_stacks {
+                new_slot.write_sampled(word);
+            } else {
+                new_slot.write(shadow::live_byte(new_size, info.align_log2), word);
+            }
+            return Some((p, info.alloc_stack));
         }
         if info.flags != 0
             || state.quarantine.is_some()

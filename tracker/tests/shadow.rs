@@ -230,3 +230,94 @@ fn the_figures_follow_every_block() {
     assert_eq!(t.stats().live_blocks, 0);
     assert!(kinds(&t).is_empty());
 }
+
+fn sampled_tracker(options: &str) -> Tracker<Allocscope> {
+    let options = Options::builder()
+        .parse(options)
+        .unwrap()
+        .print_reports(false)
+        .check_at_exit(false)
+        .leak_check(LeakCheck::All)
+        .build()
+        .unwrap();
+    Tracker::with_options(Allocscope::new(), options)
+}
+
+// The `black_box` after each call keeps it from being a tail call, so the site keeps its frame.
+#[inline(never)]
+fn sampled_alloc_site(t: &Tracker<Allocscope>, l: Layout) -> *mut u8 {
+    // SAFETY: (test) a valid layout.
+    let p = unsafe { t.alloc(l) };
+    std::hint::black_box(p)
+}
+
+#[inline(never)]
+fn sampled_free_site(t: &Tracker<Allocscope>, p: *mut u8, l: Layout) {
+    // SAFETY: (test) the caller's block; a second call with it is the bug under test.
+    unsafe { t.dealloc(p, l) };
+    std::hint::black_box(p);
+}
+
+/// Every allocation sampled, after the thread's first calls: the default path's sampled
+/// short paths make shadow blocks with their stacks. A double free names the allocating and
+/// the freeing function (with free stacks) or the allocating one (without); a leak names its
+/// function; a wrong layout is still caught exactly.
+#[test]
+fn sampled_shadow_blocks_keep_their_stacks() {
+    for free_stacks in [true, false] {
+        let t = sampled_tracker(&format!(
+            "sample=1,guard=0,free_stacks={}",
+            u8::from(free_stacks)
+        ));
+        warm_up(&t);
+        let l = Layout::from_size_align(72, 8).unwrap();
+        let p = sampled_alloc_site(&t, l);
+        sampled_free_site(&t, p, l);
+        sampled_free_site(&t, p, l);
+        let reports = t.take_reports();
+        assert_eq!(reports.len(), 1, "{reports:#?}");
+        assert_eq!(reports[0].kind, ReportKind::DoubleFree);
+        let text = &reports[0].text;
+        let freed_by = text
+            .split("freed by thread")
+            .nth(1)
+            .and_then(|t| t.split("allocated by thread").next())
+            .expect("a free section");
+        let allocated_by = text
+            .split("allocated by thread")
+            .nth(1)
+            .expect("an alloc section");
+        assert!(allocated_by.contains("sampled_alloc_site"), "{text}");
+        assert_eq!(
+            freed_by.contains("sampled_free_site"),
+            free_stacks,
+            "{text}"
+        );
+        if !free_stacks {
+            assert!(freed_by.contains("free_stacks=0"), "{text}");
+        }
+
+        let q = sampled_alloc_site(&t, l);
+        sampled_free_site(&t, q, Layout::from_size_align(73, 8).unwrap());
+        assert_eq!(kinds(&t), vec![ReportKind::AllocDeallocMismatch]);
+
+        // One loop, not unrolled: one call site, so one group.
+        let mut leaked = Vec::new();
+        for _ in 0..std::hint::black_box(3) {
+            leaked.push(sampled_alloc_site(&t, l));
+        }
+        let leaks = t.check_leaks();
+        let ours: Vec<_> = leaks
+            .iter()
+            .filter(|r| r.kind == ReportKind::MemoryLeak && r.text.contains("sampled_alloc_site"))
+            .collect();
+        assert_eq!(ours.len(), 1, "one group: {leaks:#?}");
+        assert_eq!(ours[0].leaked, Some((3, 216)));
+        t.take_reports();
+        for p in leaked {
+            sampled_free_site(&t, p, l);
+        }
+        assert!(kinds(&t).is_empty());
+        assert_eq!(t.stats().live_blocks, 0);
+    }
+}
