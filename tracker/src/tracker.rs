@@ -495,11 +495,28 @@ impl<A: GlobalAlloc> Tracker<A> {
         let align_log2 = align.trailing_zeros() as u8;
         let byte = shadow::live_byte(size, align_log2);
         let word = shadow::header_word(size, align_log2, tid, 0);
+        let Some((p, slot)) = self.shadow_block(shadow, size, zeroed)? else {
+            return Some(null_mut());
+        };
+        slot.write(byte, word);
+        Some(p)
+    }
+
+    /// The inner allocation of a shadow block of `size` bytes (below the shadow's limit) and
+    /// its slot, for the caller to write: `None` when the block has no state byte (given back:
+    /// the table records the block instead), `Some(None)` when out of memory.
+    #[inline(always)]
+    fn shadow_block(
+        &self,
+        shadow: &shadow::Shadow,
+        size: usize,
+        zeroed: bool,
+    ) -> Option<Option<(*mut u8, shadow::Slot)>> {
         let layout = shadow_layout(size);
         // SAFETY: the layout's size is not zero.
         let base = unsafe { self.inner_alloc_layout(layout, zeroed) };
         if base.is_null() {
-            return Some(base);
+            return Some(None);
         }
         let p = base.wrapping_add(shadow::HEADER);
         let Some(slot) = shadow.slot_for_new(p as usize) else {
@@ -507,8 +524,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             unsafe { self.inner.dealloc(base, layout) };
             return None;
         };
-        slot.write(byte, word);
-        Some(p)
+        Some(Some((p, slot)))
     }
 
     /// The default path's block when the table's short insert declined it (a stale word to
@@ -729,17 +745,8 @@ impl<A: GlobalAlloc> Tracker<A> {
         {
             return None;
         }
-        let layout = shadow_layout(size);
-        // SAFETY: the layout's size is not zero.
-        let base = unsafe { self.inner_alloc_layout(layout, zeroed) };
-        if base.is_null() {
-            return Some(base);
-        }
-        let p = base.wrapping_add(shadow::HEADER);
-        let Some(slot) = shadow.slot_for_new(p as usize) else {
-            // SAFETY: just allocated with this layout.
-            unsafe { self.inner.dealloc(base, layout) };
-            return None;
+        let Some((p, slot)) = self.shadow_block(shadow, size, zeroed)? else {
+            return Some(null_mut());
         };
         let align_log2 = align.trailing_zeros() as u8;
         let word = shadow::header_word(size, align_log2, tid, stack);
