@@ -590,7 +590,7 @@ impl Heap {
     /// Frees `block` (a block start, not an interior pointer) from this heap's point of view:
     /// locally if we own its page, remotely otherwise (adopted heaps leave such blocks).
     unsafe fn free_block(&mut self, block: *mut Block) {
-        let seg = Segment::of(block.cast());
+        let seg = Segment::of_block(block.cast());
         // SAFETY: the block is live, so its segment and page are.
         unsafe {
             let page = Segment::page_of(seg, block.cast());
@@ -994,7 +994,7 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     if p.is_null() {
         return p;
     }
-    let seg = Segment::of(p);
+    let seg = Segment::of_block(p);
     // SAFETY: `p` is a live block of `size` bytes of ours.
     unsafe {
         // Relaxed: fixed for the segment's life.
@@ -1024,7 +1024,7 @@ pub unsafe fn free(ptr: *mut u8) {
     if ptr.is_null() {
         return;
     }
-    let seg = Segment::of(ptr);
+    let seg = Segment::of_block(ptr);
     let heap = thread::current();
     // SAFETY: `ptr` is a live block, so its segment header and page descriptor are.
     unsafe {
@@ -1108,7 +1108,7 @@ unsafe fn free_remote_block(page: *mut Page, block: *mut Block, mut heap: *mut H
 /// # Safety
 /// `ptr` is a live block returned by this heap.
 pub unsafe fn usable_size(ptr: *const u8) -> usize {
-    let seg = Segment::of(ptr);
+    let seg = Segment::of_block(ptr);
     // SAFETY: `ptr` is live: its segment and page are.
     unsafe {
         let page = Segment::page_of(seg, ptr);
@@ -1145,15 +1145,17 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // A large block grows by moving its pages, not its bytes.
     #[cfg(target_os = "linux")]
     if new_size > usable {
-        let seg = Segment::of(ptr);
+        let seg = Segment::of_block(ptr);
         // SAFETY: `ptr` is live, so its header is; a large block's pointer is its start.
         unsafe {
             // Relaxed: fixed for the segment's life.
             if (*seg).kind.load(Ordering::Relaxed) == KIND_LARGE
                 && (*seg).pages[0].start == ptr
                 && (ptr as usize) % align == 0
+                && align <= segment::SEGMENT_SIZE
             {
-                // The block keeps its offset from a 4 MiB-aligned base: still aligned.
+                // The block keeps its offset from a 4 MiB-aligned base: still aligned (up to
+                // 4 MiB; a larger alignment is kept by the copy below).
                 let grown = large::grow(seg, new_size);
                 if !grown.is_null() {
                     return grown;

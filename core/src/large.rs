@@ -7,10 +7,14 @@
 //! | header: a Segment of kind LARGE, pages[0] ...  | the block ...                  |
 //! ```
 //!
-//! `offset` is the header size rounded up to the alignment asked for, so any power-of-two
-//! alignment up to half a segment (2 MiB) is served. Freed spans go to the freeing thread's
-//! [`SpanCache`] and are reused by size before the OS is asked again; spans unused for the
-//! purge delay are released.
+//! `offset` is the header size rounded up to the alignment asked for, up to half a segment
+//! (2 MiB). A larger alignment puts the block at the start of the mapping's second segment
+//! (`offset` = 4 MiB, the mapping reserved so that this address is aligned and the excess
+//! unmapped at once; the rest of the first segment is never touched), where
+//! [`Segment::of_block`] still finds the header. Any power of two is served while the mapping
+//! and its reservation fit in `isize::MAX` bytes; beyond that the request fails as out of
+//! memory (ENOMEM, as glibc's). Freed spans go to the freeing thread's [`SpanCache`] and are
+//! reused by size before the OS is asked again; spans unused for the purge delay are released.
 //!
 //! May touch: [`crate::os`], [`crate::segment`], [`crate::sync`], [`crate::error`].
 
@@ -22,8 +26,15 @@ use crate::os::{align_up, monotonic_ms, Os, SystemOs};
 use crate::segment::{Segment, HEADER_SIZE, KIND_LARGE, SEGMENT_SHIFT, SEGMENT_SIZE};
 use crate::sync::{AtomicUsize, Ordering};
 
-/// Largest alignment served (half a segment: the block must start in the first segment).
-pub const MAX_ALIGN: usize = SEGMENT_SIZE / 2;
+/// Largest alignment served inside the mapping's first segment (half a segment). Above it the
+/// block starts at the mapping's second segment.
+pub(crate) const IN_SEGMENT_ALIGN: usize = SEGMENT_SIZE / 2;
+/// log2 of a large mapping's one page: two segments, so that the block's start (inside the
+/// first segment, or at the start of the second) is page 0 for [`Segment::page_of`].
+const LARGE_PAGE_SHIFT: u8 = SEGMENT_SHIFT as u8 + 1;
+/// The largest mapping (and reservation) for a large block: Rust's limit for one object, and
+/// C's `PTRDIFF_MAX`.
+const MAX_MAPPING: usize = isize::MAX as usize;
 /// Spans kept per thread, the largest span worth keeping, and the most bytes a thread's cache
 /// holds (RSS a program does not see: keep it small).
 const CACHE_SLOTS: usize = 8;
@@ -145,31 +156,41 @@ fn release(base: *mut u8, size: usize) {
     }
 }
 
-/// Allocates a large block.
+/// Allocates a large block. `align` is a power of two (callers check); any is served that the
+/// address space can hold.
 pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     let align = align.max(16);
-    if align > MAX_ALIGN {
+    if !align.is_power_of_two() {
         record(AllocErrorKind::InvalidRequest);
         return null_mut();
     }
     let os = SystemOs;
-    let offset = align_up(HEADER_SIZE, align);
+    // The block's offset in the mapping, and the slack the reservation adds to place it (only
+    // above half a segment: `reserve_backed_at` maps size + align and unmaps the excess).
+    let (offset, slack) = if align <= IN_SEGMENT_ALIGN {
+        (align_up(HEADER_SIZE, align), 0)
+    } else {
+        (SEGMENT_SIZE, align)
+    };
+    // Every sum is checked (align_up saturates): a size or alignment near usize::MAX is
+    // refused here, never wrapped into a small mapping.
     let Some(total) = offset
         .checked_add(size)
-        .filter(|&t| t <= isize::MAX as usize / 2)
+        .map(|t| align_up(t, os.page_size()))
+        .filter(|&t| t <= MAX_MAPPING && slack <= MAX_MAPPING - t)
     else {
         // More than the address space can hold: out of memory, as C reports it (ENOMEM).
         record(AllocErrorKind::OutOfMemory);
         return null_mut();
     };
-    let total = align_up(total, os.page_size());
     // A thread whose first allocation is large gets its heap now, so that its large frees
     // are cached too.
     let mut heap = crate::thread::current();
     if heap == empty_heap() {
         heap = crate::thread::attach().unwrap_or(heap);
     }
-    let cached = if !owns_nothing(heap) {
+    // Cached spans are only segment-aligned: not for alignments above half a segment.
+    let cached = if slack == 0 && !owns_nothing(heap) {
         // SAFETY: the calling thread's own heap.
         unsafe { (*heap).large_cache.take(total) }
     } else {
@@ -177,7 +198,13 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     };
     let (base, mapped, fresh) = match cached {
         Some((base, mapped)) => (base, mapped, false),
-        None => match os.reserve_backed(total, SEGMENT_SIZE) {
+        None => match if slack == 0 {
+            os.reserve_backed(total, SEGMENT_SIZE)
+        } else {
+            // `base + SEGMENT_SIZE` aligned to `align` (a multiple of SEGMENT_SIZE): the base
+            // is segment-aligned too.
+            os.reserve_backed_at(total, align, SEGMENT_SIZE)
+        } {
             Some(p) => {
                 if total >= 2 * SEGMENT_SIZE && crate::options::huge_pages() {
                     os.hint_huge_pages(p, total);
@@ -193,14 +220,15 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
         },
     };
     let seg = base.cast::<Segment>();
-    // SAFETY: the mapping is ours, at least HEADER_SIZE + size bytes, 4 MiB-aligned.
+    // SAFETY: the mapping is ours, at least offset + size bytes (offset >= HEADER_SIZE),
+    // 4 MiB-aligned.
     unsafe {
         let s = &mut *seg;
         // Relaxed: the header is published through the block, which the program hands over
         // with its own synchronisation.
         s.owner.store(null_mut(), Ordering::Relaxed);
         s.kind.store(KIND_LARGE, Ordering::Relaxed);
-        s.page_shift.store(SEGMENT_SHIFT as u8, Ordering::Relaxed);
+        s.page_shift.store(LARGE_PAGE_SHIFT, Ordering::Relaxed);
         s.page_count.store(1, Ordering::Relaxed);
         s.mapping_size.store(mapped, Ordering::Relaxed);
         let page = &mut s.pages[0];
@@ -261,13 +289,18 @@ pub(crate) unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut u8 {
         // Relaxed: fixed while the block is live, and we own it.
         let old_mapped = (*seg).mapping_size.load(Ordering::Relaxed);
         let offset = (*seg).pages[0].start as usize - seg as usize;
+        // The largest page-rounded mapping; `needed` must fit it (align_up saturates).
+        let limit = MAX_MAPPING & !(os.page_size() - 1);
         let Some(needed) = offset
             .checked_add(new_size)
-            .filter(|&t| t <= isize::MAX as usize / 2)
+            .map(|t| align_up(t, os.page_size()))
+            .filter(|&t| t <= limit)
         else {
             return null_mut();
         };
-        let total = align_up(needed.max(old_mapped + old_mapped / 2), os.page_size());
+        // No overflow: old_mapped <= isize::MAX, so half as much again fits a usize. The
+        // headroom is capped at the limit, which `needed` does not exceed.
+        let total = align_up(needed.max(old_mapped + old_mapped / 2), os.page_size()).min(limit);
         let Some(new_base) = os.reserve_backed(total, SEGMENT_SIZE) else {
             return null_mut();
         };

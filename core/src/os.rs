@@ -49,6 +49,19 @@ pub trait Os: Sync {
         self.reserve(size, align)
     }
 
+    /// As [`Os::reserve_backed`], but aligned at `offset` bytes into the region instead of at
+    /// its start: `start + offset` is a multiple of `align` (a power of two; `offset` at most
+    /// `size`). A large block aligned to more than half a segment keeps its header one segment
+    /// before it. `None` where the OS cannot place a region so: the default, unless `offset`
+    /// is itself a multiple of `align`.
+    fn reserve_backed_at(&self, size: usize, align: usize, offset: usize) -> Option<NonNull<u8>> {
+        if align.is_power_of_two() && offset & (align - 1) == 0 {
+            self.reserve_backed(size, align)
+        } else {
+            None
+        }
+    }
+
     /// Makes reserved memory usable. Returns `false` when the OS refuses (out of memory).
     ///
     /// # Safety
@@ -202,29 +215,43 @@ mod unix {
         }
     }
 
-    /// [`Os::reserve`] (`noreserve`) or [`Os::reserve_backed`].
-    fn reserve_with(size: usize, align: usize, noreserve: bool) -> Option<NonNull<u8>> {
+    /// [`Os::reserve`] (`noreserve`) or [`Os::reserve_backed`]: `size` bytes whose byte at
+    /// `offset` (at most `size`) is aligned to `align` (a power of two).
+    fn reserve_with(
+        size: usize,
+        align: usize,
+        offset: usize,
+        noreserve: bool,
+    ) -> Option<NonNull<u8>> {
         let page = page_size();
         let size = align_up(size, page);
-        if size == 0 || size > isize::MAX as usize {
+        if size == 0 || size > isize::MAX as usize || offset > size {
             return None;
         }
-        if align <= page {
+        if align <= page && (offset == 0 || align.is_power_of_two() && offset % align == 0) {
             return mmap_with(size, noreserve);
         }
+        if !align.is_power_of_two() {
+            return None;
+        }
+        let aligned_at = |p: usize| (p + offset) & (align - 1) == 0;
         // Over-reserve and trim: first try the exact size, which the kernel often places
         // aligned when the previous mapping was; fall back to size + align.
         let p = mmap_with(size, noreserve)?;
-        if (p.as_ptr() as usize) & (align - 1) == 0 {
+        // `p + offset` cannot overflow: it is inside (or just past) the mapping.
+        if aligned_at(p.as_ptr() as usize) {
             return Some(p);
         }
         munmap(p.as_ptr() as usize, size);
         let total = size.checked_add(align)?;
         let p = mmap_with(total, noreserve)?.as_ptr() as usize;
-        let aligned = align_up(p, align);
-        munmap(p, aligned - p);
-        munmap(aligned + size, p + total - (aligned + size));
-        NonNull::new(aligned as *mut u8)
+        // The first `start >= p` with `start + offset` aligned: below `p + align`, so the
+        // region `start..start + size` ends inside the mapping (`p + total` does not overflow:
+        // the mapping exists).
+        let start = align_up(p + offset, align) - offset;
+        munmap(p, start - p);
+        munmap(start + size, p + total - (start + size));
+        NonNull::new(start as *mut u8)
     }
 
     impl Os for SystemOs {
@@ -233,11 +260,20 @@ mod unix {
         }
 
         fn reserve(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-            reserve_with(size, align, true)
+            reserve_with(size, align, 0, true)
         }
 
         fn reserve_backed(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-            reserve_with(size, align, false)
+            reserve_with(size, align, 0, false)
+        }
+
+        fn reserve_backed_at(
+            &self,
+            size: usize,
+            align: usize,
+            offset: usize,
+        ) -> Option<NonNull<u8>> {
+            reserve_with(size, align, offset, false)
         }
 
         unsafe fn commit(&self, _ptr: NonNull<u8>, _size: usize) -> bool {
@@ -760,6 +796,33 @@ mod tests {
             assert_eq!(*p.as_ptr().add(12345), 0);
             os.release(p, 1 << 20);
         }
+    }
+
+    /// The byte at `offset` is aligned, not the start (a large block aligned above half a
+    /// segment); the fixed buffer cannot place one so and says so.
+    #[cfg(all(unix, not(miri)))]
+    #[test]
+    fn reserve_backed_at_aligns_the_byte_at_the_offset() {
+        let os = SystemOs;
+        for align in [8usize << 20, 64 << 20] {
+            let size = (4 << 20) + (1 << 20);
+            let p = os.reserve_backed_at(size, align, 4 << 20).expect("reserve");
+            let start = p.as_ptr() as usize;
+            assert_eq!((start + (4 << 20)) % align, 0);
+            assert_eq!(start % (4 << 20), 0);
+            // SAFETY: the region is ours, `size` bytes, readable and writable.
+            unsafe {
+                *p.as_ptr() = 1;
+                *p.as_ptr().add(size - 1) = 1;
+                os.release(p, size);
+            }
+        }
+        assert!(os.reserve_backed_at(1 << 20, 3 << 20, 0).is_none());
+        assert!(os.reserve_backed_at(1 << 20, 1 << 22, 2 << 20).is_none());
+        static mut BUF: [u8; 16 * 1024] = [0; 16 * 1024];
+        // SAFETY: the only reference ever made to BUF.
+        let fixed = FixedBufferOs::new(unsafe { &mut *core::ptr::addr_of_mut!(BUF) });
+        assert!(fixed.reserve_backed_at(8192, 8192, 4096).is_none());
     }
 
     #[test]

@@ -103,6 +103,39 @@ int main(void) {
     }
     void *bad = NULL;
     CHECK(posix_memalign(&bad, 24, 100) == EINVAL);
+    CHECK(posix_memalign(&bad, 0, 100) == EINVAL);
+    CHECK(posix_memalign(&bad, sizeof(void *) / 2, 100) == EINVAL);
+    /* alignments above 2 MiB, as glibc serves them (4 MiB to 1 GiB); the slack stays
+       unmapped or untouched, so only the pages written become resident */
+    for (size_t a = (size_t)4 << 20; a <= ((size_t)1 << 30); a <<= 2) {
+        void *p = NULL;
+        CHECK(posix_memalign(&p, a, 100) == 0 && ((uintptr_t)p % a) == 0);
+        memset(p, 1, 100);
+        free(p);
+        p = aligned_alloc(a, 3 << 20);
+        CHECK(p != NULL && ((uintptr_t)p % a) == 0);
+        ((char *)p)[0] = 1; ((char *)p)[(3 << 20) - 1] = 1;
+        free(p);
+        p = memalign(a, 1000);
+        CHECK(p != NULL && ((uintptr_t)p % a) == 0 && malloc_usable_size(p) >= 1000);
+        p = realloc(p, 5 << 20);
+        CHECK(p != NULL);
+        free(p);
+    }
+    /* what no address space holds: ENOMEM, as glibc reports it; EINVAL only for an
+       alignment memalign cannot round up to a power of two */
+    CHECK(posix_memalign(&bad, 64, SIZE_MAX / 2) == ENOMEM);
+    CHECK(posix_memalign(&bad, SIZE_MAX / 2 + 1, 100) == ENOMEM);
+    errno = 0;
+    CHECK(aligned_alloc(SIZE_MAX / 2 + 1, 100) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(aligned_alloc(64, SIZE_MAX / 2) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(memalign(SIZE_MAX / 2 + 1, 100) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(memalign(SIZE_MAX / 2 + 2, 100) == NULL && errno == EINVAL);
+    errno = 0;
+    CHECK(memalign((size_t)64 << 20, SIZE_MAX - (64 << 20)) == NULL && errno == ENOMEM);
     long page = sysconf(_SC_PAGESIZE);
     void *v = valloc(10); CHECK(v && ((uintptr_t)v % page) == 0); free(v);
     void *pv = pvalloc(10); CHECK(pv && ((uintptr_t)pv % page) == 0 && malloc_usable_size(pv) >= (size_t)page); free(pv);
