@@ -59,6 +59,21 @@ pub(crate) fn left_zone(canary: usize, align: usize) -> usize {
     }
 }
 
+/// Alignments up to which the whole left zone is filled and checked.
+const FILLED_ALIGN_MAX: usize = 4096;
+
+/// Bytes of the left zone that are filled and checked, right before the block: all of it up to
+/// page alignment; for larger alignments (whose zone is the alignment itself: 1 GiB for
+/// `memalign(1 GiB)`) the canary size rounded up to 8, the rest never touched.
+#[inline]
+pub(crate) fn left_filled(canary: usize, align: usize) -> usize {
+    if align <= FILLED_ALIGN_MAX {
+        left_zone(canary, align)
+    } else {
+        (canary + 7) & !7
+    }
+}
+
 /// The pattern's eight bytes at 8-aligned `addr`, as a little-endian word (byte i is
 /// [`byte_at`]`(addr + i)`): the secret mixed with the word's index, one multiply, so that red
 /// zones are filled and checked a word at a time.
@@ -496,6 +511,9 @@ mod tests {
 
     #[test]
     fn left_zone_keeps_alignment() {
+        assert_eq!(left_filled(16, 64), 64);
+        assert_eq!(left_filled(20, 1 << 30), 24);
+        assert_eq!(left_filled(0, 1 << 30), 0);
         assert_eq!(left_zone(0, 64), 0);
         assert_eq!(left_zone(16, 8), 16);
         assert_eq!(left_zone(16, 64), 64);

@@ -317,7 +317,7 @@ impl State {
             return None;
         }
         let canary = self.options.canary_bytes;
-        let left = canary::left_zone(canary, info.align());
+        let left = canary::left_filled(canary, info.align());
         // SAFETY: the caller guarantees the block and its red zones are ours to read.
         unsafe {
             if let Some(a) = canary::first_damaged(ptr + info.size, canary) {

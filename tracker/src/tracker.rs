@@ -689,9 +689,11 @@ impl<A: GlobalAlloc> Tracker<A> {
             ptr = base as usize + left;
             if canary > 0 {
                 info.flags = flag::CANARY;
-                // SAFETY: both red zones lie inside the `total` bytes just allocated.
+                let filled = canary::left_filled(canary, align);
+                // SAFETY: both red zones lie inside the `total` bytes just allocated (`filled`
+                // is at most `left`).
                 unsafe {
-                    canary::fill(base as usize, left);
+                    canary::fill(ptr - filled, filled);
                     canary::fill(ptr + size, canary);
                 }
             }

@@ -730,3 +730,42 @@ fn a_clean_random_workload_raises_nothing_and_keeps_the_figures() {
     assert_eq!(t.take_reports(), vec![]);
     assert_eq!(t.stats().live_blocks, 0);
 }
+
+/// Resident bytes of this process (Linux; 0 elsewhere).
+fn resident_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Red zones of a block aligned far beyond a page: the left zone is the alignment itself
+/// (64 MiB here), of which only the canary's bytes before the block are filled and checked;
+/// an underflow into them is still caught.
+#[test]
+fn a_hugely_aligned_block_fills_only_its_canary() {
+    let t = tracker(quiet().canary_bytes(16).sample_bytes(0));
+    let l = Layout::from_size_align(100, 64 << 20).unwrap();
+    let before = resident_bytes();
+    // SAFETY: (test) a valid layout; the write one byte before the block is the bug.
+    unsafe {
+        let p = t.alloc(l);
+        assert!(!p.is_null());
+        assert_eq!(p as usize % (64 << 20), 0);
+        let grown = resident_bytes().saturating_sub(before);
+        assert!(
+            grown < 8 << 20,
+            "{grown} bytes resident for a 100-byte block"
+        );
+        p.write_bytes(1, 100);
+        t.dealloc(p, l);
+        assert!(t.take_reports().is_empty());
+        let q = t.alloc(l);
+        let under = q.sub(1);
+        under.write_volatile(!under.read_volatile());
+        t.dealloc(q, l);
+    }
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::HeapBufferUnderflow);
+}
