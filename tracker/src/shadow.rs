@@ -24,7 +24,7 @@
 //! - The byte decides. A free with no layout (C's) accepts any live byte; a free with a layout
 //!   (Rust's) accepts only the byte its layout hashes to, so a mismatched layout takes the
 //!   general path, which compares it with the header exactly and reports it — but for the 1 in
-//!   128 mismatches whose hash collides, which free silently (the core's free needs no layout).
+//!   127 mismatches whose hash collides, which free silently (the core's free needs no layout).
 //!   The program cannot forge a byte (it is the tracker's memory), so a live byte is certain.
 //! - Owner frees (the segment's owner is the calling thread's heap,
 //!   `allocscope_core::heap::owned_here`) are a plain load and store of the byte: no other
@@ -105,7 +105,7 @@ const _: () = assert!(SIZE_LIMIT <= 1 << SIZE_BITS && STACK_SHIFT == 34);
 const _: () = assert!(1 << THREAD_BITS == crate::thread_state::FAST_THREAD_LIMIT);
 
 /// The state byte of a live block of `size` bytes aligned to `1 << align_log2`: [`LIVE_BIT`]
-/// and a multiplicative hash of the layout reduced to 0..127 (127 values: [`SAMPLED`] is the
+/// and a multiplicative hash of the layout reduced to 0..=126 (127 values: [`SAMPLED`] is the
 /// 128th). Two multiplies, on both sides.
 #[inline(always)]
 pub(crate) fn live_byte(size: usize, align_log2: u8) -> u8 {
