@@ -480,6 +480,13 @@ impl BlockTable {
         self.count_at(counter_slot(), flags, size, sign);
     }
 
+    /// Counts a shadow block ([`crate::shadow`]) in or out of the live figures (`sign` 1 or
+    /// -1), for the current thread. Only where the default paths are off (an event stream):
+    /// elsewhere the figures of shadow blocks come from a walk.
+    pub(crate) fn count_shadowed(&self, size: usize, sign: isize) {
+        self.count_at(counter_slot(), 0, size, sign);
+    }
+
     /// As `count`, for the current thread's counter `slot` (which the caller read).
     #[inline(always)]
     fn count_at(&self, slot: usize, flags: u8, size: usize, sign: isize) {

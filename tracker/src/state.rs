@@ -435,7 +435,13 @@ impl State {
 
     pub(crate) fn stats(&self) -> TrackerStats {
         let t = self.table.totals();
-        let (shadow_blocks, shadow_bytes) = self.fast.shadow.map_or((0, 0), |s| s.live_figures());
+        // Shadow blocks are counted where the default paths are off (an event stream, whose
+        // snapshots read the figures every second: no walk of every block there), walked where
+        // they are on (no counter on the default path).
+        let (shadow_blocks, shadow_bytes) = match self.fast.shadow {
+            Some(shadow) if self.fast.alloc => shadow.live_figures(),
+            _ => (0, 0),
+        };
         TrackerStats {
             live_blocks: t.live_blocks + shadow_blocks,
             live_bytes: t.live_bytes + shadow_bytes,

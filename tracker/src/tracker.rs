@@ -757,6 +757,9 @@ impl<A: GlobalAlloc> Tracker<A> {
         } else {
             slot.write(shadow::live_byte(size, align_log2), word);
         }
+        if !state.fast.alloc {
+            state.table.count_shadowed(size, 1);
+        }
         Some(p)
     }
 
@@ -1336,6 +1339,9 @@ impl<A: GlobalAlloc> Tracker<A> {
         let slot = state.fast.shadow.as_ref()?.slot(ptr)?;
         match slot.release()? {
             Release::Was(info) => {
+                if !state.fast.alloc {
+                    state.table.count_shadowed(info.size, -1);
+                }
                 // A `SAMPLED` byte (now `FREED_SAMPLED`): the stacks replace the header's word.
                 if info.alloc_stack != 0 && state.options.free_stacks {
                     let stack = state.stack_here(local);
@@ -1669,6 +1675,9 @@ impl<A: GlobalAlloc> Tracker<A> {
                 // table records a copy, this block goes back. Out of memory here loses the old
                 // contents (the program gets null, and a later free of its old pointer is
                 // reported, not done).
+                if !state.fast.alloc {
+                    state.table.count_shadowed(info.size, -1);
+                }
                 let copy = self.alloc_tracked(state, local, new_size, align, false, false);
                 // SAFETY: the inner allocator's block holds the program's bytes at +16, at
                 // least min(old, new) of them; the copy is distinct and as large.
@@ -1685,6 +1694,10 @@ impl<A: GlobalAlloc> Tracker<A> {
                 new_slot.write_sampled(word);
             } else {
                 new_slot.write(shadow::live_byte(new_size, info.align_log2), word);
+            }
+            if !state.fast.alloc {
+                state.table.count_shadowed(new_size, 1);
+                state.table.count_shadowed(info.size, -1);
             }
             return Some((p, info.alloc_stack));
         }

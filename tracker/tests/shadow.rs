@@ -321,3 +321,50 @@ fn sampled_shadow_blocks_keep_their_stacks() {
         assert_eq!(t.stats().live_blocks, 0);
     }
 }
+
+/// With an event stream the default paths are off and the general path makes the shadow
+/// blocks; their figures are counted then (the stream's snapshots read them every second, so
+/// no walk of every block), and are as exact as the walked ones.
+#[test]
+fn a_traced_programs_figures_are_counted_exactly() {
+    let dir = std::env::temp_dir().join(format!("allocscope-shadow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let options = Options::builder()
+        .parse("sample=0,guard=0")
+        .unwrap()
+        .trace_path(dir.join("figures.trace"))
+        .print_reports(false)
+        .check_at_exit(false)
+        .leak_check(LeakCheck::Off)
+        .build()
+        .unwrap();
+    let t = Tracker::with_options(Allocscope::new(), options);
+    warm_up(&t);
+    let base = t.stats().live_blocks;
+    let sizes = [5usize, 64, 700, 9000];
+    // SAFETY: (test) valid layouts; each block resized or freed once with its layout.
+    unsafe {
+        let mut blocks: Vec<(*mut u8, Layout)> = sizes
+            .iter()
+            .map(|&s| {
+                let l = Layout::from_size_align(s, 8).unwrap();
+                (t.alloc(l), l)
+            })
+            .collect();
+        assert_eq!(t.stats().live_blocks, base + sizes.len());
+        let (p, l) = blocks[1];
+        let q = t.realloc(p, l, 300);
+        assert!(!q.is_null());
+        blocks[1] = (q, Layout::from_size_align(300, 8).unwrap());
+        let bytes: usize = blocks.iter().map(|(_, l)| l.size()).sum();
+        assert!(t.stats().live_bytes >= bytes);
+        let before = t.stats().live_bytes;
+        for (p, l) in blocks {
+            t.dealloc(p, l);
+        }
+        assert_eq!(t.stats().live_blocks, base);
+        assert_eq!(before - t.stats().live_bytes, bytes);
+    }
+    assert!(kinds(&t).is_empty());
+    t.finish_trace();
+}
