@@ -78,15 +78,8 @@ fn resizes_keep_the_contents_and_the_figures() {
     // Neither sampled nor guarded: every block here below 32 KiB is a shadow block, resized
     // in place by the core heap; larger ones move to the table (past the medium classes the
     // core makes a large block, outside the arenas) and come back below them.
-    let options = Options::builder()
-        .parse("sample=0,guard=0")
-        .unwrap()
-        .print_reports(false)
-        .check_at_exit(false)
-        .leak_check(LeakCheck::Off)
-        .build()
-        .unwrap();
-    let t = Tracker::with_options(Allocscope::new(), options);
+    let options = quiet("sample=0,guard=0").leak_check(LeakCheck::Off);
+    let t = Tracker::with_options(Allocscope::new(), options.build().unwrap());
     let mut l = Layout::from_size_align(16, 8).unwrap();
     // SAFETY: (test) each pointer is used only until the resize that replaces it.
     unsafe {
@@ -231,16 +224,18 @@ fn the_figures_follow_every_block() {
     assert!(kinds(&t).is_empty());
 }
 
-fn sampled_tracker(options: &str) -> Tracker<Allocscope> {
-    let options = Options::builder()
-        .parse(options)
+/// Options from `text`, reports kept quiet and no check at exit.
+fn quiet(text: &str) -> allocscope_tracker::OptionsBuilder {
+    Options::builder()
+        .parse(text)
         .unwrap()
         .print_reports(false)
         .check_at_exit(false)
-        .leak_check(LeakCheck::All)
-        .build()
-        .unwrap();
-    Tracker::with_options(Allocscope::new(), options)
+}
+
+fn sampled_tracker(options: &str) -> Tracker<Allocscope> {
+    let options = quiet(options).leak_check(LeakCheck::All);
+    Tracker::with_options(Allocscope::new(), options.build().unwrap())
 }
 
 // The `black_box` after each call keeps it from being a tail call, so the site keeps its frame.
@@ -329,16 +324,10 @@ fn sampled_shadow_blocks_keep_their_stacks() {
 fn a_traced_programs_figures_are_counted_exactly() {
     let dir = std::env::temp_dir().join(format!("allocscope-shadow-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let options = Options::builder()
-        .parse("sample=0,guard=0")
-        .unwrap()
+    let options = quiet("sample=0,guard=0")
         .trace_path(dir.join("figures.trace"))
-        .print_reports(false)
-        .check_at_exit(false)
-        .leak_check(LeakCheck::Off)
-        .build()
-        .unwrap();
-    let t = Tracker::with_options(Allocscope::new(), options);
+        .leak_check(LeakCheck::Off);
+    let t = Tracker::with_options(Allocscope::new(), options.build().unwrap());
     warm_up(&t);
     let base = t.stats().live_blocks;
     let sizes = [5usize, 64, 700, 9000];
