@@ -849,6 +849,27 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     }
 }
 
+/// The block the calling thread's next `alloc(size, align)` would take from its fast path
+/// now (null when that allocation would take another path): a hint for a caller that keeps
+/// records about blocks (allocscope-tracker's block table) to start loading the record of the
+/// block it will be handed next, as `alloc` starts loading the block itself. Reads two words
+/// and changes nothing; the block may be taken by then (by the allocation of another size of
+/// the class), which costs the caller one useless prefetch.
+#[inline(always)]
+pub fn next_block(size: usize, align: usize) -> *mut u8 {
+    if size <= DIRECT_MAX && (align <= 8 || (align <= NATURAL_ALIGN && size > 8)) {
+        let heap = thread::current();
+        // SAFETY: as in `alloc`: `direct` entries are pages this thread owns or the empty page.
+        unsafe {
+            (**(*heap).direct.get_unchecked((size + 7) >> 3))
+                .free
+                .cast()
+        }
+    } else {
+        null_mut()
+    }
+}
+
 /// Asks for the next free block's cache line, which the next allocation of the class reads
 /// (the free list is a chain through block memory, so each allocation would otherwise wait
 /// for that line before the next could start). On by default on x86-64; building with

@@ -444,3 +444,37 @@ fn large_blocks_grow_by_realloc_keeping_their_contents() {
     // SAFETY: live, freed once.
     unsafe { heap::free(p) };
 }
+
+#[test]
+fn next_block_names_the_block_the_next_allocation_of_the_size_takes() {
+    // Run on a thread of its own: the harness's threads allocate between our calls otherwise.
+    std::thread::spawn(|| {
+        let mut named = 0;
+        for &(size, align) in &[(24usize, 8usize), (100, 16), (1000, 8), (8, 8)] {
+            let mut held = Vec::with_capacity(64);
+            for _ in 0..64 {
+                let hint = heap::next_block(size, align);
+                let p = heap::alloc(size, align);
+                assert!(!p.is_null());
+                // The hint names the block, or nothing (a fresh page is about to be taken).
+                if !hint.is_null() {
+                    assert_eq!(hint, p, "size {size} align {align}");
+                    named += 1;
+                }
+                held.push(p);
+            }
+            for p in held {
+                // SAFETY: live blocks of this heap, each freed once.
+                unsafe { heap::free(p) };
+            }
+        }
+        // Most of them: a page hands out its blocks in runs (lazy extension, free lists taken
+        // over), and only the first of a run is unnamed.
+        assert!(named >= 128, "the hint named only {named} of 256 blocks");
+        // Sizes and alignments the fast path does not serve have no hint.
+        assert!(heap::next_block(4096, 8).is_null());
+        assert!(heap::next_block(64, 64).is_null());
+    })
+    .join()
+    .unwrap();
+}

@@ -74,6 +74,9 @@ pub(crate) struct FastPath {
     /// shadow needs the core heap as the inner allocator, no red zones and no quarantine; it is
     /// used on Linux (on Windows its reservations would be committed memory).
     pub(crate) shadow: Option<crate::shadow::Shadow>,
+    /// The inner allocator is the core heap itself ([`allocscope_core::heap`]), whose
+    /// `next_block` hint says which block the next allocation of a size will be.
+    pub(crate) core_heap: bool,
 }
 
 impl FastPath {
@@ -103,6 +106,7 @@ impl FastPath {
                 _ => 0,
             },
             max_align: crate::os_memory::page_size(),
+            core_heap: arena_heap,
         }
     }
 }

@@ -474,6 +474,16 @@ impl<A: GlobalAlloc> Tracker<A> {
         if !state.table.insert_owned(p as usize, w, hot.owned_slot()) {
             return Some(self.insert_general(state, p, w));
         }
+        if state.fast.core_heap {
+            // The next allocation of this size is most likely handed the core's next block,
+            // whose table word is far out of cache (the core reuses a page's blocks in the
+            // order they were freed, long ago when a quarantine holds them): start loading it
+            // now, as the core does the block itself, so the next insert does not wait for it.
+            let next = allocscope_core::heap::next_block(layout.size(), align);
+            if !next.is_null() {
+                state.table.prefetch(next as usize + left);
+            }
+        }
         Some(p)
     }
 
