@@ -85,6 +85,18 @@ impl<T> SpinLock<T> {
             .map(|_| SpinGuard { lock: self })
     }
 
+    /// Releases the lock whose guard was forgotten (`core::mem::forget`): for a hand-over no
+    /// guard can span, such as `fork` (the lock taken before it, released after it in both
+    /// processes, so the child never inherits it held by a thread it does not have).
+    ///
+    /// # Safety
+    /// The lock is held, by the calling thread (or, in a forked child, by the thread that
+    /// forked), and no guard of it is alive: the value is not in use.
+    pub unsafe fn force_unlock(&self) {
+        // Release: the holder's writes to the value happen-before the next holder's acquire.
+        self.locked.store(false, Ordering::Release);
+    }
+
     /// The value, without locking: `&mut self` proves nobody else holds it.
     pub fn get_mut(&mut self) -> &mut T {
         self.value.get_mut()

@@ -402,6 +402,27 @@ impl BlockTable {
         }
     }
 
+    /// Takes the walk lock, then the cold table's, and keeps them (fork's prepare handler,
+    /// [`crate::fork`]): the walk lock first, as a walk takes the others while it holds it.
+    #[cfg(unix)]
+    pub(crate) fn hold_for_fork(&self) {
+        self.walk_lock.hold();
+        self.cold.hold_for_fork();
+    }
+
+    /// Releases the locks [`BlockTable::hold_for_fork`] took.
+    ///
+    /// # Safety
+    /// As for [`ColdTable::release_after_fork`].
+    #[cfg(unix)]
+    pub(crate) unsafe fn release_after_fork(&self) {
+        // SAFETY: the caller's contract: both held through `hold_for_fork`.
+        unsafe {
+            self.cold.release_after_fork();
+            self.walk_lock.release_held();
+        }
+    }
+
     /// Regions created from now on ask for transparent huge pages: for a heap that is dense
     /// over a large span and whose blocks are reached in random order (a quarantine's), where
     /// the words' page walks cost more than committing them 2 MiB at a time.

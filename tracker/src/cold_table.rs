@@ -83,6 +83,28 @@ impl ColdTable {
 
     /// Records a newly handed-out block (replacing a stale entry for the same address). Returns
     /// `false` when the table cannot grow (the OS refused memory): the block is then untracked.
+    /// Takes every shard's lock, in shard order, and keeps them (fork's prepare handler,
+    /// [`crate::fork`]).
+    #[cfg(unix)]
+    pub(crate) fn hold_for_fork(&self) {
+        for shard in &self.shards {
+            shard.data.hold();
+        }
+    }
+
+    /// Releases the locks [`ColdTable::hold_for_fork`] took.
+    ///
+    /// # Safety
+    /// After `hold_for_fork` on this thread (or, in a forked child, the thread that forked),
+    /// once.
+    #[cfg(unix)]
+    pub(crate) unsafe fn release_after_fork(&self) {
+        for shard in self.shards.iter().rev() {
+            // SAFETY: the caller's contract: held through `hold_for_fork`.
+            unsafe { shard.data.release_held() };
+        }
+    }
+
     pub(crate) fn insert(&self, key: usize, info: BlockInfo) -> bool {
         let mut shard = self.shard(key).lock();
         if !shard.reserve_one() {

@@ -343,6 +343,23 @@ impl GuardPool {
 
     /// Places a block in a free slot. `random` in (0, 1] picks underflow placement. `None`
     /// when every slot is in use (the caller falls back to the ordinary heap).
+    /// Takes the lock and keeps it (fork's prepare handler, [`crate::fork`]).
+    #[cfg(unix)]
+    pub(crate) fn hold_for_fork(&self) {
+        self.free.hold();
+    }
+
+    /// Releases the lock [`GuardPool::hold_for_fork`] took.
+    ///
+    /// # Safety
+    /// After `hold_for_fork` on this thread (or, in a forked child, the thread that forked),
+    /// once.
+    #[cfg(unix)]
+    pub(crate) unsafe fn release_after_fork(&self) {
+        // SAFETY: the caller's contract: held through `hold_for_fork`.
+        unsafe { self.free.release_held() };
+    }
+
     pub(crate) fn allocate(
         &self,
         size: usize,

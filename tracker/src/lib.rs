@@ -49,6 +49,8 @@ mod canary;
 mod cold_table;
 #[cfg(unix)]
 mod fault;
+#[cfg(unix)]
+mod fork;
 // On Windows the guard pages have no fault handler: `fault::install` says so.
 #[cfg(windows)]
 use windows as fault;

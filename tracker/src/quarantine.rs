@@ -105,6 +105,23 @@ pub(crate) struct Quarantine {
 }
 
 impl Quarantine {
+    /// Takes the lock and keeps it (fork's prepare handler, [`crate::fork`]).
+    #[cfg(unix)]
+    pub(crate) fn hold_for_fork(&self) {
+        self.ring.hold();
+    }
+
+    /// Releases the lock [`Quarantine::hold_for_fork`] took.
+    ///
+    /// # Safety
+    /// After `hold_for_fork` on this thread (or, in a forked child, the thread that forked),
+    /// once.
+    #[cfg(unix)]
+    pub(crate) unsafe fn release_after_fork(&self) {
+        // SAFETY: the caller's contract: held through `hold_for_fork`.
+        unsafe { self.ring.release_held() };
+    }
+
     pub(crate) fn new(max_bytes: usize) -> Self {
         Quarantine {
             ring: SpinLock::new(Ring {

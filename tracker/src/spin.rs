@@ -33,6 +33,24 @@ impl<T> SpinLock<T> {
         }
     }
 
+    /// Takes the lock and keeps it, with no guard, until [`SpinLock::release_held`]: for
+    /// `fork`'s prepare handler ([`crate::fork`]).
+    #[cfg(unix)]
+    pub(crate) fn hold(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`SpinLock::hold`].
+    ///
+    /// # Safety
+    /// This thread (or, in a forked child, the thread that forked) holds the lock through
+    /// `hold`, and releases it once.
+    #[cfg(unix)]
+    pub(crate) unsafe fn release_held(&self) {
+        // SAFETY: the caller's contract: held with a forgotten guard, not in use.
+        unsafe { self.0.force_unlock() }
+    }
+
     #[cold]
     #[inline(never)]
     fn lock_slow(&self) -> SpinGuard<'_, T> {

@@ -48,6 +48,22 @@ static COUNT: AtomicU32 = AtomicU32::new(0);
 /// Bump arena for records: (next free byte, end of the current chunk).
 static ARENA: SpinLock<(usize, usize)> = SpinLock::new((0, 0));
 
+/// Takes the stack table's lock and keeps it (fork's prepare handler, [`crate::fork`]).
+#[cfg(unix)]
+pub(crate) fn hold_for_fork() {
+    ARENA.hold();
+}
+
+/// Releases the lock [`hold_for_fork`] took.
+///
+/// # Safety
+/// After `hold_for_fork` on this thread (or, in a forked child, the thread that forked), once.
+#[cfg(unix)]
+pub(crate) unsafe fn release_after_fork() {
+    // SAFETY: the caller's contract: held through `hold_for_fork`.
+    unsafe { ARENA.release_held() };
+}
+
 /// A captured stack: return addresses, innermost first.
 pub(crate) struct Captured {
     frames: [usize; MAX_FRAMES],

@@ -497,6 +497,8 @@ pub(crate) fn register(state: &'static State) -> bool {
     if !EXIT_HOOK.swap(true, Ordering::Relaxed) {
         // SAFETY: `exit_hook` is an `extern "C" fn()` that never unwinds.
         unsafe { libc::atexit(exit_hook) };
+        #[cfg(unix)]
+        crate::fork::install();
     }
     let ptr = state as *const State as *mut State;
     REGISTRY.iter().any(|slot| {
