@@ -41,19 +41,59 @@ pub fn huge_pages() -> bool {
     HUGE_PAGES.load(Ordering::Relaxed) != 0
 }
 
+/// The keys the heap reads; the tracker accepts them too (the instrumented mode runs over the
+/// same heap) and reports the rest of `ALLOCSCOPE_OPTIONS`.
+pub const KEYS: [&str; 2] = ["purge_delay", "huge_pages"];
+
+/// The value of one of the heap's keys ([`KEYS`]): `None` for a key that is not the heap's,
+/// `Some(Err(what was expected))` for a value it cannot take.
+pub fn parse(key: &[u8], value: &[u8]) -> Option<Result<usize, &'static str>> {
+    match key {
+        b"purge_delay" => Some(parse_number(value).ok_or("expected milliseconds (a number)")),
+        b"huge_pages" => Some(match parse_number(value) {
+            Some(n @ (0 | 1)) => Ok(n),
+            _ => Err("expected 0 or 1"),
+        }),
+        _ => None,
+    }
+}
+
 #[cold]
 fn load() {
     let mut delay = DEFAULT_PURGE_DELAY_MS;
     let mut huge = 0;
     if let Some(text) = env_options() {
-        for_each_option(text, |key, value| match (key, parse_number(value)) {
-            (b"purge_delay", Some(n)) => delay = n,
-            (b"huge_pages", Some(n)) => huge = n,
+        for_each_option(text, |key, value| match (key, parse(key, value)) {
+            (b"purge_delay", Some(Ok(n))) => delay = n,
+            (b"huge_pages", Some(Ok(n))) => huge = n,
+            (_, Some(Err(expected))) => warn(key, value, expected),
             _ => {}
         });
     }
     PURGE_DELAY_MS.store(delay, Ordering::Relaxed);
     HUGE_PAGES.store(huge, Ordering::Relaxed);
+}
+
+/// Says on standard error that a value was refused and the default kept (the heap cannot stop
+/// the program over it: it reads its options at its first allocation). No allocation: pieces
+/// written one after another.
+fn warn(key: &[u8], value: &[u8], expected: &str) {
+    #[cfg(unix)]
+    for piece in [
+        b"allocscope: ALLOCSCOPE_OPTIONS: ".as_slice(),
+        key,
+        b"=",
+        value,
+        b": ",
+        expected.as_bytes(),
+        b"; the default is kept\n",
+    ] {
+        // SAFETY: writes `piece.len()` bytes from a valid slice to fd 2; a failed write is
+        // ignored (nothing better can be done with a warning).
+        let _ = unsafe { libc::write(2, piece.as_ptr().cast(), piece.len()) };
+    }
+    #[cfg(not(unix))]
+    let _ = (key, value, expected);
 }
 
 /// Calls `f(key, value)` for each `key=value` item of a comma-separated list.
@@ -133,5 +173,17 @@ mod tests {
         assert_eq!(parse_number(b"25"), Some(25));
         assert_eq!(parse_number(b"2x"), None);
         assert_eq!(parse_number(b""), None);
+    }
+
+    #[test]
+    fn the_heaps_keys_are_told_apart_and_their_values_checked() {
+        assert_eq!(parse(b"purge_delay", b"50"), Some(Ok(50)));
+        assert!(matches!(parse(b"purge_delay", b"soon"), Some(Err(_))));
+        assert_eq!(parse(b"huge_pages", b"1"), Some(Ok(1)));
+        assert!(matches!(parse(b"huge_pages", b"2"), Some(Err(_))));
+        assert_eq!(parse(b"sample", b"1"), None);
+        for key in KEYS {
+            assert!(parse(key.as_bytes(), b"0").is_some(), "{key}");
+        }
     }
 }

@@ -302,7 +302,8 @@ impl OptionsBuilder {
     pub fn parse(mut self, text: &str) -> Result<Self, OptionsError> {
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (key, value) = match item.split_once('=') {
-                Some((k, v)) => (k.trim(), v.trim()),
+                Some((k, v)) if !k.trim().is_empty() => (k.trim(), v.trim()),
+                Some(_) => return Err(bad(item, "", "no option name before `=`")),
                 None => return Err(bad(item, "", "expected key=value")),
             };
             self.set(key, value)?;
@@ -367,13 +368,22 @@ impl OptionsBuilder {
                     _ => return Err(bad(key, value, "expected auto, backtrace or fp")),
                 }
             }
-            _ => {
-                return Err(bad(
-                    key,
-                    "",
-                    format!("unknown option (known: {})", KNOWN_KEYS.join(", ")),
-                ))
-            }
+            _ => match allocscope_core::options::parse(key.as_bytes(), value.as_bytes()) {
+                // The heap's own keys: it reads them itself from the same variable.
+                Some(Ok(_)) => {}
+                Some(Err(expected)) => return Err(bad(key, value, expected)),
+                None => {
+                    return Err(bad(
+                        key,
+                        "",
+                        format!(
+                            "unknown option (known: {}, and the heap's {})",
+                            KNOWN_KEYS.join(", "),
+                            allocscope_core::options::KEYS.join(", ")
+                        ),
+                    ))
+                }
+            },
         }
         Ok(())
     }
@@ -799,6 +809,23 @@ mod tests {
             "guard_slots"
         );
         assert!(Options::parse("guard=0,guard_slots=0").is_ok());
+        // The heap's own keys are the heap's to read: accepted, their values checked.
+        assert!(Options::parse("purge_delay=50,huge_pages=1,sample=1").is_ok());
+        let e = Options::parse("purge_delay=soon").unwrap_err();
+        assert!(
+            e.key == "purge_delay" && e.to_string().contains("milliseconds"),
+            "{e}"
+        );
+        assert_eq!(
+            Options::parse("huge_pages=2").unwrap_err().key,
+            "huge_pages"
+        );
+        let e = Options::parse("colour=blue").unwrap_err().to_string();
+        assert!(e.contains("purge_delay"), "{e}");
+        assert_eq!(
+            Options::parse("=5").unwrap_err().to_string(),
+            "allocscope option `=5`: no option name before `=`"
+        );
         let e = Options::builder().stack_depth(0).build().unwrap_err();
         assert_eq!(e.key, "stack_depth");
     }
