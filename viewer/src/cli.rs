@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use allocscope_tracker::trace_format::TraceError;
+use allocscope_tracker::trace_format::{Ending, TraceError};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::model::{format_bytes, LoadOptions, Metric, Profile, TimeRange};
@@ -295,6 +295,33 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
     }
 }
 
+/// The traces that processes started by the recorded program wrote beside `trace` during the
+/// run: a traced program that execs another leaves the path to itself, and the new program
+/// writes `PATH.<pid>` (see the `trace=` option).
+fn child_traces(trace: &Path, since: std::time::SystemTime) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (trace.parent(), trace.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(&prefix)
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= since)
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
 fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|()| out.flush()) {
@@ -319,15 +346,42 @@ fn record(
     live: bool,
     command: &[OsString],
 ) -> Result<ExitCode, CliError> {
+    // Absolute: the program may change directory before it first allocates (a shell's `cd`),
+    // and its trace must land where the summary below reads it.
+    let output = std::path::absolute(output).map_err(|e| {
+        CliError(format!(
+            "cannot use the trace path {}: {e}",
+            output.display()
+        ))
+    })?;
+    if let Some(dir) = output.parent().filter(|d| !d.is_dir()) {
+        return Err(CliError(format!(
+            "cannot write the trace {}: the directory {} does not exist",
+            output.display(),
+            dir.display()
+        )));
+    }
     let mut opts = format!("trace={}", output.display());
     let socket = std::env::temp_dir().join("allocscope-live.%p.sock");
     if live {
         opts.push_str(&format!(",socket={}", socket.display()));
     }
     if let Some(extra) = extra_options {
+        if extra
+            .split(',')
+            .any(|item| item.trim().starts_with("trace="))
+        {
+            return Err(CliError(
+                "--options sets trace=...: give the trace's path with -o instead".to_owned(),
+            ));
+        }
         opts.push(',');
         opts.push_str(extra);
     }
+    // The library would refuse them at the program's start, and abort it: say so here.
+    allocscope_tracker::options::Options::parse(&opts)
+        .map_err(|e| CliError(format!("{e} (in --options)")))?;
+    let started = std::time::SystemTime::now();
     let mut child = preloaded(lib, command, &[("ALLOCSCOPE_OPTIONS", &opts)])?.spawn()?;
     let pid = child.id();
     if live {
@@ -338,14 +392,26 @@ fn record(
     let trace = PathBuf::from(output.display().to_string().replace("%p", &pid.to_string()));
     match Profile::load_file(&trace, LoadOptions::default(), &mut |_| {}) {
         Ok(profile) => {
+            let ending = match (profile.end.is_some(), profile.ending) {
+                (_, Some(Ending::Truncated { .. })) => {
+                    "; the trace is cut short (the process was killed?)"
+                }
+                (true, _) => "",
+                (false, _) => "; no end marker (the process ended without finishing its trace)",
+            };
             eprintln!(
                 "allocscope: trace {}: {} corruption reports, {} leak reports, {} in {} \
-                 blocks still allocated at exit, peak {}",
+                 blocks still allocated at {}, peak {}{ending}",
                 trace.display(),
                 profile.corruption_reports().count(),
                 profile.leak_reports().count(),
                 format_bytes(profile.leaked_bytes()),
                 profile.leaked_count(),
+                if profile.end.is_some() {
+                    "exit"
+                } else {
+                    "the trace's end"
+                },
                 format_bytes(profile.peak_bytes),
             );
         }
@@ -354,6 +420,18 @@ fn record(
             trace.display()
         ),
         Err(e) => eprintln!("allocscope: cannot read the trace {}: {e}", trace.display()),
+    }
+    let others = child_traces(&trace, started);
+    if !others.is_empty() {
+        eprintln!(
+            "allocscope: {} more trace(s), of programs it started: {}",
+            others.len(),
+            others
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(exit_code_of(status))
 }

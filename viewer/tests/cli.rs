@@ -329,6 +329,36 @@ fn record_traces_a_program_and_exits_with_its_status() {
         for entry_point in [" in malloc", " in free", " in realloc", " in calloc"] {
             assert!(!first_frame.contains(entry_point), "not trimmed: {top}");
         }
+        // A relative trace path is the recorder's, wherever the program goes before its first
+        // allocation (a shell's `cd`): the summary reads the trace the program wrote.
+        let sub = dir.join("elsewhere");
+        std::fs::create_dir_all(&sub).unwrap();
+        let relative = Command::new(env!("CARGO_BIN_EXE_allocscope"))
+            .current_dir(&dir)
+            .args(["record", "-o", "cd.trace", "--", "sh", "-c"])
+            .arg(format!("cd elsewhere && exec sort {}", input.display()))
+            .output()
+            .unwrap();
+        let stderr = text(&relative.stderr);
+        assert_eq!(relative.status.code(), Some(0), "{stderr}");
+        assert!(dir.join("cd.trace").is_file() && !sub.join("cd.trace").exists());
+        assert!(!stderr.contains("peak 0 B"), "{stderr}");
+        // Options the library would refuse, a trace path in --options, and a directory that
+        // is not there are refused before the program runs, in one line.
+        for (args, says) in [
+            (
+                &["--options", "canary=abc", "-o", "t.trace"][..],
+                "canary=abc",
+            ),
+            (&["--options", "trace=x", "-o", "t.trace"][..], "-o"),
+            (&["-o", "/nonexistent-dir/t.trace"][..], "does not exist"),
+        ] {
+            let out = allocscope(&[&["record"], args, &["--", "true"]].concat());
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        }
     } else {
         assert_eq!(out.status.code(), Some(2));
         assert!(stderr.contains(TRACKER_PRELOAD_LIB), "{stderr}");
