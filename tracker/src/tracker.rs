@@ -673,7 +673,13 @@ impl<A: GlobalAlloc> Tracker<A> {
                 }
             }
         }
-        if ptr == 0 {
+        // A resize's new block (`emit` false) past the medium classes is the table's: the core
+        // grows such a block in place as a large block of its own mapping, which a shadow block
+        // cannot follow (as a shadow block, every further growth would move it again: growing
+        // a buffer a byte at a time from 64 KiB to 512 KiB was quadratic).
+        let shadow_serves =
+            emit || size + shadow::HEADER <= allocscope_core::size_class::MEDIUM_MAX;
+        if ptr == 0 && shadow_serves {
             let shadowed = state.fast.shadow.as_ref().and_then(|shadow| {
                 self.alloc_shadowed_tracked(state, shadow, tid, size, align, zeroed, stack)
             });
@@ -1609,7 +1615,10 @@ impl<A: GlobalAlloc> Tracker<A> {
         unsafe { core::ptr::copy_nonoverlapping(ptr as *const u8, new, info.size.min(new_size)) };
         self.free_tracked(state, local, ptr, None, Detection::Realloc, false);
         if emit {
-            let stack = state.table.get(new as usize).map_or(0, |i| i.alloc_stack);
+            let stack = match self.shadow_find(state, new as usize) {
+                Found::Live(info) => info.alloc_stack,
+                _ => state.table.get(new as usize).map_or(0, |i| i.alloc_stack),
+            };
             self.emit_realloc(
                 state,
                 local,
@@ -1652,16 +1661,24 @@ impl<A: GlobalAlloc> Tracker<A> {
             {
                 return None;
             }
-            if state.should_sample(local, new_size) {
-                // The moved block gets the stack (`alloc_tracked`).
-                state.rearm_sample();
-                return None;
-            }
             let tid = thread_id();
             if tid == 0 || tid >= crate::thread_state::FAST_THREAD_LIMIT {
                 return None;
             }
             let old_slot = shadow.slot(ptr)?;
+            // A sample that fires gives the resized block this stack, in its header.
+            let stack = if state.should_sample(local, new_size) {
+                match state.stack_here(local) {
+                    s if s < shadow::STACK_LIMIT => s,
+                    _ => {
+                        // An id the header cannot hold: the moved block gets the stack.
+                        state.rearm_sample();
+                        return None;
+                    }
+                }
+            } else {
+                info.alloc_stack
+            };
             // The block is live and this thread is resizing it (the caller looked it up).
             let old = old_slot.retire();
             // SAFETY: the shadow block came from the inner allocator with exactly this layout,
@@ -1699,8 +1716,8 @@ impl<A: GlobalAlloc> Tracker<A> {
                 }
                 return Some((copy, 0));
             };
-            let word = shadow::header_word(new_size, info.align_log2, tid, info.alloc_stack);
-            if info.alloc_stack != 0 && state.options.free_stacks {
+            let word = shadow::header_word(new_size, info.align_log2, tid, stack);
+            if stack != 0 && state.options.free_stacks {
                 new_slot.write_sampled(word);
             } else {
                 new_slot.write(shadow::live_byte(new_size, info.align_log2), word);
@@ -1709,7 +1726,7 @@ impl<A: GlobalAlloc> Tracker<A> {
                 state.table.count_shadowed(new_size, 1);
                 state.table.count_shadowed(info.size, -1);
             }
-            return Some((p, info.alloc_stack));
+            return Some((p, stack));
         }
         if info.flags != 0
             || state.quarantine.is_some()
