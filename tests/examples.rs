@@ -214,7 +214,7 @@ fn tracker_overflow_ends_in_a_heap_buffer_overflow_report() {
     );
     let allocated = r
         .stderr
-        .split("allocated by thread")
+        .split("allocated by ")
         .nth(1)
         .unwrap_or_else(|| panic!("no allocation stack in:\n{}", r.stderr));
     assert!(allocated.contains("encode_packet"), "{}", r.stderr);

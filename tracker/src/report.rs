@@ -148,8 +148,18 @@ fn push_stack(out: &mut String, id: u32, missing: &str) -> Option<String> {
     }
 }
 
-const NOT_SAMPLED: &str =
-    "stack not sampled: run with ALLOCSCOPE_OPTIONS=sample=1 to record every allocation's stack";
+const NOT_SAMPLED: &str = "stack not recorded (only sampled allocations keep one: \
+     ALLOCSCOPE_OPTIONS=sample=1 samples every allocation)";
+
+/// A thread as reports name it: `T<id>`, or "an unknown thread" where none was kept (ids start
+/// at 1; 0 is "not recorded").
+fn thread(id: u32) -> String {
+    if id == 0 {
+        "an unknown thread".to_owned()
+    } else {
+        format!("thread T{id}")
+    }
+}
 
 fn render(f: &Facts) -> String {
     let mut out = String::new();
@@ -157,21 +167,23 @@ fn render(f: &Facts) -> String {
     let _ = write!(out, "=={pid}==ERROR: allocscope: {}", f.kind);
     match f.kind {
         ReportKind::DoubleFree => {
-            let _ = writeln!(out, " on {:#x} in thread T{}:", f.address, f.thread);
+            let _ = writeln!(out, " on {:#x} in {}:", f.address, thread(f.thread));
         }
         ReportKind::InvalidFree => {
             let _ = writeln!(
                 out,
-                " (attempting free on address which was not malloc()-ed: {:#x}) in thread T{}:",
-                f.address, f.thread
+                " (attempting free on address which was not malloc()-ed: {:#x}) in {}:",
+                f.address,
+                thread(f.thread)
             );
         }
         ReportKind::AllocDeallocMismatch => {
             if let Some(((s0, a0), (s1, a1))) = f.mismatch {
                 let _ = writeln!(
                     out,
-                    " (allocated with size {s0}, align {a0}; freed with size {s1}, align {a1}) on {:#x} in thread T{}:",
-                    f.address, f.thread
+                    " (allocated with size {s0}, align {a0}; freed with size {s1}, align {a1}) on {:#x} in {}:",
+                    f.address,
+                    thread(f.thread)
                 );
             }
         }
@@ -185,7 +197,7 @@ fn render(f: &Facts) -> String {
             );
         }
         _ => {
-            let _ = writeln!(out, " on address {:#x} in thread T{}", f.address, f.thread);
+            let _ = writeln!(out, " on address {:#x} in {}", f.address, thread(f.thread));
         }
     }
     let mut summary_frame = None;
@@ -217,20 +229,24 @@ fn render(f: &Facts) -> String {
             } else {
                 format!("{} bytes inside of", a - start)
             };
-            let _ = writeln!(
-                out,
-                "{a:#x} is located {location} {size}-byte region [{start:#x},{end:#x})"
-            );
+            if size == 0 && f.kind == ReportKind::DoubleFree {
+                // A freed block's record may keep its stacks but not its size.
+                let _ = writeln!(out, "{a:#x} is the start of a block freed before");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{a:#x} is located {location} {size}-byte region [{start:#x},{end:#x})"
+                );
+            }
         }
         if f.free_stack != 0 || matches!(f.kind, ReportKind::DoubleFree | ReportKind::UseAfterFree)
         {
-            let _ = writeln!(out, "freed by thread T{} here:", f.free_thread);
-            // A sampled block (it has an allocation stack) lacks a free stack only when free
-            // stacks are off.
+            let _ = writeln!(out, "freed by {} here:", thread(f.free_thread));
             let missing = if f.alloc_stack != 0 {
-                "free stack not recorded (free_stacks=0)"
+                "free stack not recorded (sampled blocks keep one with free_stacks=1, the default)"
             } else {
-                "free stack not recorded (the block was not sampled)"
+                "free stack not recorded (only sampled blocks keep one: \
+                 ALLOCSCOPE_OPTIONS=sample=1 samples every allocation)"
             };
             push_stack(&mut out, f.free_stack, missing);
         }
@@ -240,7 +256,7 @@ fn render(f: &Facts) -> String {
             } else {
                 "allocated"
             };
-            let _ = writeln!(out, "{what} by thread T{} here:", f.alloc_thread);
+            let _ = writeln!(out, "{what} by {} here:", thread(f.alloc_thread));
             let alloc_frame = push_stack(&mut out, f.alloc_stack, NOT_SAMPLED);
             summary_frame = summary_frame.or(alloc_frame);
         }
