@@ -284,16 +284,9 @@ fn a_traced_rust_program_with_threads_gets_no_false_invalid_free() {
     assert!(std::fs::metadata(&trace).unwrap().len() > 0);
 }
 
-/// A traced shell pipeline: the shell forks, and its children exec programs that inherit the
-/// same options. The shell keeps its trace whole (an exec'd child used to truncate it, leaving a
-/// trace without its header), and each exec'd child writes its own `<path>.<pid>`.
-#[test]
-fn a_traced_pipeline_keeps_every_trace_whole() {
-    let dir = scratch("pipeline");
-    let trace = dir.join("sh.trace");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("printf 'b\\na\\n' | sort; (true); echo done")
+/// Runs `command` under the instrumented library with a trace to `trace` (no leak check).
+fn traced(command: &mut Command, trace: &Path) -> Output {
+    command
         .env(
             "LD_PRELOAD",
             library().with_file_name("liballocscope_debug.so"),
@@ -303,7 +296,61 @@ fn a_traced_pipeline_keeps_every_trace_whole() {
             format!("trace={},leak_check=0", trace.display()),
         )
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// A traced program that ends with `_exit` (no exit hook runs) leaves its whole trace: the
+/// library's `_exit` and `exec*` end the trace first (it held only the header before). A
+/// `vfork` child's `exec` and `_exit` run in its parent's memory and must leave the parent's
+/// trace running: the allocations after the child are in it too, and its end marker.
+#[test]
+fn traces_survive_exit_without_hooks_and_vfork_children() {
+    use allocscope_tracker::trace_format::{read_trace_file, Event, Record};
+    let exe = compile_c("exit_paths", &[]);
+    let dir = scratch("exit_paths_traces");
+    for (mode, allocations) in [("_exit", 1000), ("vfork", 1000)] {
+        let trace = dir.join(format!("{mode}.trace"));
+        let out = traced(Command::new(&exe).arg(mode), &trace);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = read_trace_file(&trace).unwrap();
+        let sized_100 = read
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Batch(b) => Some(&b.events),
+                _ => None,
+            })
+            .flatten()
+            .filter(|e| matches!(e, Event::Alloc { size: 100, .. }))
+            .count();
+        assert_eq!(
+            sized_100, allocations,
+            "{mode}: allocations of 100 bytes in the trace"
+        );
+        assert!(
+            matches!(read.records.last(), Some(Record::End(_))),
+            "{mode}: the trace has its end marker"
+        );
+    }
+}
+
+/// A traced shell pipeline: the shell forks, and its children exec programs that inherit the
+/// same options. The shell keeps its trace whole (an exec'd child used to truncate it, leaving a
+/// trace without its header), and each exec'd child writes its own `<path>.<pid>`.
+#[test]
+fn a_traced_pipeline_keeps_every_trace_whole() {
+    let dir = scratch("pipeline");
+    let trace = dir.join("sh.trace");
+    let out = traced(
+        Command::new("sh")
+            .arg("-c")
+            .arg("printf 'b\\na\\n' | sort; (true); echo done"),
+        &trace,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\ndone\n");

@@ -6,7 +6,13 @@
 //!
 //! The C entry points are the release library's (`preload/src/c_abi.rs`), over the tracker.
 //!
-//! May touch: `allocscope_tracker`'s C-ABI functions, `libc` (errno, page size).
+//! A program that ends with `_exit` (a forked child, many shells' children) or becomes another
+//! with `exec*` runs no exit hook: this library's `_exit`, `_Exit`, `execve`, `execv`, `execvp`,
+//! `execvpe` and `fexecve` end the trace first (`before_exit_or_exec`), then do what libc's do.
+//! (The variadic `execl*` are not wrapped: stable Rust cannot define a variadic function.)
+//!
+//! May touch: `allocscope_tracker`'s C-ABI functions, `libc` (errno, page size, dlsym, the
+//! exit_group system call).
 
 #![allow(clippy::missing_safety_doc)] // the C ABI's contracts are C's: see each function.
 
@@ -39,3 +45,69 @@ mod backend {
 }
 
 c_abi!();
+
+/// `_exit`, `_Exit` and the `exec*` that take an argument vector: the trace ended first.
+mod ending {
+    use core::ffi::{c_char, c_int, c_void, CStr};
+
+    type Argv = *const *const c_char;
+
+    /// The next definition of `name` after this library's (libc's).
+    fn next(name: &CStr) -> *mut c_void {
+        // SAFETY: `name` is NUL-terminated; RTLD_NEXT looks in the libraries after this one.
+        unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
+    }
+
+    /// ENOSYS for an entry libc turned out not to have (so the caller sees a failed exec).
+    fn missing() -> c_int {
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        -1
+    }
+
+    /// Ends the process as libc's `_exit` does (all its threads, no exit hook).
+    fn exit_group(status: c_int) -> ! {
+        allocscope_tracker::before_exit_or_exec();
+        loop {
+            // SAFETY: exit_group takes a status and does not return.
+            unsafe { libc::syscall(libc::SYS_exit_group, status) };
+        }
+    }
+
+    #[no_mangle]
+    pub extern "C" fn _exit(status: c_int) -> ! {
+        exit_group(status)
+    }
+
+    #[no_mangle]
+    pub extern "C" fn _Exit(status: c_int) -> ! {
+        exit_group(status)
+    }
+
+    macro_rules! exec_with {
+        ($name:ident, $sym:literal, ($($arg:ident: $ty:ty),*)) => {
+            /// libc's, with the trace ended first.
+            ///
+            /// # Safety
+            /// As for libc's.
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+                allocscope_tracker::before_exit_or_exec();
+                let f = next($sym);
+                if f.is_null() {
+                    return missing();
+                }
+                // SAFETY: `f` is libc's definition of this very function, of this signature.
+                let f: unsafe extern "C" fn($($ty),*) -> c_int = unsafe { core::mem::transmute(f) };
+                // SAFETY: the caller's contract is libc's.
+                unsafe { f($($arg),*) }
+            }
+        };
+    }
+
+    exec_with!(execve, c"execve", (path: *const c_char, argv: Argv, envp: Argv));
+    exec_with!(execv, c"execv", (path: *const c_char, argv: Argv));
+    exec_with!(execvp, c"execvp", (file: *const c_char, argv: Argv));
+    exec_with!(execvpe, c"execvpe", (file: *const c_char, argv: Argv, envp: Argv));
+    exec_with!(fexecve, c"fexecve", (fd: c_int, argv: Argv, envp: Argv));
+}

@@ -124,6 +124,13 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     unsafe { GLOBAL.reallocate(ptr, None, new_size, align) }
 }
 
+/// For the preload library's `_exit` and `exec*`: ends the process-wide tracker's trace first
+/// (see [`Tracker::finish_trace_before_exit_or_exec`]), so that a program ending either way
+/// leaves its whole trace.
+pub fn before_exit_or_exec() {
+    GLOBAL.finish_trace_before_exit_or_exec();
+}
+
 /// `malloc_usable_size` for the preload library: the requested size of a live block (the
 /// tracker never lets a program use the slack), 0 for anything else.
 #[inline]

@@ -81,6 +81,9 @@ pub(crate) struct Stream {
     /// re-entrancy flag was set — the thread library's start-up, glibc's TLS-destructor node —
     /// is the tracker's, not the program's: the leak check skips it ([`Stream::writer_thread`]).
     writer_thread: AtomicU32,
+    /// The process the writer runs in: a `vfork` child shares this memory (and this writer)
+    /// with its parent, but not the trace.
+    pid: u32,
 }
 
 /// A thread's buffer of events for one stream.
@@ -147,6 +150,7 @@ impl Stream {
             finished: AtomicBool::new(false),
             writer: Mutex::new(None),
             writer_thread: AtomicU32::new(0),
+            pid: std::process::id(),
         }));
         let start = TraceStart {
             pid: std::process::id(),
@@ -325,6 +329,15 @@ impl Stream {
         self.flush_current_thread(local);
         let (tx, rx) = bounded(1);
         self.ctl_tx.send(Control::Flush(tx)).is_ok() && rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// [`Stream::finish`] for a process about to end without running its exit hooks (`_exit`)
+    /// or to become another program (`exec`): only in the process whose writer this is — a
+    /// `vfork` child runs in its parent's memory, and this stream is the parent's.
+    pub(crate) fn finish_in_own_process(&'static self, local: Option<&Local>, timeout: Duration) {
+        if std::process::id() == self.pid {
+            self.finish(local, timeout);
+        }
     }
 
     /// Writes everything queued, the end marker, and stops the writer (process exit).

@@ -1874,6 +1874,23 @@ impl<A: GlobalAlloc> Tracker<A> {
             .unwrap_or(false)
     }
 
+    /// Ends the trace as [`Tracker::finish_trace`] does, for a process that is about to end
+    /// without its exit hooks (`_exit`) or to exec another program, which the preload library
+    /// calls first: the calling thread's events and everything queued are written, and the end
+    /// marker. Nothing happens in a `vfork` child (the trace is its parent's) nor in a `fork`
+    /// child (its copy of the stream has no writer). A failed exec goes on untraced.
+    pub fn finish_trace_before_exit_or_exec(&self) {
+        // A process that never allocated has no trace to end (and needs no tracker now).
+        if self.ready().is_none() {
+            return;
+        }
+        self.with_state(|s, l| {
+            if let Some(st) = s.stream() {
+                st.finish_in_own_process(l, Duration::from_secs(2));
+            }
+        });
+    }
+
     /// Ends the trace now (what exit does): writes everything, the end marker, and stops the
     /// writer. Later events are not recorded.
     pub fn finish_trace(&self) {
