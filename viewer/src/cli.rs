@@ -130,15 +130,29 @@ pub struct RangeArgs {
 }
 
 impl RangeArgs {
-    fn load_options(self) -> LoadOptions {
+    fn load_options(self) -> Result<LoadOptions, CliError> {
+        for (name, value) in [("--from-ms", self.from_ms), ("--to-ms", self.to_ms)] {
+            if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return Err(CliError(format!(
+                    "{name} must be a time in milliseconds from the trace's start (0 or more)"
+                )));
+            }
+        }
+        if let (Some(from), Some(to)) = (self.from_ms, self.to_ms) {
+            if from > to {
+                return Err(CliError(format!(
+                    "--from-ms {from} is after --to-ms {to}: give the earlier time first"
+                )));
+            }
+        }
         let range = (self.from_ms.is_some() || self.to_ms.is_some()).then(|| TimeRange {
             start_ns: self.from_ms.map_or(0, ms_to_ns),
             end_ns: self.to_ms.map_or(u64::MAX, ms_to_ns),
         });
-        LoadOptions {
+        Ok(LoadOptions {
             range,
             ..LoadOptions::default()
-        }
+        })
     }
 }
 
@@ -239,7 +253,7 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
                     ))
                 }
             };
-            crate::app::run(source, tab, range.load_options().range).map_err(CliError)?;
+            crate::app::run(source, tab, range.load_options()?.range).map_err(CliError)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Flamegraph {
@@ -332,7 +346,7 @@ fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
 }
 
 fn load_symbolized(file: &Path, range: RangeArgs) -> Result<(Profile, Symbolizer), CliError> {
-    let profile = load(file, range.load_options())?;
+    let profile = load(file, range.load_options()?)?;
     let symbols = Symbolizer::new(&profile.modules);
     Ok((profile, symbols))
 }

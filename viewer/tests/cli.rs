@@ -263,6 +263,18 @@ fn bad_input_is_one_line_and_status_two() {
             assert!(!stderr.contains("panicked"));
         }
     }
+    // A time range given backwards, or a time before the trace's start, is refused by name.
+    let trace = recorded_trace().to_str().unwrap();
+    for (range, words) in [
+        (&["--from-ms", "5", "--to-ms", "1"][..], "is after --to-ms"),
+        (&["--from-ms=-3", "--to-ms=1"][..], "--from-ms must be"),
+    ] {
+        let out = allocscope(&[&["report", trace][..], range].concat());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{range:?}: {stderr}");
+        assert!(stderr.contains(words), "{range:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
 }
 
 #[test]
