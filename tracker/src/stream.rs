@@ -63,6 +63,9 @@ enum Control {
 /// Produces a heap snapshot at the given trace time (supplied by the tracker's state).
 pub(crate) type SnapshotFn = Box<dyn FnMut(u64) -> HeapSnapshot + Send>;
 
+/// A thread's buffer is sent once its oldest event is this old (100 ms), full or not.
+const BATCH_AGE_NS: u64 = 100_000_000;
+
 /// One tracker's connection to its writer thread.
 pub(crate) struct Stream {
     data_tx: Sender<Batch>,
@@ -224,8 +227,16 @@ impl Stream {
             });
         }
         if let Some(buffer) = slot.as_mut() {
+            let time = event.time_ns();
             buffer.events.push(event);
-            if buffer.events.len() >= self.batch_events {
+            // Full, or holding events older than `BATCH_AGE_NS`: a thread that allocates
+            // slowly is seen (by a live viewer, in a trace cut short) within that time, not
+            // only once it has filled a batch. (An idle thread's last events wait for its next
+            // event or its exit: no other thread may take its buffer.)
+            let oldest = buffer.events.first().map_or(time, Event::time_ns);
+            if buffer.events.len() >= self.batch_events
+                || time.saturating_sub(oldest) >= BATCH_AGE_NS
+            {
                 buffer.send();
             }
         }

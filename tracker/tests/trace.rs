@@ -310,3 +310,57 @@ fn a_viewer_attaches_to_the_socket() {
         assert!(seen.contains(&a), "alloc of {a:#x} reached the viewer");
     }
 }
+
+/// A thread that allocates slowly is seen in the trace within the batch age (100 ms), not only
+/// once it has filled a batch of 4096 events: what a live viewer and a trace cut short show.
+#[test]
+fn a_slow_threads_events_reach_the_trace_without_a_full_batch() {
+    let path = temp_path("slow.trace");
+    let t = Tracker::with_options(Allocscope::new(), tracing_options(&path));
+    let (a, b) = (
+        Layout::from_size_align(4321, 8).unwrap(),
+        Layout::from_size_align(4322, 8).unwrap(),
+    );
+    // SAFETY: (test) valid layouts; both blocks freed below.
+    let (p, q) = unsafe {
+        let p = t.alloc(a);
+        std::thread::sleep(Duration::from_millis(150));
+        (p, t.alloc(b))
+    };
+    // The writer writes and flushes what it was sent within its 20 ms tick.
+    let mut seen = 0;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(20));
+        let trace = read_trace_file(&path).unwrap();
+        seen = trace
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Batch(batch) => Some(&batch.events),
+                _ => None,
+            })
+            .flatten()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Alloc {
+                        size: 4321 | 4322,
+                        ..
+                    }
+                )
+            })
+            .count();
+        if seen == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, 2,
+        "both allocations in the trace while the program runs"
+    );
+    // SAFETY: (test) allocated above with these layouts.
+    unsafe {
+        t.dealloc(p, a);
+        t.dealloc(q, b);
+    }
+}
