@@ -208,6 +208,44 @@ fn children_forked_while_threads_allocate_do_not_hang() {
     }
 }
 
+/// A child forked from a multithreaded program judges the blocks of its own threads only:
+/// another thread of the parent may hold its newest block where no memory of the child keeps
+/// it (a register), and the child's exit-time check named such blocks leaks. The child's own
+/// leak and the forking thread's still are reported, with and without sampled stacks.
+#[test]
+fn a_forked_childs_leak_check_leaves_the_parents_other_threads_out() {
+    let lib = library().with_file_name("liballocscope_debug.so");
+    let exe = compile_c("fork_leaks", &["-pthread"]);
+    for options in ["", "sample=1"] {
+        let out = Command::new(&exe)
+            .env("LD_PRELOAD", &lib)
+            .env("ALLOCSCOPE_OPTIONS", options)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let what = format!("fork_leaks with ALLOCSCOPE_OPTIONS={options:?}:\n{stderr}");
+        assert!(out.status.success() && stdout == "child 0\nok\n", "{what}");
+        let leaks: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("memory-leak: Direct leak of"))
+            .collect();
+        assert_eq!(leaks.len(), 2, "{what}");
+        for size in ["222 byte(s)", "333 byte(s)"] {
+            assert!(
+                leaks.iter().any(|l| l.contains(size)),
+                "{size} missing: {what}"
+            );
+        }
+        assert!(
+            stderr.contains("leaves out 111 byte(s) in 1 allocation(s) of the threads the parent"),
+            "{what}"
+        );
+    }
+}
+
 /// `malloc` keeps C's 16-byte alignment under both libraries, with the instrumented one's
 /// guard pages on every block and with red zones of sizes that are not multiples of 16 (the
 /// debug library once asked the tracker for 8, and guarded or red-zoned blocks came out

@@ -13,8 +13,13 @@
 //! ourselves. (The report log's mutex is not among them: a report being logged by another thread
 //! at the fork leaves the child unable to log one; the child's reports are still printed.)
 //!
+//! The child also notes which threads were the parent's: their blocks are no leaks of the
+//! child's ([`crate::thread_state::forked_child`]). A thread that was allocating when the fork
+//! came may hold its newest block in a register alone, which no memory of the child keeps, so
+//! the child's exit-time leak check found it unreachable: a false leak per busy thread.
+//!
 //! May touch: [`crate::state`], [`crate::block_table`], [`crate::quarantine`],
-//! [`crate::guard`], [`crate::stacks`].
+//! [`crate::guard`], [`crate::stacks`], [`crate::thread_state`].
 
 use core::ptr::null_mut;
 
@@ -29,7 +34,7 @@ pub(crate) fn install() {
     // themselves, so only the thread that flips the flag registers.
     if !REGISTERED.swap(true, Ordering::Relaxed) {
         // SAFETY: the three handlers are `extern "C" fn()`s that never unwind.
-        unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after)) };
+        unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after_in_child)) };
     }
 }
 
@@ -79,7 +84,13 @@ extern "C" fn prepare() {
     crate::stacks::hold_for_fork();
 }
 
-/// After the fork, in the parent and in the child.
+/// After the fork, in the child: the locks, and which threads are the parent's.
+extern "C" fn after_in_child() {
+    after();
+    crate::thread_state::forked_child();
+}
+
+/// After the fork, in the parent (and in the child, first).
 extern "C" fn after() {
     // SAFETY: `prepare` took the stack table's lock on this thread (the child's only thread is
     // the one that forked).

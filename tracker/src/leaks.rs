@@ -52,9 +52,17 @@ struct Candidate {
 /// `caller_sp` is a stack address in the frame that asked for the check: the current thread's
 /// stack counts as a root only from there up, since the frames below it (the check's own, and
 /// the stale leftovers of earlier calls into the allocator) hold copies of block addresses.
-pub(crate) fn find(state: &State, mode: LeakCheck, caller_sp: usize) -> Vec<LeakGroup> {
+///
+/// Also returns the live blocks (count, bytes) it did not judge: in a process made by `fork`,
+/// those of the parent's other threads, which did not come along (see [`crate::fork`]).
+pub(crate) fn find(
+    state: &State,
+    mode: LeakCheck,
+    caller_sp: usize,
+) -> (Vec<LeakGroup>, (usize, usize)) {
+    let mut left_behind = (0, 0);
     if mode == LeakCheck::Off {
-        return Vec::new();
+        return (Vec::new(), left_behind);
     }
     let mut entries: MappedVec<(usize, BlockInfo)> = MappedVec::new();
     state.table.for_each(&mut |key, info| {
@@ -75,6 +83,10 @@ pub(crate) fn find(state: &State, mode: LeakCheck, caller_sp: usize) -> Vec<Leak
             && !i.is_internal()
             && (writer == 0 || i.alloc_thread != writer)
         {
+            if crate::thread_state::left_behind_at_fork(i.alloc_thread) {
+                left_behind = (left_behind.0 + 1, left_behind.1 + i.size);
+                continue;
+            }
             candidates.push(Candidate {
                 start,
                 size: i.size,
@@ -100,7 +112,7 @@ pub(crate) fn find(state: &State, mode: LeakCheck, caller_sp: usize) -> Vec<Leak
         mark_reachable(candidates.as_mut_slice(), excluded.as_slice(), &roots);
         mark_indirect(candidates.as_mut_slice());
     }
-    group(state, candidates.as_slice())
+    (group(state, candidates.as_slice()), left_behind)
 }
 
 /// Sorted, merged address ranges that are not roots: the tracker's mappings, its internal

@@ -18,7 +18,7 @@ use crate::guard::GuardPool;
 use crate::leaks;
 use crate::options::{GuardRate, LeakCheck, Options, Unwinder};
 use crate::quarantine::Quarantine;
-use crate::report::{print_raw, Detection, Facts, Report};
+use crate::report::{print_line, print_raw, Detection, Facts, Report};
 use crate::snapshot::{self, TrackerFigures};
 use crate::stacks;
 use crate::stream::Stream;
@@ -388,7 +388,9 @@ impl State {
         caller_sp: usize,
     ) -> Vec<Report> {
         let before = self.log_len();
-        for group in leaks::find(self, mode, caller_sp) {
+        let (groups, (blocks, bytes)) = leaks::find(self, mode, caller_sp);
+        let any = !groups.is_empty();
+        for group in groups {
             let mut f = Facts::new(
                 ReportKind::MemoryLeak,
                 Detection::LeakCheck {
@@ -401,6 +403,15 @@ impl State {
             f.alloc_stack = group.stack;
             f.leaked = Some((group.blocks, group.bytes));
             self.raise(f, local);
+        }
+        // Said only beside leaks of this process's own, not at every child's exit: they are
+        // the parent's blocks, which its own check judges.
+        if blocks > 0 && any && self.options.print_reports {
+            print_line(&format!(
+                "allocscope: the leak check leaves out {bytes} byte(s) in {blocks} allocation(s) \
+                 of the threads the parent process had when it forked this one (they do not \
+                 run here)"
+            ));
         }
         self.reports_since(before)
     }

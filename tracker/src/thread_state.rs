@@ -194,6 +194,34 @@ pub(crate) fn hot() -> Option<*const Hot> {
 /// Next thread id to hand out (0 = not assigned yet). Relaxed: ids only need to be unique.
 static NEXT_TID: AtomicU32 = AtomicU32::new(1);
 
+/// In a process made by `fork`: thread ids below this one were handed out before the fork,
+/// and but for [`FORKER`] their threads are the parent's, which do not run here (0: not
+/// forked). Ids are never reused, so an id at or above it is a thread of this process.
+/// Relaxed, like [`FORKER`]: both are written by the child's only thread inside `fork`,
+/// before it can start another, and read by the leak check of that process.
+static FORK_BOUND: AtomicU32 = AtomicU32::new(0);
+/// The id of the thread that called `fork` (0: it had none).
+static FORKER: AtomicU32 = AtomicU32::new(0);
+
+/// In the child of a `fork`, on its only thread: the threads the parent had are gone.
+#[cfg(unix)]
+pub(crate) fn forked_child() {
+    // Relaxed: see `FORK_BOUND`.
+    FORK_BOUND.store(NEXT_TID.load(Ordering::Relaxed), Ordering::Relaxed);
+    FORKER.store(
+        HOT.try_with(|h| h.tid.get()).unwrap_or(0),
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether thread id `tid` was a thread of the parent process that did not come along into
+/// this one at a `fork` (the thread that forked did; 0, an unknown thread, is not judged).
+pub(crate) fn left_behind_at_fork(tid: u32) -> bool {
+    // Relaxed: see `FORK_BOUND`.
+    let bound = FORK_BOUND.load(Ordering::Relaxed);
+    tid != 0 && tid < bound && tid != FORKER.load(Ordering::Relaxed)
+}
+
 /// Marks the current thread as inside the tracker until dropped.
 pub(crate) struct Busy {
     previous: bool,
