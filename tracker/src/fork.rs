@@ -6,12 +6,13 @@
 //! finish their short critical sections) and both processes release them after it, so the
 //! child starts with each lock free and the data under it whole.
 //!
-//! Order: per registered state the block table's walk lock (a walk takes the others while it
-//! holds it), the quarantine's ring, the guard pool's free list, then the cold table's shards;
-//! the stack table's lock last (interning happens under none of the others). Released in the
-//! reverse order. Holders never allocate and never fork, so taking them all cannot wait on
-//! ourselves. (The report log's mutex is not among them: a report being logged by another thread
-//! at the fork leaves the child unable to log one; the child's reports are still printed.)
+//! Order: the symbolizer's lock (a report renders its stacks under it, which allocates), then
+//! per registered state the report log (its holder allocates the log's memory, which
+//! may take the others), the block table's walk lock (a walk takes the others while it holds
+//! it), the quarantine's ring, the guard pool's free list, then the cold table's shards; the
+//! stack table's lock last (interning happens under none of the others). Released in the
+//! reverse order. Holders never fork, and only the first two allocate (which takes none but
+//! later locks of this list), so taking them all in this order cannot wait on ourselves.
 //!
 //! The child also notes which threads were the parent's: their blocks are no leaks of the
 //! child's ([`crate::thread_state::forked_child`]). A thread that was allocating when the fork
@@ -39,6 +40,8 @@ pub(crate) fn install() {
 }
 
 fn hold(state: &State) {
+    // First: a thread logging a report may still take the others (its Vec's memory).
+    state.hold_log_for_fork();
     state.table.hold_for_fork();
     if let Some(q) = &state.quarantine {
         q.hold_for_fork();
@@ -60,6 +63,7 @@ unsafe fn release(state: &State) {
             q.release_after_fork();
         }
         state.table.release_after_fork();
+        state.release_log_after_fork();
     }
 }
 
@@ -72,6 +76,7 @@ static HELD: [AtomicPtr<State>; MAX_HELD] = [const { AtomicPtr::new(null_mut()) 
 
 /// Before the fork, in the parent.
 extern "C" fn prepare() {
+    crate::symbolize::hold_for_fork();
     let mut n = 0;
     for_each_state(|s| {
         if n < MAX_HELD {
@@ -104,4 +109,6 @@ extern "C" fn after() {
             unsafe { release(&*p) };
         }
     }
+    // SAFETY: `prepare` took it on this thread, first.
+    unsafe { crate::symbolize::release_after_fork() };
 }

@@ -7,7 +7,7 @@
 //! [`crate::report`]. Never the inner allocator: freeing memory is the tracker's job
 //! ([`crate::tracker`]).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use allocscope_core::sync::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
@@ -20,6 +20,7 @@ use crate::options::{GuardRate, LeakCheck, Options, Unwinder};
 use crate::quarantine::Quarantine;
 use crate::report::{print_line, print_raw, Detection, Facts, Report};
 use crate::snapshot::{self, TrackerFigures};
+use crate::spin::SpinLock;
 use crate::stacks;
 use crate::stream::Stream;
 use crate::thread_state::{thread_id, with_hot, Local};
@@ -118,7 +119,7 @@ pub(crate) struct State {
     pub(crate) guard: Option<GuardPool>,
     pub(crate) quarantine: Option<Quarantine>,
     stream: OnceLock<&'static Stream>,
-    log: Mutex<Vec<Report>>,
+    log: SpinLock<Vec<Report>>,
     /// Reports raised, per kind (ReportKind::ALL order). Relaxed: statistics.
     counts: [AtomicU64; 7],
     /// Set once the exit hook ran for this state.
@@ -152,7 +153,7 @@ impl State {
             guard,
             quarantine,
             stream: OnceLock::new(),
-            log: Mutex::new(Vec::new()),
+            log: SpinLock::new(Vec::new()),
             counts: Default::default(),
             exited: AtomicBool::new(false),
         }));
@@ -274,7 +275,7 @@ impl State {
             stream.send_report(report.to_record(stream.now()));
         }
         {
-            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let mut log = self.log.lock();
             if log.len() >= LOG_LIMIT {
                 log.remove(0);
             }
@@ -416,12 +417,30 @@ impl State {
         self.reports_since(before)
     }
 
+    /// Takes the report log's lock for `fork` ([`crate::fork`]): a report being logged by
+    /// another thread at the fork would leave it held in the child for good.
+    #[cfg(unix)]
+    pub(crate) fn hold_log_for_fork(&self) {
+        self.log.hold();
+    }
+
+    /// Releases the lock [`State::hold_log_for_fork`] took.
+    ///
+    /// # Safety
+    /// This thread (or, in the child, the thread that forked) took it there, and releases it
+    /// once.
+    #[cfg(unix)]
+    pub(crate) unsafe fn release_log_after_fork(&self) {
+        // SAFETY: the caller's contract.
+        unsafe { self.log.release_held() };
+    }
+
     fn log_len(&self) -> usize {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.log.lock().len()
     }
 
     fn reports_since(&self, before: usize) -> Vec<Report> {
-        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let log = self.log.lock();
         log.get(before.min(log.len())..)
             .map(<[Report]>::to_vec)
             .unwrap_or_default()
@@ -429,7 +448,7 @@ impl State {
 
     /// Takes the reports logged so far.
     pub(crate) fn take_reports(&self) -> Vec<Report> {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.log.lock())
     }
 
     /// Reports raised so far of `kind` (including ones no longer in the log).
