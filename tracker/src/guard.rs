@@ -868,6 +868,7 @@ mod tests {
 
     /// Whether the byte at `addr` can be read, asked of the kernel (a write from it into a
     /// pipe fails with EFAULT where it cannot) instead of by faulting.
+    #[cfg(unix)]
     fn readable(addr: usize) -> bool {
         let mut fds = [0; 2];
         // SAFETY: pipe fills two descriptors, closed below; write reads one byte at `addr`
@@ -881,6 +882,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     #[test]
     fn slots_are_prepared_as_the_sweep_reaches_them_and_guard_alike() {
         for pool in pools(100, 64, 0.0) {

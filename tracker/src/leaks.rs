@@ -348,10 +348,27 @@ fn suppressed(id: u32, patterns: &[String]) -> bool {
 /// allocator metadata or freed memory, whose stale pointers would hide leaks.
 fn roots(caller_sp: usize, heap_marks: &[usize]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
+    for_each_writable_mapping(&mut |mut start, end| {
+        if caller_sp >= start && caller_sp < end {
+            start = caller_sp & !7;
+        } else {
+            let i = heap_marks.partition_point(|&m| m < start);
+            if heap_marks.get(i).is_some_and(|&m| m < end) {
+                return;
+            }
+        }
+        out.push((start, end));
+    });
+    out.extend(tls_blocks());
+    out
+}
+
+/// Calls `f(start, end)` for every readable and writable mapping `/proc/self/maps` lists
+/// (but the kernel's vvar and vsyscall pages); nothing when it cannot be read.
+#[cfg(unix)]
+fn for_each_writable_mapping(f: &mut dyn FnMut(usize, usize)) {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        #[cfg(windows)]
-        crate::windows::no_leak_roots();
-        return out;
+        return;
     };
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
@@ -368,22 +385,21 @@ fn roots(caller_sp: usize, heap_marks: &[usize]) -> Vec<(usize, usize)> {
         let Some((s, e)) = range.split_once('-') else {
             continue;
         };
-        let (Ok(mut start), Ok(end)) = (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16))
-        else {
-            continue;
-        };
-        if caller_sp >= start && caller_sp < end {
-            start = caller_sp & !7;
-        } else {
-            let i = heap_marks.partition_point(|&m| m < start);
-            if heap_marks.get(i).is_some_and(|&m| m < end) {
-                continue;
-            }
+        if let (Ok(start), Ok(end)) = (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16)) {
+            f(start, end);
         }
-        out.push((start, end));
     }
-    out.extend(tls_blocks());
-    out
+}
+
+/// The same from `VirtualQuery`, less the core heap's arenas (an arena is many regions, some
+/// of them free pages that no heap mark falls in: their stale pointers would hide leaks).
+#[cfg(windows)]
+fn for_each_writable_mapping(f: &mut dyn FnMut(usize, usize)) {
+    crate::windows::for_each_writable_region(&mut |start, end| {
+        if !allocscope_core::heap::in_arena(start) {
+            f(start, end);
+        }
+    });
 }
 
 /// This thread's TLS blocks (the main thread's may live in memory that also holds heap
@@ -461,11 +477,16 @@ fn read_words(addr: usize, len: usize, buf: &mut [usize]) -> Option<&[usize]> {
             };
             Some(&buf[..words])
         }
-        // Windows: no process_vm_readv, and no roots (see `roots`): only heap blocks are read.
+        // Windows: ReadProcessMemory on our own process, which checks the range as
+        // process_vm_readv does.
         #[cfg(windows)]
         _ => {
-            READ_MODE.store(2, Ordering::Relaxed);
-            read_words(addr, len, buf)
+            let bytes = words * 8;
+            // SAFETY: `buf` holds at least `words` usizes (the caller's chunk); viewed as
+            // bytes for the copy, which writes plain data.
+            let raw = unsafe { core::slice::from_raw_parts_mut(buf.as_mut_ptr().cast(), bytes) };
+            let n = crate::windows::read_own_memory(addr, raw) / 8;
+            (n > 0).then(|| &buf[..n])
         }
         #[cfg(unix)]
         mode => {

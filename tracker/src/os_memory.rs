@@ -372,7 +372,7 @@ impl<T: Copy> MappedVec<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

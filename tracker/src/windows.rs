@@ -5,20 +5,28 @@
 //! - guard pages still trap, but their faults are not explained (no exception handler yet): a
 //!   guarded overflow or use-after-free ends the process with an access violation, no report;
 //! - live streaming to a socket (`socket=`) is refused with an error (trace files work);
-//! - the reachability leak check has no map of the address space (no `/proc/self/maps`), so it
-//!   finds no roots and reports every live block;
+//! - the reachability leak check takes its roots from `VirtualQuery` (every committed writable
+//!   region but the heap's) and reads memory with `ReadProcessMemory`, as it reads
+//!   `/proc/self/maps` and uses `process_vm_readv` on Linux; this thread's TLS is in those
+//!   regions (the TEB and the process heap), not found apart;
 //! - threads are announced without their names.
 //!
 //! `crate::fault` is this module on Windows (see lib.rs), hence [`install`].
 //!
-//! May touch: `windows-sys` (performance counter, thread id), [`crate::report::print_raw`].
+//! May touch: `windows-sys` (performance counter, thread id, memory queries),
+//! [`crate::report::print_raw`].
 
 use std::io;
 use std::time::Duration;
 
 use allocscope_core::sync::{AtomicBool, Ordering};
+use windows_sys::Win32::System::Diagnostics::Debug::ReadProcessMemory;
+use windows_sys::Win32::System::Memory::{
+    VirtualQuery, MEMORY_BASIC_INFORMATION, MEM_COMMIT, PAGE_EXECUTE_READWRITE,
+    PAGE_EXECUTE_WRITECOPY, PAGE_GUARD, PAGE_NOACCESS, PAGE_READWRITE, PAGE_WRITECOPY,
+};
 use windows_sys::Win32::System::Performance::{QueryPerformanceCounter, QueryPerformanceFrequency};
-use windows_sys::Win32::System::Threading::GetCurrentThreadId;
+use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetCurrentThreadId};
 
 /// Nanoseconds of the performance counter (monotonic; no allocation, no lock).
 pub(crate) fn monotonic_ns() -> u64 {
@@ -59,14 +67,58 @@ pub(crate) fn install() {
     );
 }
 
-/// Called when the leak check finds no map of the address space.
-pub(crate) fn no_leak_roots() {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    notice_once(
-        &SAID,
-        "allocscope: the reachability leak check is not supported on Windows (no map of the \
-         address space): every live block is reported\n",
-    );
+/// Calls `f(start, end)` for every committed region of the address space a program could have
+/// written a pointer into (read-write or copy-on-write, no guard or no-access modifier): the
+/// leak check's roots before it leaves out the heap's own (see `crate::leaks::roots`).
+/// `VirtualQuery` walks the regions in address order from 0 to the top of user space.
+pub(crate) fn for_each_writable_region(f: &mut dyn FnMut(usize, usize)) {
+    const WRITABLE: u32 =
+        PAGE_READWRITE | PAGE_WRITECOPY | PAGE_EXECUTE_READWRITE | PAGE_EXECUTE_WRITECOPY;
+    let mut at = 0usize;
+    loop {
+        // SAFETY: MEMORY_BASIC_INFORMATION is plain data that VirtualQuery fills.
+        let mut info: MEMORY_BASIC_INFORMATION = unsafe { core::mem::zeroed() };
+        let size = core::mem::size_of::<MEMORY_BASIC_INFORMATION>();
+        // SAFETY: VirtualQuery reads no memory of ours but writes `info` through a valid
+        // pointer of `size` bytes; any address may be asked about.
+        if unsafe { VirtualQuery(at as *const _, &mut info, size) } < size {
+            return;
+        }
+        let (base, len) = (info.BaseAddress as usize, info.RegionSize);
+        if info.State == MEM_COMMIT
+            && info.Protect & WRITABLE != 0
+            && info.Protect & (PAGE_GUARD | PAGE_NOACCESS) == 0
+        {
+            f(base, base + len);
+        }
+        match base.checked_add(len) {
+            Some(next) if next > at => at = next,
+            _ => return,
+        }
+    }
+}
+
+/// Copies `buf.len()` bytes from `addr` in our own address space, as `process_vm_readv` does on
+/// Linux: a range that is not readable (freed meanwhile, a guard page) gives what came before
+/// it, instead of a fault. The number of bytes copied.
+pub(crate) fn read_own_memory(addr: usize, buf: &mut [u8]) -> usize {
+    let mut copied = 0usize;
+    // SAFETY: the kernel copies from our own process into `buf` (valid for its length),
+    // checking the source range itself; `copied` is a valid out-pointer.
+    let ok = unsafe {
+        ReadProcessMemory(
+            GetCurrentProcess(),
+            addr as *const _,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut copied,
+        )
+    };
+    if ok != 0 {
+        buf.len()
+    } else {
+        copied.min(buf.len())
+    }
 }
 
 /// The error for `socket=`.

@@ -176,6 +176,7 @@ fn double_free(t: &Tracker<Allocscope>) {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "under Wine the innermost frame is missing (open)")]
 fn double_free_is_reported_and_ignored() {
     // Default options apart from quietness: the table catches it without a quarantine.
     let t = tracker(
@@ -413,6 +414,7 @@ fn child(name: &str) -> Option<(std::process::ExitStatus, String)> {
     ))
 }
 
+#[cfg(unix)]
 fn assert_killed_by_segv(status: &std::process::ExitStatus, stderr: &str) {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
@@ -422,11 +424,13 @@ fn assert_killed_by_segv(status: &std::process::ExitStatus, stderr: &str) {
     );
 }
 
+#[cfg(unix)]
 fn libc_sigsegv() -> i32 {
     11
 }
 
 #[inline(never)]
+#[cfg(unix)]
 fn read_after_free(t: &Tracker<Allocscope>) -> u8 {
     // SAFETY: (test) none: this read faults, which is the point.
     unsafe {
@@ -437,6 +441,7 @@ fn read_after_free(t: &Tracker<Allocscope>) -> u8 {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn use_after_free_read_faults_under_guard_pages() {
     let Some((status, stderr)) = child("use_after_free_read_faults_under_guard_pages") else {
@@ -464,6 +469,7 @@ fn use_after_free_read_faults_under_guard_pages() {
 }
 
 #[inline(never)]
+#[cfg(unix)]
 fn far_overflow(t: &Tracker<Allocscope>) {
     // SAFETY: (test) none: this write faults in the guard page after the block.
     unsafe {
@@ -472,6 +478,7 @@ fn far_overflow(t: &Tracker<Allocscope>) {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn far_overflow_faults_in_the_guard_page() {
     let Some((status, stderr)) = child("far_overflow_faults_in_the_guard_page") else {
@@ -499,6 +506,7 @@ fn far_overflow_faults_in_the_guard_page() {
 }
 
 #[inline(never)]
+#[cfg(unix)]
 fn underflow_into_guard(t: &Tracker<Allocscope>) {
     // SAFETY: (test) none: this write faults in the guard page before the block.
     unsafe {
@@ -507,6 +515,7 @@ fn underflow_into_guard(t: &Tracker<Allocscope>) {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn underflow_faults_when_left_aligned() {
     let Some((status, stderr)) = child("underflow_faults_when_left_aligned") else {
@@ -529,6 +538,7 @@ fn underflow_faults_when_left_aligned() {
     assert!(stderr.contains("underflow_into_guard"), "{stderr}");
 }
 
+#[cfg(unix)]
 #[test]
 fn halt_on_error_aborts_after_the_report() {
     let Some((status, stderr)) = child("halt_on_error_aborts_after_the_report") else {
@@ -740,6 +750,10 @@ fn resident_bytes() -> usize {
 /// (64 MiB here), of which only the canary's bytes before the block are filled and checked;
 /// an underflow into them is still caught.
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "alignments above half a segment are refused on Windows"
+)]
 fn a_hugely_aligned_block_fills_only_its_canary() {
     let t = tracker(quiet().canary_bytes(16).sample_bytes(0));
     let l = Layout::from_size_align(100, 64 << 20).unwrap();

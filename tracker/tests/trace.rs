@@ -248,6 +248,7 @@ fn a_killed_process_leaves_a_readable_trace() {
     assert!(events >= 10_000, "{events} events recovered");
 }
 
+#[cfg(unix)]
 #[test]
 fn a_viewer_attaches_to_the_socket() {
     use std::os::unix::fs::PermissionsExt;
