@@ -9,7 +9,9 @@
 //!   region but the heap's) and reads memory with `ReadProcessMemory`, as it reads
 //!   `/proc/self/maps` and uses `process_vm_readv` on Linux; this thread's TLS is in those
 //!   regions (the TEB and the process heap), not found apart;
-//! - threads are announced without their names.
+//! - threads are announced without their names;
+//! - reports name functions but give no file:line (`backtrace` resolves through dbghelp on
+//!   windows-gnu, which reads no DWARF).
 //!
 //! `crate::fault` is this module on Windows (see lib.rs), hence [`install`].
 //!

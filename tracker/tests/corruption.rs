@@ -173,10 +173,12 @@ fn double_free(t: &Tracker<Allocscope>) {
         t.dealloc(p, layout(40));
         t.dealloc(p, layout(40));
     }
+    // Not a tail call: the second free's stack keeps this frame (on x86-64 Windows the call
+    // became a jump, and the report's stacks started at the test).
+    std::hint::black_box(());
 }
 
 #[test]
-#[cfg_attr(windows, ignore = "under Wine the innermost frame is missing (open)")]
 fn double_free_is_reported_and_ignored() {
     // Default options apart from quietness: the table catches it without a quarantine.
     let t = tracker(
@@ -195,7 +197,7 @@ fn double_free_is_reported_and_ignored() {
     // What a freed block's record does not keep is not made up: no thread "T0" (ids start at
     // 1), no "0-byte region".
     assert!(!text.contains("T0 ") && !text.contains("T0:"), "{text}");
-    assert!(!text.contains("0-byte region"), "{text}");
+    assert!(!text.contains(" 0-byte region"), "{text}");
     // The heap is still sound: allocation goes on.
     // SAFETY: plain alloc/free.
     unsafe { t.dealloc(t.alloc(layout(40)), layout(40)) };
