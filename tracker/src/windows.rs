@@ -10,8 +10,8 @@
 //!   `/proc/self/maps` and uses `process_vm_readv` on Linux; this thread's TLS is in those
 //!   regions (the TEB and the process heap), not found apart;
 //! - threads are announced without their names;
-//! - reports name functions but give no file:line (`backtrace` resolves through dbghelp on
-//!   windows-gnu, which reads no DWARF).
+//! - under Wine, reports name the program's functions but give no file:line for them (seen
+//!   in the tracker's tests there; the cause is not investigated yet).
 //!
 //! `crate::fault` is this module on Windows (see lib.rs), hence [`install`].
 //!
