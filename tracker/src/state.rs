@@ -243,8 +243,9 @@ impl State {
         }
     }
 
-    /// The id of the current stack (captured with the options' unwinder and depth).
-    #[inline(never)]
+    /// The id of the current stack (captured with the options' unwinder and depth). Inline:
+    /// the capture itself is one never-inlined function ([`stacks::capture_id`]'s).
+    #[inline]
     pub(crate) fn stack_here(&self, local: Option<&Local>) -> u32 {
         stacks::capture_id(self.options.stack_depth, self.options.unwinder, local)
     }

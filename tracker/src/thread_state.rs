@@ -249,6 +249,19 @@ pub(crate) fn enter() -> Option<Busy> {
     .flatten()
 }
 
+/// Sets the flag for a caller that saw `hot`'s gate open, which implies the flag is clear (the
+/// gate is 0 while it is set): [`enter`] without its test, nor a second look-up of the hot
+/// thread-local. `hot` is the current thread's.
+#[inline(always)]
+pub(crate) fn enter_open(hot: &Hot) -> Busy {
+    debug_assert!(
+        !hot.busy.get(),
+        "the gate is open only while the flag is clear"
+    );
+    hot.set_busy(true);
+    Busy { previous: false }
+}
+
 /// Sets the flag whatever its state (exit hooks, signal handlers, the writer thread).
 pub(crate) fn enter_always() -> Busy {
     let previous = HOT

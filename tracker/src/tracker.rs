@@ -58,7 +58,9 @@ use crate::quarantine::{Held, Quarantine};
 use crate::report::{print_line, Detection, Facts, Report};
 use crate::shadow::{self, Found};
 use crate::state::{self, State, TrackerStats};
-use crate::thread_state::{enter, enter_always, hot, thread_id, with_local, Hot, Local};
+use crate::thread_state::{
+    enter, enter_always, enter_open, hot, thread_id, with_local, Hot, Local,
+};
 use crate::trace_format::{Event, ReportKind};
 
 const UNINIT: u32 = 0;
@@ -405,7 +407,8 @@ impl<A: GlobalAlloc> Tracker<A> {
         if tid == 0 || !fired || (counts_guard && guard_left <= 1) {
             return None;
         }
-        let busy = enter()?;
+        // The gate is open, so the flag is clear: set it without testing it again.
+        let busy = enter_open(hot);
         let p = with_local(|local| {
             let local = Some(local);
             // The countdown fired, so this draws the next interval and says yes.
@@ -744,7 +747,9 @@ impl<A: GlobalAlloc> Tracker<A> {
     /// `None` when the shadow does not serve it (a layout, thread or stack id it cannot hold,
     /// no state byte for the block), having changed nothing; null when out of memory. The byte
     /// is [`shadow`]'s `SAMPLED` when the free is to record its stack, else the layout's.
+    /// Inlined into both: the sampled short path has made most of its checks already.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn alloc_shadowed_tracked(
         &self,
         state: &'static State,
