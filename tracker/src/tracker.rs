@@ -1042,13 +1042,13 @@ impl<A: GlobalAlloc> Tracker<A> {
         let Some(slot) = shadow.slot(ptr as usize) else {
             return false;
         };
-        // SAFETY: `ptr` has a slot, so it is in an arena.
-        if !slot.is_sampled() || !unsafe { allocscope_core::heap::owned_here(ptr) } {
-            return false;
-        }
-        let Found::Live(info) = slot.find() else {
+        let Some(info) = slot.find_sampled() else {
             return false;
         };
+        // SAFETY: `ptr` has a slot, so it is in an arena.
+        if !unsafe { allocscope_core::heap::owned_here(ptr) } {
+            return false;
+        }
         if let Some((size, align)) = given.layout() {
             if size != info.size || align != info.align() {
                 return false;
@@ -1058,12 +1058,12 @@ impl<A: GlobalAlloc> Tracker<A> {
             return false;
         };
         // SAFETY: the current thread's hot state, used during this call on this thread.
-        if unsafe { &*hot }.gate() == 0 {
+        let hot = unsafe { &*hot };
+        if hot.gate() == 0 {
             return false;
         }
-        let Some(busy) = enter() else {
-            return false;
-        };
+        // The gate is open, so the flag is clear (as in `allocate_sampled`).
+        let busy = enter_open(hot);
         let Some(stack) = with_local(|local| state.stack_here(Some(local))) else {
             return false;
         };
