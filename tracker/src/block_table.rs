@@ -804,8 +804,9 @@ impl BlockTable {
     ///
     /// `flags` is the block's expected flag set (0, or [`flag::CANARY`] on the checked fast
     /// paths), part of the comparison and kept in the freed word; a block smaller than
-    /// `hold_below` bytes goes to state `QUARANTINED` (the caller hands it to the quarantine),
-    /// any other to `FREED` (0: no quarantine).
+    /// `hold_below` bytes and aligned to at most [`crate::quarantine::HELD_ALIGN_LOG2_MAX`]
+    /// goes to state `QUARANTINED` (the caller hands it to the quarantine), any other to `FREED`
+    /// (0: no quarantine).
     #[inline(always)]
     pub(crate) fn release_owned(
         &self,
@@ -852,7 +853,8 @@ impl BlockTable {
             return None;
         }
         let size = (w >> word::SIZE_SHIFT) as usize;
-        let to = if size < hold_below {
+        let align_log2 = ((w >> word::ALIGN_SHIFT) & 63) as u8;
+        let to = if size < hold_below && align_log2 <= crate::quarantine::HELD_ALIGN_LOG2_MAX {
             state::QUARANTINED
         } else {
             state::FREED
@@ -865,7 +867,7 @@ impl BlockTable {
         slot_word.store(freed, Ordering::Relaxed);
         self.count_at(slot, 0, size, -1);
         self.wait_for_walks_after_store();
-        Some((size, ((w >> word::ALIGN_SHIFT) & 63) as u8))
+        Some((size, align_log2))
     }
 
     #[inline]

@@ -54,7 +54,7 @@ use crate::block_table::{
 };
 use crate::canary;
 use crate::options::{GuardRate, LeakCheck, Options};
-use crate::quarantine::{Held, Quarantine};
+use crate::quarantine::{Held, Quarantine, HELD_ALIGN_LOG2_MAX};
 use crate::report::{print_line, Detection, Facts, Report};
 use crate::shadow::{self, Found};
 use crate::state::{self, State, TrackerStats};
@@ -1004,7 +1004,9 @@ impl<A: GlobalAlloc> Tracker<A> {
             Reporter::Fast.raise(state, facts);
         }
         match quarantine {
-            Some(q) if size < hold_below => self.hold(state, Reporter::Fast, q, ptr, &info),
+            Some(q) if size < hold_below && align_log2 <= HELD_ALIGN_LOG2_MAX => {
+                self.hold(state, Reporter::Fast, q, ptr, &info)
+            }
             _ => self.release_memory(state, ptr, &info),
         }
         true
@@ -1181,7 +1183,7 @@ impl<A: GlobalAlloc> Tracker<A> {
                         tid,
                         |info| {
                             if info.flags & flag::GUARDED == 0
-                                && quarantine.is_some_and(|q| q.admits(info.size))
+                                && quarantine.is_some_and(|q| q.admits(info.size, info.align()))
                             {
                                 block_state::QUARANTINED
                             } else {
@@ -1266,7 +1268,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             state.raise(facts, local);
         }
         match quarantine {
-            Some(q) if q.admits(info.size) => {
+            Some(q) if q.admits(info.size, info.align()) => {
                 self.hold(state, Reporter::Tracked(local), q, ptr, &info)
             }
             _ => self.release_memory(state, ptr, &info),
