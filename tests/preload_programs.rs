@@ -224,6 +224,22 @@ fn children_forked_while_threads_raise_reports_can_report() {
     every_child_finishes("fork_reports", &["print_reports=0", ""]);
 }
 
+/// The exit-time leak report of a program that closed standard error before (coreutils'
+/// programs do) reaches the standard error it started with: it was written to the closed
+/// descriptor and lost (`tr` leaking 64 bytes printed nothing).
+#[test]
+fn a_leak_report_outlives_a_closed_standard_error() {
+    let lib = library().with_file_name("liballocscope_debug.so");
+    let exe = compile_c("closed_stderr", &[]);
+    let out = Command::new(&exe).env("LD_PRELOAD", &lib).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && out.stdout == b"ok\n", "{stderr}");
+    assert!(
+        stderr.contains("memory-leak: Direct leak of 345 byte(s) in 1 object(s)"),
+        "{stderr}"
+    );
+}
+
 /// A child forked from a multithreaded program judges the blocks of its own threads only:
 /// another thread of the parent may hold its newest block where no memory of the child keeps
 /// it (a register), and the child's exit-time check named such blocks leaks. The child's own

@@ -5,6 +5,8 @@
 //! May touch: [`crate::symbolize`], [`crate::stacks`], `libc::write` (standard error, without
 //! std's lock: a report may be raised while the program holds it).
 
+#[cfg(unix)]
+use core::sync::atomic::{AtomicI32, Ordering};
 use std::fmt::Write as _;
 
 use crate::stacks;
@@ -280,18 +282,47 @@ fn render(f: &Facts) -> String {
     out
 }
 
-/// Writes text to standard error directly (no std lock, no allocation).
+/// A copy of standard error taken when the first tracker starts (-1: none), for reports written
+/// after the program closed fd 2: coreutils' programs close it at exit, before the exit-time leak
+/// check, whose reports were lost (`tr` leaking 64 bytes printed nothing). Only used when a
+/// write to fd 2 fails with EBADF, so a program that points fd 2 elsewhere is followed there.
+/// Relaxed: set once, before any report, by the thread that registers the first state.
+#[cfg(unix)]
+static SPARE_STDERR: AtomicI32 = AtomicI32::new(-1);
+
+/// Takes the copy of fd 2 ([`SPARE_STDERR`]): a descriptor above the usual ones, closed at exec.
+#[cfg(unix)]
+pub(crate) fn keep_stderr() {
+    // SAFETY: duplicates a descriptor; a closed fd 2 or a full table just fails (-1).
+    let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100) };
+    // Relaxed: see `SPARE_STDERR`.
+    SPARE_STDERR.store(fd, Ordering::Relaxed);
+}
+
+/// Writes text to standard error directly (no std lock, no allocation); to the copy of it
+/// taken at the start when the program has closed fd 2.
 pub(crate) fn print_raw(text: &str) {
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    let mut fd = 2;
     let mut bytes = text.as_bytes();
     while !bytes.is_empty() {
         // At most 1 GiB a call: the count is a c_uint on Windows.
         let count = bytes.len().min(1 << 30) as _;
-        // SAFETY: writes from a valid slice to fd 2.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), count) };
+        // SAFETY: writes from a valid slice to an open or closed descriptor (which fails).
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), count) };
         if n <= 0 {
-            // EINTR: retry; anything else: standard error is gone, give up.
-            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            let error = std::io::Error::last_os_error();
+            // EINTR: retry; EBADF on fd 2: the copy; anything else: standard error is gone.
+            if n < 0 && error.kind() == std::io::ErrorKind::Interrupted {
                 continue;
+            }
+            #[cfg(unix)]
+            if n < 0 && fd == 2 && error.raw_os_error() == Some(libc::EBADF) {
+                // Relaxed: see `SPARE_STDERR`.
+                fd = SPARE_STDERR.load(Ordering::Relaxed);
+                if fd >= 0 {
+                    continue;
+                }
             }
             return;
         }

@@ -529,7 +529,10 @@ pub(crate) fn register(state: &'static State) -> bool {
         // SAFETY: `exit_hook` is an `extern "C" fn()` that never unwinds.
         unsafe { libc::atexit(exit_hook) };
         #[cfg(unix)]
-        crate::fork::install();
+        {
+            crate::fork::install();
+            crate::report::keep_stderr();
+        }
     }
     let ptr = state as *const State as *mut State;
     REGISTRY.iter().any(|slot| {
