@@ -135,6 +135,7 @@ proptest! {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();

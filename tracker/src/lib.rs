@@ -16,12 +16,13 @@
 //! - [`tracker`]: the `Tracker` type and its allocation paths;
 //! - `state`: one tracker's run-time state, reports, scans, the registry for exit and faults;
 //! - `shadow`: the default path's blocks over the core heap, recorded in a map beside the heap
-//!   (a 32-bit word per 16-byte granule); `block_table` (direct map by address) and `cold_table` (hashed, for what a
-//!   word cannot hold): every other live (and recently freed) block, with `barrier` (the
-//!   asymmetric barrier that lets the allocating thread free without a locked instruction);
-//!   `guard`, `fault`:
-//!   guard-page pool
-//!   and its signal handler; `quarantine`; `canary`: red zones and poison;
+//!   (a 32-bit word per 16-byte granule); `block_table` (direct map by address) and
+//!   `cold_table` (hashed, for what a word cannot hold): every other live (and recently freed)
+//!   block, with `barrier` (the asymmetric barrier that lets the allocating thread free without
+//!   a locked instruction);
+//! - `guard`, `fault`: the guard-page pool and what explains its faults (a signal handler on
+//!   Unix, a vectored exception handler on Windows); `quarantine`; `canary`: red zones and
+//!   poison;
 //! - `stacks` (capture, de-duplication), [`symbolize`]; `leaks` (reachability scan);
 //! - `stream` (per-thread buffers, writer thread), [`trace_format`] (the one definition of a
 //!   trace, shared with the viewer), `snapshot`, `modules`;
@@ -37,8 +38,6 @@
 // Module docs name the private modules and items they build on ("May touch: ..."); those
 // links resolve in the maintainers' build (`cargo doc --document-private-items`).
 #![allow(rustdoc::private_intra_doc_links)]
-// What explains a guard-page fault, and the thread stack bounds, serve Unix-only code.
-#![cfg_attr(windows, allow(dead_code))]
 
 #[cfg(not(all(any(unix, windows), target_pointer_width = "64")))]
 compile_error!("allocscope-tracker supports 64-bit Unix and (building only) 64-bit Windows");
@@ -47,13 +46,9 @@ mod barrier;
 mod block_table;
 mod canary;
 mod cold_table;
-#[cfg(unix)]
 mod fault;
 #[cfg(unix)]
 mod fork;
-// On Windows the guard pages have no fault handler: `fault::install` says so.
-#[cfg(windows)]
-use windows as fault;
 mod guard;
 mod leaks;
 mod modules;

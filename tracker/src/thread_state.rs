@@ -306,7 +306,9 @@ pub(crate) struct Local {
     pub(crate) frames: RefCell<[usize; crate::stacks::MAX_FRAMES]>,
     /// Stack hash -> stack id, to skip the global table for stacks seen before.
     pub(crate) stack_cache: RefCell<[(u64, u32); STACK_CACHE]>,
-    /// This thread's bounds for the frame-pointer walk ((0, 0) = not read yet).
+    /// This thread's bounds for the frame-pointer walk ((0, 0) = not read yet). Read on Linux
+    /// only, where the frame-pointer and DWARF walks are (`stacks::stack_bounds`).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) stack_bounds: Cell<(usize, usize)>,
     /// Stacks captured by the default unwinder (which checks one in so many against DWARF).
     #[cfg_attr(

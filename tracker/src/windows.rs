@@ -2,8 +2,6 @@
 //! `x86_64-pc-windows-gnu`. The tracker is run and tested on 64-bit Linux; on Windows the
 //! allocation paths, canaries, quarantine, reports and trace files work through the core's OS
 //! layer and the C runtime, and what has no counterpart here says so at run time:
-//! - guard pages still trap, but their faults are not explained (no exception handler yet): a
-//!   guarded overflow or use-after-free ends the process with an access violation, no report;
 //! - live streaming to a socket (`socket=`) is refused with an error (trace files work);
 //! - the reachability leak check takes its roots from `VirtualQuery` (every committed writable
 //!   region but the heap's) and reads memory with `ReadProcessMemory`, as it reads
@@ -13,15 +11,14 @@
 //! - under Wine, reports name the program's functions but give no file:line for them (seen
 //!   in the tracker's tests there; the cause is not investigated yet).
 //!
-//! `crate::fault` is this module on Windows (see lib.rs), hence [`install`].
+//! Guard-page faults are explained as on Unix, by a vectored exception handler
+//! (`crate::fault`'s Windows half), not here.
 //!
-//! May touch: `windows-sys` (performance counter, thread id, memory queries),
-//! [`crate::report::print_raw`].
+//! May touch: `windows-sys` (performance counter, thread id, memory queries).
 
 use std::io;
 use std::time::Duration;
 
-use allocscope_core::sync::{AtomicBool, Ordering};
 use windows_sys::Win32::System::Diagnostics::Debug::ReadProcessMemory;
 use windows_sys::Win32::System::Memory::{
     VirtualQuery, MEMORY_BASIC_INFORMATION, MEM_COMMIT, PAGE_EXECUTE_READWRITE,
@@ -49,24 +46,6 @@ pub(crate) fn monotonic_ns() -> u64 {
 pub(crate) fn os_thread_id() -> u64 {
     // SAFETY: GetCurrentThreadId has no preconditions.
     u64::from(unsafe { GetCurrentThreadId() })
-}
-
-/// Prints `text` once per process (for each `flag`).
-fn notice_once(flag: &AtomicBool, text: &str) {
-    // Relaxed: a once-flag for a message; nothing is published through it.
-    if !flag.swap(true, Ordering::Relaxed) {
-        crate::report::print_raw(text);
-    }
-}
-
-/// On Unix, the guard-page fault handler; here, the notice that there is none.
-pub(crate) fn install() {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    notice_once(
-        &SAID,
-        "allocscope: guard-page faults are not explained on Windows: a guarded overflow or \
-         use-after-free ends the process with an access violation and no report\n",
-    );
 }
 
 /// Calls `f(start, end)` for every committed region of the address space a program could have
