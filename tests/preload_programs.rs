@@ -408,6 +408,92 @@ fn traces_survive_exit_without_hooks_and_vfork_children() {
     }
 }
 
+/// An `exec` that fails returns to the program, whose trace goes on: the library's `exec*` end
+/// the trace before libc's exec and used to leave it ended, so the rest of the program was
+/// missing and the trace said it had shut down. An exec that succeeds replaces the program in
+/// the same process, whose new tracker used to truncate the trace its predecessor left at the
+/// same path; it writes `<path>.<pid>` beside it now.
+#[test]
+fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces() {
+    use allocscope_tracker::trace_format::{read_trace_file, Event, Record};
+    let exe = compile_c("exit_paths", &[]);
+    let dir = scratch("exec_traces");
+    let sizes = |path: &Path| {
+        let read = read_trace_file(path).unwrap();
+        let mut count = std::collections::BTreeMap::<u64, usize>::new();
+        for record in &read.records {
+            if let Record::Batch(b) = record {
+                for e in &b.events {
+                    if let Event::Alloc { size, .. } = e {
+                        *count.entry(*size).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let ends = read
+            .records
+            .iter()
+            .filter(|r| matches!(r, Record::End(_)))
+            .count();
+        assert!(
+            ends == 1 && matches!(read.records.last(), Some(Record::End(_))),
+            "{}: one end marker, last ({ends} found)",
+            path.display()
+        );
+        let pid = read.records.iter().find_map(|r| match r {
+            Record::Start(s) => Some(s.pid),
+            _ => None,
+        });
+        (count, pid)
+    };
+
+    let trace = dir.join("fails.trace");
+    let out = traced(Command::new(&exe).arg("exec-fails"), &trace);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (count, _) = sizes(&trace);
+    assert_eq!(
+        count.get(&100),
+        Some(&1000),
+        "100-byte allocations: {count:?}"
+    );
+    assert_eq!(
+        count.get(&4242),
+        Some(&1),
+        "the block after the failed exec: {count:?}"
+    );
+
+    let trace = dir.join("exec.trace");
+    let out = traced(Command::new(&exe).arg("exec"), &trace);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (first, first_pid) = sizes(&trace);
+    assert_eq!(
+        first.get(&100),
+        Some(&500),
+        "the first program's trace: {first:?}"
+    );
+    let pid = first_pid.expect("a start record");
+    let (second, second_pid) = sizes(&dir.join(format!("exec.trace.{pid}")));
+    assert_eq!(
+        second_pid,
+        Some(pid),
+        "the exec'd program is the same process"
+    );
+    assert_eq!(
+        second.get(&200),
+        Some(&300),
+        "the exec'd program's trace: {second:?}"
+    );
+    assert_eq!(second.get(&100), None, "{second:?}");
+}
+
 /// A traced shell pipeline: the shell forks, and its children exec programs that inherit the
 /// same options. The shell keeps its trace whole (an exec'd child used to truncate it, leaving a
 /// trace without its header), and each exec'd child writes its own `<path>.<pid>`.

@@ -8,7 +8,8 @@
 //!
 //! A program that ends with `_exit` (a forked child, many shells' children) or becomes another
 //! with `exec*` runs no exit hook: this library's `_exit`, `_Exit`, `execve`, `execv`, `execvp`,
-//! `execvpe` and `fexecve` end the trace first (`before_exit_or_exec`), then do what libc's do.
+//! `execvpe` and `fexecve` end the trace first (`before_exit`, `before_exec`), then do what
+//! libc's do; an exec that fails takes the trace up again (`after_failed_exec`).
 //! (The variadic `execl*` are not wrapped: stable Rust cannot define a variadic function.)
 //!
 //! May touch: `allocscope_tracker`'s C-ABI functions, `libc` (errno, page size, dlsym, the
@@ -67,7 +68,7 @@ mod ending {
 
     /// Ends the process as libc's `_exit` does (all its threads, no exit hook).
     fn exit_group(status: c_int) -> ! {
-        allocscope_tracker::before_exit_or_exec();
+        allocscope_tracker::before_exit();
         loop {
             // SAFETY: exit_group takes a status and does not return.
             unsafe { libc::syscall(libc::SYS_exit_group, status) };
@@ -86,21 +87,28 @@ mod ending {
 
     macro_rules! exec_with {
         ($name:ident, $sym:literal, ($($arg:ident: $ty:ty),*)) => {
-            /// libc's, with the trace ended first.
+            /// libc's, with the trace ended first, and taken up again if the exec fails
+            /// (its `errno` kept).
             ///
             /// # Safety
             /// As for libc's.
             #[no_mangle]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
-                allocscope_tracker::before_exit_or_exec();
                 let f = next($sym);
                 if f.is_null() {
                     return missing();
                 }
                 // SAFETY: `f` is libc's definition of this very function, of this signature.
                 let f: unsafe extern "C" fn($($ty),*) -> c_int = unsafe { core::mem::transmute(f) };
+                allocscope_tracker::before_exec();
                 // SAFETY: the caller's contract is libc's.
-                unsafe { f($($arg),*) }
+                let failed = unsafe { f($($arg),*) };
+                // SAFETY: errno is this thread's.
+                let errno = unsafe { *libc::__errno_location() };
+                allocscope_tracker::after_failed_exec();
+                // SAFETY: as above.
+                unsafe { *libc::__errno_location() = errno };
+                failed
             }
         };
     }

@@ -2,11 +2,18 @@
  * `exit_paths _exit`: 1000 allocations (500 freed), then _exit(0).
  * `exit_paths vfork`: 500 allocations, a vfork child that execs /bin/true (and _exits if the
  * exec fails), then 500 more allocations in the parent and a normal exit: the parent's trace
- * goes on after its vfork child, whose _exit and exec run in the parent's memory. */
+ * goes on after its vfork child, whose _exit and exec run in the parent's memory.
+ * `exit_paths exec-fails`: 500 allocations, an execv of a path that does not exist (which
+ * fails), then 500 more and one 4242-byte block leaked: the trace goes on after the failed exec.
+ * `exit_paths exec`: 500 allocations, then execv of this program in mode `after-exec`, which
+ * makes 300 allocations of 200 bytes: each image's trace is kept whole. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* Where blocks go so that the compiler keeps their malloc and free. */
+static char *volatile sink;
 
 static void churn(int n) {
     for (int i = 0; i < n; i++) {
@@ -20,6 +27,29 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "_exit") == 0) {
         churn(1000);
         _exit(0);
+    }
+    if (argc > 1 && strcmp(argv[1], "exec-fails") == 0) {
+        churn(500);
+        char *args[] = {"/nonexistent/allocscope-test", 0};
+        if (execv(args[0], args) != -1) return 2;
+        churn(500);
+        sink = malloc(4242);
+        memset(sink, 1, 4242);
+        sink = 0;
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "exec") == 0) {
+        churn(500);
+        char *args[] = {argv[0], "after-exec", 0};
+        execv(argv[0], args);
+        return 2;
+    }
+    if (argc > 1 && strcmp(argv[1], "after-exec") == 0) {
+        for (int i = 0; i < 300; i++) {
+            sink = malloc(200);
+            free(sink);
+        }
+        return 0;
     }
     churn(500);
     pid_t pid = vfork();

@@ -119,11 +119,22 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     unsafe { GLOBAL.reallocate(ptr, None, new_size, align) }
 }
 
-/// For the preload library's `_exit` and `exec*`: ends the process-wide tracker's trace first
-/// (see [`Tracker::finish_trace_before_exit_or_exec`]), so that a program ending either way
-/// leaves its whole trace.
-pub fn before_exit_or_exec() {
-    GLOBAL.finish_trace_before_exit_or_exec();
+/// For the preload library's `_exit`: ends the process-wide tracker's trace first (see
+/// [`Tracker::finish_trace_before_exit`]), so that a program ending so leaves its whole trace.
+pub fn before_exit() {
+    GLOBAL.finish_trace_before_exit();
+}
+
+/// For the preload library's `exec*`, before libc's: ends the trace of the program about to be
+/// replaced (see [`Tracker::end_trace_before_exec`]); [`after_failed_exec`] when it returns.
+pub fn before_exec() {
+    GLOBAL.end_trace_before_exec();
+}
+
+/// For the preload library's `exec*`, when libc's returned (the exec failed): the trace goes on
+/// (see [`Tracker::resume_trace_after_failed_exec`]).
+pub fn after_failed_exec() {
+    GLOBAL.resume_trace_after_failed_exec();
 }
 
 /// `malloc_usable_size` for the preload library: the requested size of a live block (the

@@ -81,7 +81,8 @@ pub struct Options {
     pub check_at_exit: bool,
     /// Trace file to write (`%p` is replaced by the process id). A path already held by a
     /// running traced process (a program run by a traced shell inherits its options) is not
-    /// taken over: the newcomer writes `<path>.<pid>` instead.
+    /// taken over: the newcomer writes `<path>.<pid>` instead; so does a program exec'd in
+    /// place of a traced one (the same pid), and `<path>.<pid>.<n>` the n-th of a process.
     pub trace_path: Option<PathBuf>,
     /// Unix socket to listen on for a live viewer (`%p` is replaced by the process id).
     pub socket_path: Option<PathBuf>,

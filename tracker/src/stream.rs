@@ -58,6 +58,12 @@ enum Control {
     Flush(Sender<()>),
     /// As `Flush`, then write the end marker and stop.
     Finish(Sender<()>),
+    /// As `Finish` for an `exec` about to replace the program, but the writer waits for
+    /// `Resume` (the exec failed): the end marker goes to the trace file alone, and the writer
+    /// remembers where it began.
+    EndForExec(Sender<()>),
+    /// The exec failed: the end marker is cut off the file and the trace goes on.
+    Resume(Sender<()>),
 }
 
 /// Produces a heap snapshot at the given trace time (supplied by the tracker's state).
@@ -79,6 +85,9 @@ pub(crate) struct Stream {
     dropped_batches: AtomicU64,
     /// Set once `finish` ran; later events are dropped silently (the process is exiting).
     finished: AtomicBool,
+    /// Set while the trace is ended for an exec ([`Stream::end_for_exec`]), until the exec
+    /// fails ([`Stream::resume_after_failed_exec`]). Events keep being queued meanwhile.
+    ended_for_exec: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The writer thread's trace id (0 until it runs). What that thread allocated before its
     /// re-entrancy flag was set — the thread library's start-up, glibc's TLS-destructor node —
@@ -151,6 +160,7 @@ impl Stream {
             dropped_events: AtomicU64::new(0),
             dropped_batches: AtomicU64::new(0),
             finished: AtomicBool::new(false),
+            ended_for_exec: AtomicBool::new(false),
             writer: Mutex::new(None),
             writer_thread: AtomicU32::new(0),
             pid: std::process::id(),
@@ -342,12 +352,48 @@ impl Stream {
         self.ctl_tx.send(Control::Flush(tx)).is_ok() && rx.recv_timeout(timeout).is_ok()
     }
 
-    /// [`Stream::finish`] for a process about to end without running its exit hooks (`_exit`)
-    /// or to become another program (`exec`): only in the process whose writer this is — a
-    /// `vfork` child runs in its parent's memory, and this stream is the parent's.
+    /// [`Stream::finish`] for a process about to end without running its exit hooks (`_exit`):
+    /// only in the process whose writer this is — a `vfork` child runs in its parent's memory,
+    /// and this stream is the parent's.
     pub(crate) fn finish_in_own_process(&'static self, local: Option<&Local>, timeout: Duration) {
         if std::process::id() == self.pid {
             self.finish(local, timeout);
+        }
+    }
+
+    /// Ends the trace for an `exec` about to replace the program (in the process whose writer
+    /// this is, as [`Stream::finish_in_own_process`]): everything queued is written, and the
+    /// end marker to the trace file, so that a program that becomes another leaves its whole
+    /// trace. The writer stays, waiting: an exec that fails returns to the program, whose
+    /// trace [`Stream::resume_after_failed_exec`] takes up again. (Live clients get no end
+    /// marker: after a successful exec their connection closes.)
+    pub(crate) fn end_for_exec(&'static self, local: Option<&Local>, timeout: Duration) {
+        // Relaxed: see `send_batch`. A forked child's copy has no writer to end.
+        if std::process::id() != self.pid || self.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        // Relaxed: only this flag's own value matters (a second thread's exec during the first
+        // one's finds the trace ended already); the control queue orders the writer's work.
+        if self.ended_for_exec.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.flush_current_thread(local);
+        let (tx, rx) = bounded(1);
+        if self.ctl_tx.send(Control::EndForExec(tx)).is_ok() {
+            let _ = rx.recv_timeout(timeout);
+        }
+    }
+
+    /// After an exec that failed: the end marker [`Stream::end_for_exec`] wrote is taken back
+    /// and the trace goes on, with what was queued meanwhile.
+    pub(crate) fn resume_after_failed_exec(&'static self, timeout: Duration) {
+        // Relaxed: as in `end_for_exec`.
+        if std::process::id() != self.pid || !self.ended_for_exec.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let (tx, rx) = bounded(1);
+        if self.ctl_tx.send(Control::Resume(tx)).is_ok() {
+            let _ = rx.recv_timeout(timeout);
         }
     }
 
@@ -373,31 +419,55 @@ impl Stream {
 /// process to take the file's lock (`flock`, held for the process's life) owns the path and
 /// truncates it; one that finds it locked by a live tracer — a program exec'd by a traced
 /// parent — writes `<path>.<pid>` instead of clobbering the parent's trace (it used to
-/// truncate it, leaving the parent a trace without its header).
+/// truncate it, leaving the parent a trace without its header). A program exec'd in place (the
+/// same process: `exec prog` in a shell, `env`, `nice`) finds the lock gone with the program it
+/// replaced, whose trace is still there under this pid: it too moves on, to `<path>.<pid>`, and
+/// a third program of the process to `<path>.<pid>.3` (it used to truncate its predecessor's).
 fn open_trace(path: &std::path::Path) -> Result<(std::path::PathBuf, File), String> {
     let open = |path: &std::path::Path| {
         let mut open = std::fs::OpenOptions::new();
-        // Not truncated before the lock says the file is ours.
-        open.write(true).create(true).truncate(false);
+        // Not truncated before the lock says the file is ours; read for its header.
+        open.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
         open.mode(0o600);
         open.open(path)
             .map_err(|e| format!("cannot create trace file {}: {e}", path.display()))
     };
-    let truncate = |path: &std::path::Path, file: &File| {
-        file.set_len(0)
-            .map_err(|e| format!("cannot write trace file {}: {e}", path.display()))
-    };
-    let file = open(path)?;
-    if !lock_exclusive(&file) {
-        let own = std::path::PathBuf::from(format!("{}.{}", path.display(), std::process::id()));
-        let file = open(&own)?;
-        lock_exclusive(&file);
-        truncate(&own, &file)?;
-        return Ok((own, file));
+    let pid = std::process::id();
+    let mut candidate = path.to_path_buf();
+    for n in 1..=64u32 {
+        let file = open(&candidate)?;
+        if lock_exclusive(&file) && !traced_by_process(&file, pid) {
+            file.set_len(0)
+                .map_err(|e| format!("cannot write trace file {}: {e}", candidate.display()))?;
+            return Ok((candidate, file));
+        }
+        candidate = match n {
+            1 => format!("{}.{pid}", path.display()),
+            _ => format!("{}.{pid}.{}", path.display(), n + 1),
+        }
+        .into();
     }
-    truncate(path, &file)?;
-    Ok((path.to_path_buf(), file))
+    Err(format!(
+        "cannot create trace file {}: it and 63 names beside it are other traces of this \
+         process; remove them or choose another trace= path",
+        path.display()
+    ))
+}
+
+/// Whether `file` holds a trace that process `pid` wrote — this very process, before an exec
+/// (a reused pid's stale trace counts too: it is skipped, not lost). Leaves the file's offset
+/// at 0.
+fn traced_by_process(file: &File, pid: u32) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let mut reader = std::io::BufReader::with_capacity(4096, file);
+    let ours = crate::trace_format::TraceReader::new(&mut reader)
+        .ok()
+        .and_then(|mut r| r.next_record().ok().flatten())
+        .is_some_and(|record| matches!(record, Record::Start(start) if start.pid == pid));
+    let mut file = file;
+    // A file whose offset cannot be reset is not one to write a trace into either.
+    ours || file.seek(SeekFrom::Start(0)).is_err()
 }
 
 /// Takes `file`'s exclusive lock without waiting; `false` only when another open file holds it
@@ -592,21 +662,103 @@ impl Writer {
                 let _ = ack.send(());
             }
             Control::Finish(ack) => {
-                self.accept_clients();
-                self.drain();
-                self.periodic();
-                let end = TraceEnd {
-                    time_ns: self.stream.now(),
-                    events_written: self.events_written,
-                    dropped: self.stream.dropped(),
-                };
-                self.put(&Record::End(end));
+                let end = self.write_out();
+                self.put(&end);
                 self.flush_all();
                 let _ = ack.send(());
                 return true;
             }
+            Control::EndForExec(ack) => {
+                let end = self.write_out();
+                let cut = self.put_file_end(&end);
+                let _ = ack.send(());
+                return self.wait_out_exec(cut);
+            }
+            // Not ended for an exec (a resume racing a second thread's exec): nothing to undo.
+            Control::Resume(ack) => {
+                let _ = ack.send(());
+            }
         }
         false
+    }
+
+    /// Writes everything queued and flushes; returns the end marker to write.
+    fn write_out(&mut self) -> Record {
+        self.accept_clients();
+        self.drain();
+        self.periodic();
+        self.flush_all();
+        Record::End(TraceEnd {
+            time_ns: self.stream.now(),
+            events_written: self.events_written,
+            dropped: self.stream.dropped(),
+        })
+    }
+
+    /// Writes `end` to the trace file alone and flushes it; returns the file's length before
+    /// the marker (where a failed exec cuts it off again), `None` without a file.
+    fn put_file_end(&mut self, end: &Record) -> Option<u64> {
+        let i = self.sinks.iter().position(|s| matches!(s, Sink::File(_)))?;
+        let Sink::File(file) = &mut self.sinks[i] else {
+            return None;
+        };
+        let before = file.get_ref().get_ref().metadata().ok()?.len();
+        if file.write(end).and_then(|()| file.flush()).is_err() {
+            self.sinks.remove(i);
+            return None;
+        }
+        Some(before)
+    }
+
+    /// The trace is ended for an exec: waits for the exec's failure ([`Control::Resume`]) or
+    /// the process's end. The exec's success ends the process image, this thread with it.
+    /// Returns whether the writer must stop (`Finish`); thread and report records that arrive
+    /// meanwhile are written after the resume.
+    fn wait_out_exec(&mut self, cut: Option<u64>) -> bool {
+        let mut held = Vec::new();
+        while let Ok(control) = self.ctl_rx.recv() {
+            match control {
+                Control::Resume(ack) => {
+                    self.cut_end_marker(cut);
+                    let _ = ack.send(());
+                    return held.into_iter().any(|c| self.control(c));
+                }
+                // The trace has its end already.
+                Control::Finish(ack) => {
+                    let _ = ack.send(());
+                    return true;
+                }
+                Control::Flush(ack) | Control::EndForExec(ack) => {
+                    let _ = ack.send(());
+                }
+                other => held.push(other),
+            }
+        }
+        true
+    }
+
+    /// Takes the end marker off the trace file: its length back to `cut`, and the writing
+    /// position with it. A file that cannot be cut stops being written (a trace that goes on
+    /// after its end marker would be read as ending there).
+    fn cut_end_marker(&mut self, cut: Option<u64>) {
+        use std::io::{Seek, SeekFrom};
+        let Some(len) = cut else { return };
+        self.sinks.retain_mut(|sink| match sink {
+            Sink::File(w) => {
+                let mut file = w.get_ref().get_ref();
+                let cut = file
+                    .set_len(len)
+                    .and_then(|()| file.seek(SeekFrom::Start(len)));
+                if let Err(e) = &cut {
+                    crate::report::print_line(&format!(
+                        "allocscope: cannot take the trace back up after a failed exec, \
+                         tracing stops: {e}"
+                    ));
+                }
+                cut.is_ok()
+            }
+            Sink::Client(_) => true,
+        });
     }
 
     fn drain(&mut self) {

@@ -1882,18 +1882,37 @@ impl<A: GlobalAlloc> Tracker<A> {
     }
 
     /// Ends the trace as [`Tracker::finish_trace`] does, for a process that is about to end
-    /// without its exit hooks (`_exit`) or to exec another program, which the preload library
-    /// calls first: the calling thread's events and everything queued are written, and the end
-    /// marker. Nothing happens in a `vfork` child (the trace is its parent's) nor in a `fork`
-    /// child (its copy of the stream has no writer). A failed exec goes on untraced.
-    pub fn finish_trace_before_exit_or_exec(&self) {
-        // A process that never allocated has no trace to end (and needs no tracker now).
+    /// without its exit hooks (`_exit`), which the preload library calls first: the calling
+    /// thread's events and everything queued are written, and the end marker. Nothing happens
+    /// in a `vfork` child (the trace is its parent's) nor in a `fork` child (its copy of the
+    /// stream has no writer).
+    pub fn finish_trace_before_exit(&self) {
+        self.with_started_stream(|st, l| st.finish_in_own_process(l, Duration::from_secs(2)));
+    }
+
+    /// For a process about to `exec` another program, which the preload library calls first:
+    /// the trace ends as in [`Tracker::finish_trace_before_exit`] (in the same processes), but
+    /// its writer waits — an exec that fails returns, and
+    /// [`Tracker::resume_trace_after_failed_exec`] takes the trace up again.
+    pub fn end_trace_before_exec(&self) {
+        self.with_started_stream(|st, l| st.end_for_exec(l, Duration::from_secs(2)));
+    }
+
+    /// After an exec that returned (it failed): the trace [`Tracker::end_trace_before_exec`]
+    /// ended goes on, its end marker taken back, so the rest of the program is in it.
+    pub fn resume_trace_after_failed_exec(&self) {
+        self.with_started_stream(|st, _| st.resume_after_failed_exec(Duration::from_secs(2)));
+    }
+
+    /// Runs `f` on the trace's stream, if this tracker started one. A process that never
+    /// allocated has no trace (and needs no tracker started now).
+    fn with_started_stream(&self, f: impl FnOnce(&'static crate::stream::Stream, Option<&Local>)) {
         if self.ready().is_none() {
             return;
         }
         self.with_state(|s, l| {
             if let Some(st) = s.stream() {
-                st.finish_in_own_process(l, Duration::from_secs(2));
+                f(st, l);
             }
         });
     }

@@ -311,7 +311,8 @@ fn execute(command: Cmd) -> Result<ExitCode, CliError> {
 
 /// The traces that processes started by the recorded program wrote beside `trace` during the
 /// run: a traced program that execs another leaves the path to itself, and the new program
-/// writes `PATH.<pid>` (see the `trace=` option).
+/// writes `PATH.<pid>`, or `PATH.<pid>.<n>` for the n-th program of one process (see the
+/// `trace=` option).
 fn child_traces(trace: &Path, since: std::time::SystemTime) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (trace.parent(), trace.file_name()) else {
         return Vec::new();
@@ -324,8 +325,7 @@ fn child_traces(trace: &Path, since: std::time::SystemTime) -> Vec<PathBuf> {
         .filter_map(Result::ok)
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix(&prefix)
-                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            name.strip_prefix(&prefix).is_some_and(names_a_child_trace)
                 && e.metadata()
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| t >= since)
@@ -334,6 +334,15 @@ fn child_traces(trace: &Path, since: std::time::SystemTime) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found
+}
+
+/// Whether `rest`, what follows `PATH.` in a file's name, is `<pid>` or `<pid>.<n>`.
+fn names_a_child_trace(rest: &str) -> bool {
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match rest.split_once('.') {
+        Some((pid, n)) => number(pid) && number(n),
+        None => number(rest),
+    }
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
@@ -438,7 +447,7 @@ fn record(
     let others = child_traces(&trace, started);
     if !others.is_empty() {
         eprintln!(
-            "allocscope: {} more trace(s), of programs it started: {}",
+            "allocscope: {} more trace(s), of programs it started or became: {}",
             others.len(),
             others
                 .iter()
@@ -560,4 +569,19 @@ fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
         }
     }
     ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_a_child_trace;
+
+    #[test]
+    fn child_traces_are_named_by_pid_and_by_pid_and_program() {
+        for name in ["1234", "1234.3", "7.12"] {
+            assert!(names_a_child_trace(name), "{name}");
+        }
+        for name in ["", "12a", "1234.", ".3", "1234.3.4", "1234.x", "old"] {
+            assert!(!names_a_child_trace(name), "{name}");
+        }
+    }
 }
