@@ -125,15 +125,48 @@ pub fn is_allocator_frame(function: &str) -> bool {
         })
 }
 
+/// Whether a source file is the allocation machinery's: the tracker's own (found from where it
+/// was compiled) or the standard library's allocation front ends (`alloc::alloc`,
+/// `std::alloc`). For debug info made with `debug = "line-tables-only"`, whose functions are
+/// named without their paths (`dealloc`, not `<allocscope_tracker::Tracker<A> as ...>::dealloc`)
+/// so that [`is_allocator_frame`] cannot tell them by name.
+fn is_allocator_file(file: &str) -> bool {
+    const TRACKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+    const LIBRARY: &[&str] = &["/library/alloc/src/alloc.rs", "/library/std/src/alloc.rs"];
+    // Either separator: a Windows build's paths mix them (`/rustc/<hash>/library\std\src`).
+    let same = |a: u8, b: u8| a == b || (matches!(a, b'/' | b'\\') && matches!(b, b'/' | b'\\'));
+    let starts =
+        |s: &[u8], p: &[u8]| s.len() >= p.len() && s.iter().zip(p).all(|(&a, &b)| same(a, b));
+    let file = file.as_bytes();
+    starts(file, TRACKER.as_bytes())
+        || LIBRARY
+            .iter()
+            .any(|l| file.len() >= l.len() && starts(&file[file.len() - l.len()..], l.as_bytes()))
+}
+
+/// Whether a resolved frame is the allocation machinery's, by its name or its file.
+fn is_allocator_symbol(f: &SymbolizedFrame) -> bool {
+    f.function.as_deref().is_some_and(is_allocator_frame)
+        || f.file.as_deref().is_some_and(is_allocator_file)
+}
+
 /// Resolves a stack and drops the allocator's own frames from its top.
 pub fn symbolize_stack(frames: &[usize]) -> Vec<SymbolizedFrame> {
-    let mut out: Vec<SymbolizedFrame> = frames.iter().flat_map(|&a| symbolize_address(a)).collect();
+    let mut out: Vec<SymbolizedFrame> = Vec::new();
+    // Near the top: the frames of the first 16 return addresses (one address gives a frame for
+    // each call inlined there, a dozen in the tracker's release code).
+    let mut top = 0;
+    for (i, &address) in frames.iter().enumerate() {
+        out.extend(symbolize_address(address));
+        if i < 16 {
+            top = out.len();
+        }
+    }
     // Drop everything down to the last allocator frame near the top: helpers the allocator
     // calls (std's thread-local access, say) sit between its frames and are not the program's.
-    let top = out.len().min(16);
     let skip = out[..top]
         .iter()
-        .rposition(|f| f.function.as_deref().is_some_and(is_allocator_frame))
+        .rposition(is_allocator_symbol)
         .map_or(0, |i| i + 1);
     // Keep everything if the whole stack looks like allocator code (better than nothing).
     if skip < out.len() {
@@ -198,6 +231,26 @@ mod tests {
         assert!(is_allocator_frame("operator delete[](void*)"));
         assert!(!is_allocator_frame("free_list_push"));
         assert!(!is_allocator_frame("mallocator"));
+    }
+
+    #[test]
+    fn allocator_files_are_recognised() {
+        let tracker = env!("CARGO_MANIFEST_DIR");
+        assert!(is_allocator_file(&format!("{tracker}/src/tracker.rs")));
+        let backslashed = format!("{tracker}/src/tracker.rs").replace('/', "\\");
+        assert!(is_allocator_file(&backslashed));
+        assert!(!is_allocator_file(&format!(
+            "{tracker}/tests/corruption.rs"
+        )));
+        assert!(is_allocator_file(
+            "/rustc/0123/library\\alloc\\src\\alloc.rs"
+        ));
+        assert!(is_allocator_file("/rustc/0123/library/std/src/alloc.rs"));
+        assert!(!is_allocator_file(
+            "/rustc/0123/library/alloc/src/raw_vec.rs"
+        ));
+        assert!(!is_allocator_file("src/main.rs"));
+        assert!(!is_allocator_file("alloc.rs"));
     }
 
     #[test]

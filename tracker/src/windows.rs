@@ -8,8 +8,10 @@
 //!   `/proc/self/maps` and uses `process_vm_readv` on Linux; this thread's TLS is in those
 //!   regions (the TEB and the process heap), not found apart;
 //! - threads are announced without their names;
-//! - under Wine, reports name the program's functions but give no file:line for them (seen
-//!   in the tracker's tests there; the cause is not investigated yet).
+//! - reports give file:line as on Linux, from the DWARF debug info that MinGW's linker leaves
+//!   in the executable (`backtrace` reads it with gimli on windows-gnu, not with dbghelp); a
+//!   build without debug info (`debug = false`) names functions only, from the symbol table,
+//!   as on Linux (docs/platforms.md says what to set).
 //!
 //! Guard-page faults are explained as on Unix, by a vectored exception handler
 //! (`crate::fault`'s Windows half), not here.

@@ -69,6 +69,48 @@ fn one_byte_overflow_is_reported_at_free() {
     assert!(r.text.contains("one_byte_overflow"), "{}", r.text);
 }
 
+/// The overflow of [`one_byte_overflow`], returning the lines of its allocation and its free.
+#[inline(never)]
+fn overflow_at_known_lines(t: &Tracker<Allocscope>) -> (u32, u32) {
+    // SAFETY: (test) as in `one_byte_overflow`.
+    unsafe {
+        let p = t.alloc(layout(16));
+        let alloc_line = line!() - 1;
+        flip(p.add(16));
+        t.dealloc(p, layout(16));
+        let free_line = line!() - 1;
+        // (Not a tail call: this frame stays on the free's stack.)
+        core::hint::black_box((alloc_line, free_line))
+    }
+}
+
+/// The report names the program's frames with file:line, the summary too (this needs debug
+/// info in the test binary: the tracker's release profile keeps line tables, for Windows where
+/// the tests run in release; docs/platforms.md).
+#[test]
+fn reports_give_file_and_line_of_the_programs_frames() {
+    let t = tracker(quiet().canary_bytes(16));
+    let (alloc_line, free_line) = overflow_at_known_lines(&t);
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let text = &reports[0].text;
+    // The access stack (the free), the free's, the allocation's: frame #0 of each is ours.
+    let frames: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("#0 "))
+        .collect();
+    assert_eq!(frames.len(), 3, "{text}");
+    for (frame, line) in frames.iter().zip([free_line, free_line, alloc_line]) {
+        assert!(frame.contains("overflow_at_known_lines"), "{text}");
+        assert!(frame.ends_with(&format!("corruption.rs:{line}")), "{text}");
+    }
+    let summary = text.lines().last().unwrap();
+    assert!(
+        summary.contains(&format!("corruption.rs:{free_line} in ")),
+        "{text}"
+    );
+}
+
 #[inline(never)]
 fn underflow(t: &Tracker<Allocscope>) {
     // SAFETY: (test) the write before the start lands in the left red zone.
