@@ -818,34 +818,79 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     // Up to 1 KiB, any class serves alignments up to 8, and up to 16 from 16 B on.
     if size <= DIRECT_MAX && (align <= 8 || (align <= NATURAL_ALIGN && size > 8)) {
         let heap = thread::current();
-        // SAFETY: `direct` entries are pages this thread owns or the empty page; a non-null
-        // `free` is a block of that page.
+        // SAFETY: `direct` entries are pages this thread owns or the empty page.
         unsafe {
             let page = *(*heap).direct.get_unchecked((size + 7) >> 3);
-            let block = (*page).free;
+            let block = take_free::<true>(heap, page);
             if !block.is_null() {
-                let next = (*block).next;
-                prefetch(next);
-                (*page).free = next;
-                (*page).used_add(1);
-                (*heap).count_alloc();
-                return block.cast();
+                return block;
             }
             return alloc_slow(heap, class_of(size));
         }
     }
     if align <= NATURAL_ALIGN && size <= CLASS_MAX {
-        // Every class from 16 B is a multiple of 16, and 8 B blocks are 8-aligned: only a
-        // 16-aligned request of at most 8 bytes needs the next class.
-        let size = if align > 8 && size < align {
-            align
-        } else {
-            size
-        };
         // SAFETY: class_of(size) < CLASS_COUNT for size <= CLASS_MAX.
-        unsafe { alloc_class(thread::current(), class_of(size)) }
+        unsafe { alloc_class(thread::current(), class_of(class_size(size, align))) }
     } else {
         alloc_general(size, align)
+    }
+}
+
+/// [`alloc`]'s fast path alone: the block the calling thread's page of the class has at hand,
+/// or null (then [`alloc`] serves the request, by its slow path). Never calls anything, so a
+/// caller that keeps a record of each block (allocscope-tracker's shadow) keeps its own fast
+/// path free of calls, and of the register saves a call would bring to all of it.
+#[inline(always)]
+pub fn alloc_fast(size: usize, align: usize) -> *mut u8 {
+    let heap = thread::current();
+    // SAFETY: `direct` and `pages` entries are pages this thread owns or the empty page;
+    // class_of(size) < CLASS_COUNT for size <= CLASS_MAX.
+    unsafe {
+        if size <= DIRECT_MAX && (align <= 8 || (align <= NATURAL_ALIGN && size > 8)) {
+            take_free::<true>(heap, *(*heap).direct.get_unchecked((size + 7) >> 3))
+        } else if align <= NATURAL_ALIGN && size <= CLASS_MAX {
+            let class = class_of(class_size(size, align));
+            take_free::<false>(heap, *(*heap).pages.get_unchecked(class))
+        } else {
+            null_mut()
+        }
+    }
+}
+
+/// The size whose class serves `size` bytes aligned to `align` (at most 16): every class from
+/// 16 B is a multiple of 16, and 8 B blocks are 8-aligned, so only a 16-aligned request of at
+/// most 8 bytes needs the next class.
+#[inline(always)]
+fn class_size(size: usize, align: usize) -> usize {
+    if align > 8 && size < align {
+        align
+    } else {
+        size
+    }
+}
+
+/// Pops `page`'s free list: its first block, or null when it has none (`PREFETCH`: starts
+/// loading the next one, see [`prefetch`]).
+///
+/// # Safety
+/// `heap` is the calling thread's heap (or the empty heap) and `page` one of its pages (or the
+/// empty page): a non-null `free` is a block of it.
+#[inline(always)]
+unsafe fn take_free<const PREFETCH: bool>(heap: *mut Heap, page: *mut Page) -> *mut u8 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let block = (*page).free;
+        if block.is_null() {
+            return null_mut();
+        }
+        let next = (*block).next;
+        if PREFETCH {
+            prefetch(next);
+        }
+        (*page).free = next;
+        (*page).used_add(1);
+        (*heap).count_alloc();
+        block.cast()
     }
 }
 
@@ -893,16 +938,11 @@ fn prefetch(block: *mut Block) {
 /// `heap` is the calling thread's heap (or the empty heap); `class < CLASS_COUNT`.
 #[inline(always)]
 unsafe fn alloc_class(heap: *mut Heap, class: usize) -> *mut u8 {
-    // SAFETY: `pages[class]` is a page this thread owns or the empty page; a non-null `free`
-    // is a block of it.
+    // SAFETY: `pages[class]` is a page this thread owns or the empty page.
     unsafe {
-        let page = *(*heap).pages.get_unchecked(class);
-        let block = (*page).free;
+        let block = take_free::<false>(heap, *(*heap).pages.get_unchecked(class));
         if !block.is_null() {
-            (*page).free = (*block).next;
-            (*page).used_add(1);
-            (*heap).count_alloc();
-            return block.cast();
+            return block;
         }
         alloc_slow(heap, class)
     }

@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p allocscope-tracker --bench overhead` (add
 //! `RUSTFLAGS="-C force-frame-pointers=yes"` to make the `unwinder=fp` rows meaningful, and a
-//! separate `CARGO_TARGET_DIR` for that build).
+//! separate `CARGO_TARGET_DIR` for that build). `OVERHEAD_ONLY=1,2` keeps the core and those
+//! rows; `OVERHEAD_EXTRA="canary=16;quarantine=1m"` adds rows of other options.
 //!
 //! Workload: random sizes 8–256 B, 4096 live objects replaced at random, one thread (the first
 //! pattern of shared/PERFORMANCE.md). Each configuration is its own `Tracker` over the core
@@ -170,12 +171,25 @@ fn main() {
     let only: Option<Vec<usize>> = std::env::var("OVERHEAD_ONLY")
         .ok()
         .map(|v| v.split(',').filter_map(|i| i.trim().parse().ok()).collect());
-    let configs: Vec<(String, Box<dyn GlobalAlloc>)> = configs
+    let mut configs: Vec<(String, Box<dyn GlobalAlloc>)> = configs
         .into_iter()
         .enumerate()
         .filter(|(i, _)| only.as_ref().is_none_or(|o| *i == 0 || o.contains(i)))
         .map(|(_, c)| c)
         .collect();
+    // `OVERHEAD_EXTRA="opts;opts"`: more rows, each an options string (to take a row apart).
+    for text in std::env::var("OVERHEAD_EXTRA")
+        .unwrap_or_default()
+        .split(';')
+    {
+        let text = text.trim();
+        if !text.is_empty() {
+            configs.push((
+                format!("tracker, {text} (OVERHEAD_EXTRA)"),
+                Box::new(tracker(text)),
+            ));
+        }
+    }
     // Warm up every configuration (first-use initialisation, page faults).
     for (_, a) in &configs {
         run(a.as_ref(), 7);

@@ -492,10 +492,16 @@ impl<A: GlobalAlloc> Tracker<A> {
 
     /// The default path's allocation recorded in the shadow ([`crate::shadow`]): 16 more
     /// bytes from the inner allocator, aligned to 16, the header written in front of the block
-    /// and its state byte. `None` (the block given back) when the inner allocator's block has
-    /// no state byte (not in an arena, or the bytes could not be mapped), which the table then
-    /// records instead. `align` is a power of two of at most 16, `size` below the shadow's
-    /// limit, `tid` the thread's open gate.
+    /// and its state byte. `align` is a power of two of at most 16, `size` below the shadow's
+    /// limit, `tid` the thread's open gate. Always `Some`: the block, or null when out of
+    /// memory.
+    ///
+    /// Inline, it takes the core heap's fast path alone (the shadow is on only over the core
+    /// heap, `Shadow::usable_over`) and a state byte already mapped; everything else is
+    /// [`Tracker::allocate_shadowed_rest`]'s, called last. So the default path makes no call
+    /// but that one, whose result it returns: with a call whose result it went on using (the
+    /// core's slow path, the shadow's mapping of an arena's bytes) the compiler saved and
+    /// restored seven registers around all of it, 14 of its ~100 instructions (callgrind).
     #[inline(always)]
     fn allocate_shadowed(
         &self,
@@ -505,14 +511,68 @@ impl<A: GlobalAlloc> Tracker<A> {
         align: usize,
         zeroed: bool,
     ) -> Option<*mut u8> {
-        let align_log2 = align.trailing_zeros() as u8;
-        let byte = shadow::live_byte(size, align_log2);
-        let word = shadow::header_word(size, align_log2, tid, 0);
-        let Some((p, slot)) = self.shadow_block(shadow, size, zeroed)? else {
-            return Some(null_mut());
+        let layout = shadow_layout(size);
+        let base = if zeroed {
+            null_mut()
+        } else {
+            allocscope_core::heap::alloc_fast(layout.size(), layout.align())
         };
-        slot.write(byte, word);
-        Some(p)
+        if !base.is_null() {
+            let p = base.wrapping_add(shadow::HEADER);
+            if let Some(slot) = shadow.slot(p as usize) {
+                let align_log2 = align.trailing_zeros() as u8;
+                let byte = shadow::live_byte(size, align_log2);
+                slot.write(byte, shadow::header_word(size, align_log2, tid, 0));
+                return Some(p);
+            }
+        }
+        // Six arguments, all in registers: the call can be the path's last instruction.
+        Some(self.allocate_shadowed_rest(tid, base, size, align, zeroed))
+    }
+
+    /// [`Tracker::allocate_shadowed`]'s other cases: `base` null (the core's fast path had no
+    /// block, or a zeroed block is asked for) or a block whose arena has no state bytes
+    /// mapped yet. A block that has no state byte at all (not in an arena, or the bytes could
+    /// not be mapped) is given back and the allocation goes to `allocate_checked`, where every
+    /// allocation the default path declines goes (the table records it there).
+    #[inline(never)]
+    fn allocate_shadowed_rest(
+        &self,
+        tid: u32,
+        base: *mut u8,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+    ) -> *mut u8 {
+        // The default path's caller found the shadow on: it stays on for the state's life.
+        let Some(shadow) = self.ready().and_then(|state| state.fast.shadow.as_ref()) else {
+            // SAFETY: a non-null `base` came from the core heap (`alloc_fast`) just now.
+            unsafe { allocscope_core::heap::free(base) };
+            return self.allocate_checked(size, align, zeroed);
+        };
+        let align_log2 = align.trailing_zeros() as u8;
+        let block = if base.is_null() {
+            self.shadow_block(shadow, size, zeroed)
+        } else {
+            let p = base.wrapping_add(shadow::HEADER);
+            match shadow.slot_for_new(p as usize) {
+                Some(slot) => Some(Some((p, slot))),
+                None => {
+                    // SAFETY: `base` came from the core heap (`alloc_fast`) just now.
+                    unsafe { allocscope_core::heap::free(base) };
+                    None
+                }
+            }
+        };
+        match block {
+            Some(Some((p, slot))) => {
+                let byte = shadow::live_byte(size, align_log2);
+                slot.write(byte, shadow::header_word(size, align_log2, tid, 0));
+                p
+            }
+            Some(None) => null_mut(),
+            None => self.allocate_checked(size, align, zeroed),
+        }
     }
 
     /// The inner allocation of a shadow block of `size` bytes (below the shadow's limit) and
@@ -882,9 +942,10 @@ impl<A: GlobalAlloc> Tracker<A> {
         if tid == 0 {
             return false;
         }
-        // A power of two or none (`deallocate_given`'s contract).
-        let expect = (given.align != 0).then(|| (given.size, given.align.trailing_zeros() as u8));
         if let Some(shadow) = &state.fast.shadow {
+            // A power of two or none (`deallocate_given`'s contract).
+            let expect = (given.align != 0)
+                .then(|| shadow::live_byte(given.size, given.align.trailing_zeros() as u8));
             let Some(slot) = shadow.slot(ptr as usize) else {
                 return false;
             };
@@ -892,7 +953,6 @@ impl<A: GlobalAlloc> Tracker<A> {
             if !unsafe { allocscope_core::heap::owned_here(ptr) } {
                 return false;
             }
-            let expect = expect.map(|(size, align_log2)| shadow::live_byte(size, align_log2));
             if !slot.release_owned(expect) {
                 return false;
             }
@@ -903,21 +963,30 @@ impl<A: GlobalAlloc> Tracker<A> {
             unsafe { allocscope_core::heap::free(ptr.wrapping_sub(shadow::HEADER)) };
             return true;
         }
-        self.deallocate_in_table(state, hot, tid, ptr, expect)
+        self.deallocate_in_table(state, ptr, given);
+        true
     }
 
-    /// The rest of `deallocate_fast` for a block the table records (no shadow): out of line,
-    /// so that the shadow's path carries none of its code. `hot`, `tid`: the thread's open
-    /// gate; `expect` the layout given.
+    /// The rest of `deallocate_fast` for a block the table records (no shadow), and
+    /// `deallocate_checked` when the table's path declines: out of line, so that the shadow's
+    /// path carries none of its code, and called last, so that it makes no call whose result
+    /// it goes on using (that cost the shadow's path four register saves and a stack frame).
+    /// `given` is the layout given; the caller found the thread's gate open. (Five arguments,
+    /// all in registers: the thread's state is looked up again rather than passed.)
     #[inline(never)]
-    fn deallocate_in_table(
-        &self,
-        state: &'static State,
-        hot: &Hot,
-        tid: u32,
-        ptr: *mut u8,
-        expect: Option<(usize, u8)>,
-    ) -> bool {
+    fn deallocate_in_table(&self, state: &'static State, ptr: *mut u8, given: Given) {
+        let Some(hot) = hot() else {
+            return self.deallocate_checked(ptr, given);
+        };
+        // SAFETY: the current thread's hot state, used during this call on this thread.
+        let hot = unsafe { &*hot };
+        // Open, as the caller found it (nothing ran in between); checked all the same.
+        let tid = hot.gate();
+        if tid == 0 {
+            return self.deallocate_checked(ptr, given);
+        }
+        // A power of two or none (`deallocate_given`'s contract).
+        let expect = (given.align != 0).then(|| (given.size, given.align.trailing_zeros() as u8));
         // No prefetch of the block here: the core heap's free only stores into it (its free-list
         // link), which waits in the store buffer instead of stalling; the prefetch cost more
         // than it saved (the overhead bench's table-only row, 16.9 -> 16.2 ns per pair).
@@ -926,7 +995,7 @@ impl<A: GlobalAlloc> Tracker<A> {
                 .table
                 .release_owned(ptr as usize, tid, hot.owned_slot(), expect, 0, 0)
         else {
-            return false;
+            return self.deallocate_checked(ptr, given);
         };
         // SAFETY: a plain block came from the inner allocator with exactly (size.max(1),
         // align) (`allocate_fast`, `alloc_tracked`); the release above moved it out of
@@ -937,7 +1006,6 @@ impl<A: GlobalAlloc> Tracker<A> {
                 Layout::from_size_align_unchecked(size.max(1), 1 << align_log2),
             )
         };
-        true
     }
 
     /// The checked fast path's free (`deallocate_checked` falls back to `deallocate_slow`):
@@ -2030,18 +2098,25 @@ fn env_options() -> Result<Options, String> {
 
 // SAFETY: `alloc` returns blocks of at least `layout.size()` bytes aligned to `layout.align()`
 // (or null); `dealloc`/`realloc` accept the pointers it returned; see the module docs.
+// Not inlined: a sampled block's stack starts at the return address of the call into these
+// (`allocate_checked` and the general free are reached by a jump from them). Inlined into a
+// program's function, which code that calls a `Tracker` directly allows, the default path
+// becomes several call sites of `allocate_checked` there (one allocation site, several stacks)
+// and a call in tail position a jump (the site's own frame missing from its stack). Through
+// `#[global_allocator]` the shim calls them anyway, and the C ABI's entry points are functions
+// of their own.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
-    #[inline]
+    #[inline(never)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.allocate_pow2(layout.size(), layout.align(), false)
     }
 
-    #[inline]
+    #[inline(never)]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         self.allocate_pow2(layout.size(), layout.align(), true)
     }
 
-    #[inline]
+    #[inline(never)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: GlobalAlloc's contract: `ptr` is not used after this.
         self.deallocate_given(

@@ -172,3 +172,47 @@ fn blocks_freed_by_another_thread_are_told_apart() {
     );
     assert_eq!(t.stats().live_blocks, 0);
 }
+
+/// The default path's allocation takes the core heap's fast path inline and everything else
+/// (a page's free list run dry, a zeroed block) out of line: blocks from each are recorded
+/// alike (their double frees caught), and zeroed ones are zero even where freed blocks were
+/// dirty.
+#[test]
+fn zeroed_blocks_and_blocks_past_a_refill_are_recorded_alike() {
+    let t = tracker();
+    let l = Layout::from_size_align(48, 8).unwrap();
+    // More blocks of one class than a page holds: several refills of the free list.
+    let mut blocks = Vec::new();
+    for i in 0..5000usize {
+        // SAFETY: (test) every block is freed below.
+        let p = unsafe { t.alloc(l) };
+        assert!(!p.is_null());
+        // SAFETY: 48 bytes of a live block.
+        unsafe { p.write_bytes(0xa5, 48) };
+        if i % 2 == 0 {
+            blocks.push(p);
+        } else {
+            // SAFETY: (test) freed once here.
+            unsafe { t.dealloc(p, l) };
+        }
+    }
+    for _ in 0..2500 {
+        // SAFETY: (test) freed below.
+        let p = unsafe { t.alloc_zeroed(l) };
+        assert!(!p.is_null());
+        // SAFETY: 48 bytes of a live block.
+        let bytes = unsafe { std::slice::from_raw_parts(p, 48) };
+        assert!(bytes.iter().all(|&b| b == 0), "a zeroed block: {bytes:?}");
+        blocks.push(p);
+    }
+    assert_eq!(t.stats().live_blocks, 5000);
+    for &p in &blocks {
+        // SAFETY: (test) the second free is the bug; the tracker ignores it.
+        unsafe {
+            t.dealloc(p, l);
+            t.dealloc(p, l);
+        }
+    }
+    assert_eq!(counts(&t), vec![(ReportKind::DoubleFree, 5000)]);
+    assert_eq!(t.stats().live_blocks, 0);
+}
