@@ -412,7 +412,7 @@ fn traces_survive_exit_without_hooks_and_vfork_children() {
 /// the trace before libc's exec and used to leave it ended, so the rest of the program was
 /// missing and the trace said it had shut down. An exec that succeeds replaces the program in
 /// the same process, whose new tracker used to truncate the trace its predecessor left at the
-/// same path; it writes `<path>.<pid>` beside it now.
+/// same path; it writes `<path>.<pid>` beside it now, and a third program `<path>.<pid>.3`.
 #[test]
 fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces() {
     use allocscope_tracker::trace_format::{read_trace_file, Event, Record};
@@ -480,18 +480,23 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
         "the first program's trace: {first:?}"
     );
     let pid = first_pid.expect("a start record");
-    let (second, second_pid) = sizes(&dir.join(format!("exec.trace.{pid}")));
-    assert_eq!(
-        second_pid,
-        Some(pid),
-        "the exec'd program is the same process"
-    );
-    assert_eq!(
-        second.get(&200),
-        Some(&300),
-        "the exec'd program's trace: {second:?}"
-    );
-    assert_eq!(second.get(&100), None, "{second:?}");
+    for (n, name) in [
+        (1, format!("exec.trace.{pid}")),
+        (2, format!("exec.trace.{pid}.3")),
+    ] {
+        let (count, image_pid) = sizes(&dir.join(&name));
+        assert_eq!(
+            image_pid,
+            Some(pid),
+            "{name}: the exec'd program is the same process"
+        );
+        assert_eq!(count.get(&(200 + n)), Some(&300), "{name}: {count:?}");
+        assert_eq!(
+            count.len(),
+            1,
+            "{name}: that program's blocks alone: {count:?}"
+        );
+    }
 }
 
 /// A traced shell pipeline: the shell forks, and its children exec programs that inherit the

@@ -5,8 +5,9 @@
  * goes on after its vfork child, whose _exit and exec run in the parent's memory.
  * `exit_paths exec-fails`: 500 allocations, an execv of a path that does not exist (which
  * fails), then 500 more and one 4242-byte block leaked: the trace goes on after the failed exec.
- * `exit_paths exec`: 500 allocations, then execv of this program in mode `after-exec`, which
- * makes 300 allocations of 200 bytes: each image's trace is kept whole. */
+ * `exit_paths exec`: 500 allocations, then execv of this program in mode `after-exec 1`, which
+ * makes 300 allocations of 201 bytes and execs `after-exec 2` (300 of 202 bytes): three
+ * programs in one process, each image's trace kept whole. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -40,14 +41,20 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && strcmp(argv[1], "exec") == 0) {
         churn(500);
-        char *args[] = {argv[0], "after-exec", 0};
+        char *args[] = {argv[0], "after-exec", "1", 0};
         execv(argv[0], args);
         return 2;
     }
-    if (argc > 1 && strcmp(argv[1], "after-exec") == 0) {
+    if (argc > 2 && strcmp(argv[1], "after-exec") == 0) {
+        int image = atoi(argv[2]);
         for (int i = 0; i < 300; i++) {
-            sink = malloc(200);
+            sink = malloc(200 + image);
             free(sink);
+        }
+        if (image < 2) {
+            char *args[] = {argv[0], "after-exec", "2", 0};
+            execv(argv[0], args);
+            return 2;
         }
         return 0;
     }
