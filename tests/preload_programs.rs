@@ -412,7 +412,8 @@ fn traces_survive_exit_without_hooks_and_vfork_children() {
 /// the trace before libc's exec and used to leave it ended, so the rest of the program was
 /// missing and the trace said it had shut down. An exec that succeeds replaces the program in
 /// the same process, whose new tracker used to truncate the trace its predecessor left at the
-/// same path; it writes `<path>.<pid>` beside it now, and a third program `<path>.<pid>.3`.
+/// same path; it writes `<path>.<pid>` beside it now, and a third program `<path>.<pid>.3`;
+/// a process either starts finds the first trace's path taken, as if the first still ran.
 #[test]
 fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces() {
     use allocscope_tracker::trace_format::{read_trace_file, Event, Record};
@@ -497,6 +498,21 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
             "{name}: that program's blocks alone: {count:?}"
         );
     }
+    // The program the third one started wrote a trace of its own beside them.
+    let started = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("exec.trace.")
+                && name != format!("exec.trace.{pid}")
+                && name != format!("exec.trace.{pid}.3")
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(started.len(), 1, "{started:?}");
+    let (count, _) = sizes(&started[0]);
+    assert_eq!(count.get(&999), Some(&7), "{count:?}");
 }
 
 /// A traced shell pipeline: the shell forks, and its children exec programs that inherit the

@@ -56,6 +56,23 @@ int main(int argc, char **argv) {
             execv(argv[0], args);
             return 2;
         }
+        /* A program this one starts, with the same options: it must leave the first
+         * program's trace alone. */
+        pid_t pid = fork();
+        if (pid == 0) {
+            char *args[] = {argv[0], "started", 0};
+            execv(argv[0], args);
+            _exit(127);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1;
+    }
+    if (argc > 1 && strcmp(argv[1], "started") == 0) {
+        for (int i = 0; i < 7; i++) {
+            sink = malloc(999);
+            free(sink);
+        }
         return 0;
     }
     churn(500);

@@ -422,7 +422,8 @@ impl Stream {
 /// truncate it, leaving the parent a trace without its header). A program exec'd in place (the
 /// same process: `exec prog` in a shell, `env`, `nice`) finds the lock gone with the program it
 /// replaced, whose trace is still there under this pid: it too moves on, to `<path>.<pid>`, and
-/// a third program of the process to `<path>.<pid>.3` (it used to truncate its predecessor's).
+/// a third program of the process to `<path>.<pid>.3` (it used to truncate its predecessor's),
+/// and it holds the lock of each predecessor's trace, as the predecessor did.
 fn open_trace(path: &std::path::Path) -> Result<(std::path::PathBuf, File), String> {
     let open = |path: &std::path::Path| {
         let mut open = std::fs::OpenOptions::new();
@@ -437,10 +438,16 @@ fn open_trace(path: &std::path::Path) -> Result<(std::path::PathBuf, File), Stri
     let mut candidate = path.to_path_buf();
     for n in 1..=64u32 {
         let file = open(&candidate)?;
-        if lock_exclusive(&file) && !traced_by_process(&file, pid) {
-            file.set_len(0)
-                .map_err(|e| format!("cannot write trace file {}: {e}", candidate.display()))?;
-            return Ok((candidate, file));
+        if lock_exclusive(&file) {
+            if !traced_by_process(&file, pid) {
+                file.set_len(0)
+                    .map_err(|e| format!("cannot write trace file {}: {e}", candidate.display()))?;
+                return Ok((candidate, file));
+            }
+            // A trace of this process's earlier program: its lock went with that program's
+            // descriptor, and is held again here, for this program's life (the descriptor
+            // closes at its exec), so that no program this one starts takes the path over.
+            core::mem::forget(file);
         }
         candidate = match n {
             1 => format!("{}.{pid}", path.display()),
