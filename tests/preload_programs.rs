@@ -556,6 +556,48 @@ fn a_traced_pipeline_keeps_every_trace_whole() {
     }
 }
 
+/// Detached threads ending while others allocate, traced with the smallest data queue (every
+/// event its own batch, two batches queued): glibc frees the TLS blocks of cached stacks from an
+/// exiting thread after its thread-locals are gone, and those frees' events went through
+/// crossbeam's channel, whose send (and wake-up of the writer) asks std for the thread's
+/// `thread::current`, which panics that late: an abort inside `free`.
+#[test]
+fn frees_after_a_threads_locals_are_gone_keep_a_traced_program_alive() {
+    use allocscope_tracker::trace_format::{read_trace_file, Record};
+    let exe = compile_c("thread_exit_churn", &["-pthread"]);
+    let dir = scratch("thread_exit_traces");
+    for round in 0..2 {
+        let trace = dir.join(format!("churn{round}.trace"));
+        let out = Command::new(&exe)
+            .env(
+                "LD_PRELOAD",
+                library().with_file_name("liballocscope_debug.so"),
+            )
+            .env(
+                "ALLOCSCOPE_OPTIONS",
+                format!(
+                    "trace={},leak_check=0,batch=1,stream_buffer=1",
+                    trace.display()
+                ),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "round {round}: {:?}: {stderr}",
+            out.status
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+        let read = read_trace_file(&trace).unwrap();
+        assert!(
+            matches!(read.records.last(), Some(Record::End(_))),
+            "round {round}: the trace has its end marker"
+        );
+    }
+}
+
 const PYTHON_WORKLOAD: &str = r#"
 import json, random, re, threading, collections
 random.seed(7)

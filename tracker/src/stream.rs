@@ -27,7 +27,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use allocscope_core::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use allocscope_core::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 #[cfg(windows)]
@@ -96,6 +96,12 @@ pub(crate) struct Stream {
     /// The process the writer runs in: a `vfork` child shares this memory (and this writer)
     /// with its parent, but not the trace.
     pid: u32,
+    /// Events of threads past their thread-locals ([`Stream::send_late`]), their number, and
+    /// the most it may hold (as many as the data queue, 4096 at least) before they are dropped
+    /// and counted.
+    late: Mutex<Vec<Batch>>,
+    late_events: AtomicUsize,
+    late_limit: usize,
 }
 
 /// A thread's buffer of events for one stream.
@@ -164,6 +170,11 @@ impl Stream {
             writer: Mutex::new(None),
             writer_thread: AtomicU32::new(0),
             pid: std::process::id(),
+            late: Mutex::new(Vec::new()),
+            late_events: AtomicUsize::new(0),
+            late_limit: capacity
+                .saturating_mul(options.batch_events.max(1))
+                .max(4096),
         }));
         let start = TraceStart {
             pid: std::process::id(),
@@ -211,10 +222,7 @@ impl Stream {
     /// alone). Call with the re-entrancy flag set.
     pub(crate) fn record(&'static self, local: Option<&Local>, event: Event) {
         let Some(local) = local else {
-            self.send_batch(Batch {
-                thread: thread_id(),
-                events: vec![event],
-            });
+            self.send_late(event);
             return;
         };
         let Ok(mut slot) = local.events.try_borrow_mut() else {
@@ -317,6 +325,49 @@ impl Stream {
         }
     }
 
+    /// Queues an event of a thread with no `Local` (its thread-locals destroyed: the last
+    /// frees of its exit path) for the writer, which takes such events at its next wake-up
+    /// (within 20 ms). Not through the channels: crossbeam's send and the wake-up of a waiting
+    /// receiver need the sending thread's thread-locals (its `thread::current`), and std
+    /// panics when asked for them that late (inside `free`, an abort). glibc frees the TLS
+    /// blocks of cached thread stacks from each exiting detached thread past that point.
+    fn send_late(&self, event: Event) {
+        // Relaxed: see `send_batch`.
+        if self.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        let thread = thread_id();
+        let mut late = self.late.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: changed under the lock only.
+        if self.late_events.load(Ordering::Relaxed) >= self.late_limit {
+            drop(late);
+            // Relaxed: statistics.
+            self.dropped_events.fetch_add(1, Ordering::Relaxed);
+            self.dropped_batches.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match late.last_mut() {
+            Some(batch) if batch.thread == thread => batch.events.push(event),
+            _ => late.push(Batch {
+                thread,
+                events: vec![event],
+            }),
+        }
+        // Relaxed: the writer takes the events under the lock; the count only tells it to.
+        self.late_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The events queued by [`Stream::send_late`] so far, in the order they came.
+    fn take_late(&self) -> Vec<Batch> {
+        // Relaxed: a hint; an event queued just after this load is taken at the next call.
+        if self.late_events.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let mut late = self.late.lock().unwrap_or_else(|e| e.into_inner());
+        self.late_events.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *late)
+    }
+
     /// Queues a report (never dropped, while the stream runs).
     pub(crate) fn send_report(&self, report: ReportRecord) {
         // Relaxed: see `send_batch`.
@@ -349,7 +400,25 @@ impl Stream {
         }
         self.flush_current_thread(local);
         let (tx, rx) = bounded(1);
-        self.ctl_tx.send(Control::Flush(tx)).is_ok() && rx.recv_timeout(timeout).is_ok()
+        self.control_now(Control::Flush(tx)) && rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// Sends `control` and wakes the writer for it: the writer waits on the data queue (up to
+    /// its 20 ms tick) and reads control messages between batches, so an empty batch, which
+    /// writes nothing, makes it read this one now. Those who wait for an answer (a flush, the
+    /// end of the trace at exit, each exec attempt: a shell tries every `PATH` entry) waited
+    /// the tick out: ten failed execs took 370 ms under `trace=`, none without. `false` when
+    /// the writer is gone.
+    fn control_now(&self, control: Control) -> bool {
+        if self.ctl_tx.send(control).is_err() {
+            return false;
+        }
+        // A full queue has batches the writer is taking already.
+        let _ = self.data_tx.try_send(Batch {
+            thread: 0,
+            events: Vec::new(),
+        });
+        true
     }
 
     /// [`Stream::finish`] for a process about to end without running its exit hooks (`_exit`):
@@ -379,7 +448,7 @@ impl Stream {
         }
         self.flush_current_thread(local);
         let (tx, rx) = bounded(1);
-        if self.ctl_tx.send(Control::EndForExec(tx)).is_ok() {
+        if self.control_now(Control::EndForExec(tx)) {
             let _ = rx.recv_timeout(timeout);
         }
     }
@@ -392,7 +461,7 @@ impl Stream {
             return;
         }
         let (tx, rx) = bounded(1);
-        if self.ctl_tx.send(Control::Resume(tx)).is_ok() {
+        if self.control_now(Control::Resume(tx)) {
             let _ = rx.recv_timeout(timeout);
         }
     }
@@ -406,7 +475,7 @@ impl Stream {
         }
         self.flush_current_thread(local);
         let (tx, rx) = bounded(1);
-        if self.ctl_tx.send(Control::Finish(tx)).is_ok() {
+        if self.control_now(Control::Finish(tx)) {
             let _ = rx.recv_timeout(timeout);
         }
         // Relaxed: see `send_batch`.
@@ -621,6 +690,10 @@ impl Writer {
                     return;
                 }
             }
+            for batch in self.stream.take_late() {
+                self.batch(batch);
+                dirty = true;
+            }
             // Wait for data, or for the tick; control messages are checked between batches.
             match self.data_rx.recv_timeout(if dirty {
                 Duration::ZERO
@@ -770,6 +843,9 @@ impl Writer {
 
     fn drain(&mut self) {
         while let Ok(batch) = self.data_rx.try_recv() {
+            self.batch(batch);
+        }
+        for batch in self.stream.take_late() {
             self.batch(batch);
         }
     }
