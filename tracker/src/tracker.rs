@@ -359,8 +359,9 @@ impl<A: GlobalAlloc> Tracker<A> {
         let guard_left = hot.guard_countdown.get();
         // A sample that fires is `allocate_checked`'s (`allocate_sampled`): reached from the one
         // call site every declined allocation uses, so that a sampled block's stack is the same
-        // whichever path took it (the paths are inlined into the caller, whose return address
-        // is the stack's first frame).
+        // whichever path took it (the paths are inlined into the `GlobalAlloc` method or C
+        // entry point, never into the program's function: the return address into that is the
+        // stack's first frame).
         if tid == 0 || (fast.sample && left <= 0) || (counts_guard && guard_left <= 1) {
             return None;
         }
