@@ -598,6 +598,37 @@ fn frees_after_a_threads_locals_are_gone_keep_a_traced_program_alive() {
     }
 }
 
+/// SIGSEGV and SIGBUS sent to a program (`raise`, `kill`) end it under the instrumented library
+/// as they do without it. The library's fault handler put the previous action back and
+/// returned, which suits a fault (the access runs again and faults) but let a sent signal's
+/// program run on: `kill -SEGV` ended a shell with status 0.
+#[test]
+fn sent_segv_and_bus_signals_end_the_program_as_without_the_library() {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = compile_c("sent_signals", &[]);
+    for mode in ["raise-segv", "raise-bus", "kill-segv", "ignored-segv"] {
+        let run = |preload: bool| {
+            let mut command = Command::new(&exe);
+            command.arg(mode).env("ALLOCSCOPE_OPTIONS", "leak_check=0");
+            if preload {
+                command.env(
+                    "LD_PRELOAD",
+                    library().with_file_name("liballocscope_debug.so"),
+                );
+            }
+            command.stdin(Stdio::null()).output().unwrap()
+        };
+        let (with, without) = (run(true), run(false));
+        assert_eq!(
+            (with.status.signal(), with.status.code()),
+            (without.status.signal(), without.status.code()),
+            "{mode}: {}",
+            String::from_utf8_lossy(&with.stderr)
+        );
+        assert_eq!(with.stdout, without.stdout, "{mode}");
+    }
+}
+
 const PYTHON_WORKLOAD: &str = r#"
 import json, random, re, threading, collections
 random.seed(7)

@@ -57,11 +57,19 @@ fn previous(sig: libc::c_int) -> Option<libc::sigaction> {
 }
 
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo for SIGSEGV/SIGBUS.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    let (ip, write) = fault_context(context);
-    let handled = super::explain(addr, ip, write);
+    let sent = sent_by_a_process(info);
+    // A sent signal's siginfo holds a pid and uid where a fault's holds the address.
+    let handled = !sent && {
+        // SAFETY: the kernel passes a valid siginfo for SIGSEGV/SIGBUS.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        let (ip, write) = fault_context(context);
+        super::explain(addr, ip, write)
+    };
     let Some(old) = previous(sig) else { return };
+    if sent && old.sa_sigaction == libc::SIG_IGN {
+        // Ignored, as it would have been without us.
+        return;
+    }
     if handled || old.sa_sigaction == libc::SIG_DFL || old.sa_sigaction == libc::SIG_IGN {
         // Put the previous action back and return: the access faults again and the previous
         // action (by default: death by this signal) takes it from there.
@@ -71,6 +79,13 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mu
         }
         // SAFETY: restoring an action the kernel gave us.
         unsafe { libc::sigaction(sig, &restore, core::ptr::null_mut()) };
+        if sent {
+            // No access faults again: send the signal again. Blocked while this handler runs,
+            // it arrives as the handler returns (returning alone let the program run on, and
+            // `kill -SEGV` or `raise(SIGSEGV)` ended it with status 0).
+            // SAFETY: raise is async-signal-safe.
+            unsafe { libc::raise(sig) };
+        }
         return;
     }
     // Not ours: call the previous handler as the kernel would have.
@@ -84,6 +99,21 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mu
             let f: extern "C" fn(libc::c_int) = core::mem::transmute(old.sa_sigaction);
             f(sig);
         }
+    }
+}
+
+/// Whether the signal was sent (`kill`, `raise`, `sigqueue`) rather than raised by an access.
+fn sent_by_a_process(info: *mut libc::siginfo_t) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: the kernel passes a valid siginfo. Codes at or below zero (SI_USER, SI_QUEUE,
+        // SI_TKILL, ...) come from processes; faults have positive ones.
+        unsafe { (*info).si_code <= 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = info;
+        false
     }
 }
 
