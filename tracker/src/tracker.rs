@@ -742,7 +742,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         // cannot follow (as a shadow block, every further growth would move it again: growing
         // a buffer a byte at a time from 64 KiB to 512 KiB was quadratic).
         let shadow_serves =
-            emit || size + shadow::HEADER <= allocscope_core::size_class::MEDIUM_MAX;
+            emit || size <= allocscope_core::size_class::MEDIUM_MAX - shadow::HEADER;
         if ptr == 0 && shadow_serves {
             let shadowed = state.fast.shadow.as_ref().and_then(|shadow| {
                 self.alloc_shadowed_tracked(state, shadow, tid, size, align, zeroed, stack)
@@ -1731,8 +1731,10 @@ impl<A: GlobalAlloc> Tracker<A> {
             let shadow = state.fast.shadow.as_ref()?;
             // The core heap turns a block growing past the medium classes into a large block
             // (a mapping of its own, outside the arenas): such a resize, and one to a new
-            // alignment, moves through the general allocation instead.
-            if new_size + shadow::HEADER > allocscope_core::size_class::MEDIUM_MAX
+            // alignment, moves through the general allocation instead. (Compared without
+            // adding to `new_size`: a size within 16 of `usize::MAX` wrapped to a tiny block,
+            // returned as the 0-byte result of `realloc(p, SIZE_MAX)`, which freed `p`.)
+            if new_size > allocscope_core::size_class::MEDIUM_MAX - shadow::HEADER
                 || align != info.align()
             {
                 return None;

@@ -216,3 +216,44 @@ fn zeroed_blocks_and_blocks_past_a_refill_are_recorded_alike() {
     assert_eq!(counts(&t), vec![(ReportKind::DoubleFree, 5000)]);
     assert_eq!(t.stats().live_blocks, 0);
 }
+
+/// `realloc(p, n)` for `n` within 16 bytes of `usize::MAX` fails and keeps `p`, as glibc's
+/// (ENOMEM): the resize in place compared `n` plus the shadow header with the largest medium
+/// class, which wrapped, and handed back a 0-byte block for a `p` it had freed.
+#[test]
+fn a_resize_to_nearly_the_whole_address_space_fails_and_keeps_the_block() {
+    for options in ["", "sample=1"] {
+        let quiet = Options::builder().print_reports(false).check_at_exit(false);
+        let t = Tracker::with_options(
+            Allocscope::new(),
+            quiet
+                .parse(options)
+                .unwrap()
+                .leak_check(LeakCheck::Off)
+                .build()
+                .unwrap(),
+        );
+        let l = Layout::from_size_align(100, 16).unwrap();
+        for k in 0..20 {
+            // SAFETY: (test) the block is freed below, once.
+            unsafe {
+                let p = t.alloc(l);
+                p.write_bytes(0x5a, 100);
+                let q = t.reallocate(p, None, usize::MAX - k, 16);
+                assert!(
+                    q.is_null(),
+                    "{options}: realloc to usize::MAX - {k} gave {q:?}"
+                );
+                let bytes = std::slice::from_raw_parts(p, 100);
+                assert!(
+                    bytes.iter().all(|&b| b == 0x5a),
+                    "{options}: the block kept"
+                );
+                assert_eq!(t.stats().live_blocks, 1, "{options}");
+                t.dealloc(p, l);
+            }
+        }
+        assert_eq!(counts(&t), vec![], "{options}: no report");
+        assert_eq!(t.stats().live_blocks, 0, "{options}");
+    }
+}
