@@ -375,7 +375,6 @@ fn traced(command: &mut Command, trace: &Path) -> Output {
 /// trace running: the allocations after the child are in it too, and its end marker.
 #[test]
 fn traces_survive_exit_without_hooks_and_vfork_children() {
-    use allocscope_tracker::trace_format::{read_trace_file, Event, Record};
     let exe = compile_c("exit_paths", &[]);
     let dir = scratch("exit_paths_traces");
     for (mode, allocations) in [("_exit", 1000), ("vfork", 1000)] {
@@ -386,26 +385,45 @@ fn traces_survive_exit_without_hooks_and_vfork_children() {
             "{mode}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let read = read_trace_file(&trace).unwrap();
-        let sized_100 = read
-            .records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Batch(b) => Some(&b.events),
-                _ => None,
-            })
-            .flatten()
-            .filter(|e| matches!(e, Event::Alloc { size: 100, .. }))
-            .count();
+        let (count, _) = trace_allocations(&trace);
         assert_eq!(
-            sized_100, allocations,
+            count.get(&100),
+            Some(&allocations),
             "{mode}: allocations of 100 bytes in the trace"
         );
-        assert!(
-            matches!(read.records.last(), Some(Record::End(_))),
-            "{mode}: the trace has its end marker"
-        );
     }
+}
+
+/// The allocations in the trace at `path`, counted by size, and its process id; asserts that
+/// the trace has one end marker, its last record.
+fn trace_allocations(path: &Path) -> (std::collections::BTreeMap<u64, usize>, Option<u32>) {
+    use allocscope_tracker::trace_format::{read_trace_file, Event, Record};
+    let read = read_trace_file(path).unwrap();
+    let mut count = std::collections::BTreeMap::<u64, usize>::new();
+    for record in &read.records {
+        if let Record::Batch(b) = record {
+            for e in &b.events {
+                if let Event::Alloc { size, .. } = e {
+                    *count.entry(*size).or_default() += 1;
+                }
+            }
+        }
+    }
+    let ends = read
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::End(_)))
+        .count();
+    assert!(
+        ends == 1 && matches!(read.records.last(), Some(Record::End(_))),
+        "{}: one end marker, last ({ends} found)",
+        path.display()
+    );
+    let pid = read.records.iter().find_map(|r| match r {
+        Record::Start(s) => Some(s.pid),
+        _ => None,
+    });
+    (count, pid)
 }
 
 /// An `exec` that fails returns to the program, whose trace goes on: the library's `exec*` end
@@ -416,37 +434,8 @@ fn traces_survive_exit_without_hooks_and_vfork_children() {
 /// a process either starts finds the first trace's path taken, as if the first still ran.
 #[test]
 fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces() {
-    use allocscope_tracker::trace_format::{read_trace_file, Event, Record};
     let exe = compile_c("exit_paths", &[]);
     let dir = scratch("exec_traces");
-    let sizes = |path: &Path| {
-        let read = read_trace_file(path).unwrap();
-        let mut count = std::collections::BTreeMap::<u64, usize>::new();
-        for record in &read.records {
-            if let Record::Batch(b) = record {
-                for e in &b.events {
-                    if let Event::Alloc { size, .. } = e {
-                        *count.entry(*size).or_default() += 1;
-                    }
-                }
-            }
-        }
-        let ends = read
-            .records
-            .iter()
-            .filter(|r| matches!(r, Record::End(_)))
-            .count();
-        assert!(
-            ends == 1 && matches!(read.records.last(), Some(Record::End(_))),
-            "{}: one end marker, last ({ends} found)",
-            path.display()
-        );
-        let pid = read.records.iter().find_map(|r| match r {
-            Record::Start(s) => Some(s.pid),
-            _ => None,
-        });
-        (count, pid)
-    };
 
     let trace = dir.join("fails.trace");
     let out = traced(Command::new(&exe).arg("exec-fails"), &trace);
@@ -455,7 +444,7 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (count, _) = sizes(&trace);
+    let (count, _) = trace_allocations(&trace);
     assert_eq!(
         count.get(&100),
         Some(&1000),
@@ -474,7 +463,7 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (first, first_pid) = sizes(&trace);
+    let (first, first_pid) = trace_allocations(&trace);
     assert_eq!(
         first.get(&100),
         Some(&500),
@@ -485,7 +474,7 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
         (1, format!("exec.trace.{pid}")),
         (2, format!("exec.trace.{pid}.3")),
     ] {
-        let (count, image_pid) = sizes(&dir.join(&name));
+        let (count, image_pid) = trace_allocations(&dir.join(&name));
         assert_eq!(
             image_pid,
             Some(pid),
@@ -511,7 +500,7 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
         })
         .collect::<Vec<_>>();
     assert_eq!(started.len(), 1, "{started:?}");
-    let (count, _) = sizes(&started[0]);
+    let (count, _) = trace_allocations(&started[0]);
     assert_eq!(count.get(&999), Some(&7), "{count:?}");
 }
 
