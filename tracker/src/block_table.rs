@@ -572,6 +572,18 @@ impl BlockTable {
         true
     }
 
+    /// Gives the live block at `key`, resized where it is by the calling thread, its new entry
+    /// ([`BlockTable::insert`] over the live one), then waits for a walk that may have read the
+    /// old entry, so that no walk checks the old size's red zone once the program may write
+    /// over it. `false` (the old entry stands) when the table cannot hold the new one.
+    pub(crate) fn resize(&self, key: usize, info: BlockInfo) -> bool {
+        if !self.insert(key, info) {
+            return false;
+        }
+        self.wait_for_walks_after_store();
+        true
+    }
+
     /// Marks the block at `key` freed (`new_state`, with the free stack and thread) if it is
     /// live, removing internal blocks outright.
     pub(crate) fn release(

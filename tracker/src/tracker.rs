@@ -1806,6 +1806,11 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
             return Some((p, stack));
         }
+        if info.flags & !flag::CANARY == 0 && align == info.align() {
+            if let Some(resized) = self.resize_zoned(state, local, ptr, info, new_size) {
+                return Some(resized);
+            }
+        }
         if info.flags != 0
             || state.quarantine.is_some()
             || align != info.align()
@@ -1842,6 +1847,135 @@ impl<A: GlobalAlloc> Tracker<A> {
         }
         state.table.insert(new as usize, moved);
         Some((new, stack))
+    }
+
+    /// Resizes a red-zoned table block, or any table block under a quarantine, without the
+    /// general paths' move (a new block, a copy, the old one checked and held): `None` when
+    /// that move is needed. Over the core heap only (`core_heap`):
+    /// - an arena block stays where it is when the core's block under it holds the new size and
+    ///   the right zone and wastes no more than half of itself (the core's own rule);
+    /// - a large block (a mapping of its own) is resized by the core's realloc, which grows it
+    ///   by moving its pages (and keeps it in place within its last page). A moved one is not
+    ///   quarantined: its old pages are unmapped, so a use of the old pointer faults.
+    ///
+    /// The old zones are checked first (damage reported as found by the realloc), the zones
+    /// filled at the new end (and before a moved block) and the record takes the new size.
+    /// Returns the block (null: out of memory, the old block still live) and its stack.
+    ///
+    /// Without it every realloc of such a block moved: a buffer grown a byte at a time was
+    /// copied at every byte (quadratic: 400 kB took 2.2 s with `canary=16`, 10.8 s with
+    /// `quarantine=16m`, against 0.03 s at the default options).
+    fn resize_zoned(
+        &self,
+        state: &'static State,
+        local: Option<&Local>,
+        ptr: usize,
+        info: &BlockInfo,
+        new_size: usize,
+    ) -> Option<(*mut u8, u32)> {
+        let zoned = info.flags & flag::CANARY != 0;
+        if !state.fast.core_heap || !(zoned || state.quarantine.is_some()) {
+            return None;
+        }
+        let canary = if zoned { state.options.canary_bytes } else { 0 };
+        let align = info.align();
+        let left = canary::left_zone(canary, align);
+        let base = ptr - left;
+        let total = left.checked_add(new_size)?.checked_add(canary)?.max(1);
+        let in_arena = allocscope_core::heap::in_arena(base);
+        if in_arena {
+            // SAFETY: the inner allocator is the core heap (`core_heap`), which gave `base` (the
+            // block's start, `left` bytes before it) out of an arena; the block is live (the
+            // caller looked it up) and this thread is resizing it.
+            let usable = unsafe { allocscope_core::heap::usable_size(base as *const u8) };
+            if total > usable || total < usable / 2 {
+                return None;
+            }
+        }
+        // SAFETY: the block and its zones are ours (live, resized by this thread).
+        if let Some((kind, addr)) = unsafe { state.canary_damage(ptr, info) } {
+            let facts = state.facts_for(kind, Detection::Realloc, addr, ptr, info);
+            state.raise(facts, local);
+        }
+        // The bytes it gains are what it allocates (each byte of a buffer grown a byte at a
+        // time would otherwise count its whole size again, sampling it at every few resizes).
+        let stack = if state.should_sample(local, new_size.saturating_sub(info.size)) {
+            state.stack_here(local)
+        } else {
+            info.alloc_stack
+        };
+        let resized = BlockInfo {
+            size: new_size,
+            alloc_stack: stack,
+            alloc_thread: thread_id(),
+            ..*info
+        };
+        if in_arena {
+            // A scan or leak check running meanwhile may have read the old record. The zone at
+            // the new end is filled before the record changes (the pattern is a function of the
+            // address, so where the two zones overlap the old one stays whole), and `resize`
+            // waits for a walk that may have read the old record before the program may write
+            // over the old zone.
+            if zoned {
+                // SAFETY: `left + new_size + canary <= usable`: the new right zone lies inside
+                // the core's block.
+                unsafe { canary::fill(ptr + new_size, canary) };
+            }
+            if !state.table.resize(ptr, resized) {
+                // No room for the record's larger entry: the old one stands; the block moves.
+                if zoned {
+                    // SAFETY: as for the fill above; the old right zone, written again.
+                    unsafe { canary::fill(ptr + info.size, canary) };
+                }
+                return None;
+            }
+            return Some((ptr as *mut u8, stack));
+        }
+        // The record goes first (a walk then no longer reads the block, which the core may
+        // unmap), and comes back if the core cannot resize it.
+        let tid = thread_id();
+        if !matches!(
+            state.table.release(ptr, block_state::FREED, 0, tid),
+            Release::Was(_)
+        ) {
+            return None;
+        }
+        let old_total = (left + info.size + canary).max(1);
+        // SAFETY: the core gave `base` for exactly this layout (the record's size, its zones and
+        // alignment, as every allocation path computes them); its record is released, so no
+        // other free of it succeeds.
+        let new_base = unsafe {
+            self.inner.realloc(
+                base as *mut u8,
+                Layout::from_size_align_unchecked(old_total, align),
+                total,
+            )
+        };
+        if new_base.is_null() {
+            state.table.insert(ptr, *info);
+            return Some((new_base, 0));
+        }
+        let p = new_base as usize + left;
+        if zoned {
+            let filled = canary::left_filled(canary, align);
+            // SAFETY: the core's block holds `left + new_size + canary` bytes from `new_base`;
+            // the filled part of the left zone ends at `p`.
+            unsafe {
+                if p != ptr {
+                    canary::fill(p - filled, filled);
+                }
+                canary::fill(p + new_size, canary);
+            }
+        }
+        if !state.table.insert(p, resized) {
+            // No room to record it (the OS refused the table memory): as for an allocation,
+            // better out of memory than an untracked block. The old contents are lost then; a
+            // later free of the old pointer is reported, not done.
+            self.release_memory(state, p, &resized);
+            record(AllocErrorKind::OutOfMemory);
+            return Some((null_mut(), 0));
+        }
+        Some((p as *mut u8, stack))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -440,6 +440,123 @@ fn realloc_keeps_contents_and_checks_the_old_block() {
     );
 }
 
+/// A red-zoned block, or any block under a quarantine, is resized where it is while the core's
+/// block under it holds the new size (and past the arenas the core's realloc moves its pages):
+/// a buffer grown a byte at a time moves only when it outgrows its block, where every resize
+/// used to move it (a copy per byte: quadratic). Its contents stay, its right zone follows its
+/// end, and an overflow past the new end is still reported.
+#[test]
+fn a_red_zoned_buffer_grown_a_byte_at_a_time_moves_only_when_it_outgrows_its_block() {
+    for options in [
+        quiet().canary_bytes(16),
+        quiet().canary_bytes(16).sample_bytes(0),
+        quiet().quarantine_bytes(1 << 20).sample_bytes(0),
+        quiet().canary_bytes(16).quarantine_bytes(1 << 20),
+    ] {
+        let t = tracker(options);
+        // SAFETY: (test) a valid layout.
+        let mut p = unsafe { t.alloc(layout(1)) };
+        let zoned = t.options().unwrap().canary_bytes != 0;
+        let mut size = 1;
+        let mut moves = 0;
+        // SAFETY: (test) each block is resized with the layout it has, and written within it;
+        // the one bad write (past the end) is in the red zone.
+        unsafe {
+            p.write(0);
+            // A byte at a time within the arenas' classes, then in 4000-byte steps past them
+            // (large blocks).
+            while size < 1200 << 10 {
+                let new = size + if size < 16 << 10 { 1 } else { 4000 };
+                let q = t.realloc(p, layout(size), new);
+                assert!(!q.is_null());
+                if q != p && size < 16 << 10 {
+                    moves += 1;
+                }
+                for i in size..new {
+                    q.add(i).write((i % 251) as u8);
+                }
+                p = q;
+                size = new;
+            }
+            assert!((0..size).all(|i| p.add(i).read() == (i % 251) as u8));
+            assert_eq!(t.take_reports(), vec![]);
+            // The size classes up to 16 KiB are a few dozen; 16,383 resizes moved before.
+            assert!(moves < 100, "{moves} moves in 16,383 resizes");
+            if zoned {
+                flip(p.add(size));
+            }
+            t.dealloc(p, layout(size));
+        }
+        let reports = t.take_reports();
+        assert_eq!(reports.len(), usize::from(zoned), "{reports:#?}");
+        if zoned {
+            assert_eq!(reports[0].kind, ReportKind::HeapBufferOverflow);
+            assert_eq!(reports[0].block, Some((p as usize, size)));
+        }
+        assert_eq!(t.stats().live_blocks, 0);
+    }
+}
+
+/// A scan running while another thread resizes blocks in place raises nothing: it never checks
+/// a zone the program may already write over (the new zone is filled before the record changes,
+/// and the resize waits for a walk that may have read the old record).
+#[test]
+fn scans_while_blocks_grow_in_place_raise_nothing() {
+    let t = tracker(quiet().canary_bytes(16).sample_bytes(0));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: (test) each block is resized with the layout it has, written within it.
+            unsafe {
+                for round in 0..20 {
+                    let mut size = 1;
+                    let mut p = t.alloc(layout(size));
+                    while size < 1000 {
+                        let q = t.realloc(p, layout(size), size + 1);
+                        q.add(size).write(round as u8);
+                        p = q;
+                        size += 1;
+                    }
+                    t.dealloc(p, layout(size));
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut scans = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) || scans == 0 {
+            assert_eq!(t.scan(), vec![]);
+            scans += 1;
+        }
+    });
+    assert_eq!(t.take_reports(), vec![]);
+}
+
+/// A resize in place checks the old zones first: a write past the old end is reported as found
+/// by the realloc, and the block's new zone is whole (its free raises nothing more).
+#[test]
+fn a_resize_in_place_reports_an_overflow_past_the_old_end() {
+    let t = tracker(quiet().canary_bytes(16));
+    // SAFETY: (test) the write past the end is the bug; it lands in the red zone.
+    let (p, q) = unsafe {
+        let p = t.alloc(layout(40));
+        flip(p.add(40));
+        let q = t.realloc(p, layout(40), 41);
+        q.add(40).write(1);
+        t.dealloc(q, layout(41));
+        (p, q)
+    };
+    assert_eq!(p, q, "resized in place");
+    let reports = t.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].kind, ReportKind::HeapBufferOverflow);
+    assert_eq!(reports[0].address, p as usize + 40);
+    assert!(
+        reports[0].text.contains("reallocated"),
+        "{}",
+        reports[0].text
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Faulting bugs, in a child process
 // ---------------------------------------------------------------------------------------------
