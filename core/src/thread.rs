@@ -130,13 +130,33 @@ static CHUNK_NEXT: AtomicUsize = AtomicUsize::new(0);
 static CHUNK_END: AtomicUsize = AtomicUsize::new(0);
 static CHUNK_BASE: AtomicPtr<u8> = AtomicPtr::new(null_mut());
 
+/// Spins on a held [`LOCK`] before yielding the CPU instead.
+const SPINS_BEFORE_YIELD: u32 = 100;
+
+/// Takes [`LOCK`]. Its sections are short, so a waiter spins at first; but a holder that loses
+/// its CPU keeps it for a whole time slice, and with more threads than cores every waiter then
+/// spun through its own slice too (`perf`: 50 allocating threads, 300 short-lived ones and a
+/// quarantine on 2 cores spent 78 % of their time in this loop). Past a short spin, waiters
+/// yield, so the holder runs.
 fn lock() {
-    // Acquire: the critical section sees the previous holder's writes.
-    while LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        crate::sync::spin_hint();
+    let mut spins = 0;
+    loop {
+        // Acquire: the critical section sees the previous holder's writes.
+        if LOCK
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+        // Relaxed: only a hint that the lock may be free; the compare-and-swap acquires.
+        while LOCK.load(Ordering::Relaxed) {
+            if spins < SPINS_BEFORE_YIELD || cfg!(loom) {
+                spins += 1;
+                crate::sync::spin_hint();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }
 
