@@ -39,7 +39,7 @@
 
 use core::ptr::{null_mut, NonNull};
 
-use allocscope_core::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use allocscope_core::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::barrier;
 use crate::cold_table::ColdTable;
@@ -367,8 +367,6 @@ pub(crate) struct BlockTable {
     /// is given back (see [`BlockTable::for_each`]).
     walking: AtomicUsize,
     walk_lock: SpinLock<()>,
-    /// Regions created from now on ask for transparent huge pages (see `create_region`).
-    huge_pages: AtomicBool,
 }
 
 // SAFETY: the raw pointers are to mappings owned by the table and only reached through atomics.
@@ -398,7 +396,6 @@ impl BlockTable {
             counts: Box::new(core::array::from_fn(|_| Counts::default())),
             walking: AtomicUsize::new(0),
             walk_lock: SpinLock::new(()),
-            huge_pages: AtomicBool::new(false),
         }
     }
 
@@ -421,14 +418,6 @@ impl BlockTable {
             self.cold.release_after_fork();
             self.walk_lock.release_held();
         }
-    }
-
-    /// Regions created from now on ask for transparent huge pages: for a heap that is dense
-    /// over a large span and whose blocks are reached in random order (a quarantine's), where
-    /// the words' page walks cost more than committing them 2 MiB at a time.
-    pub(crate) fn use_huge_pages(&self) {
-        // Relaxed: a hint (see `create_region`).
-        self.huge_pages.store(true, Ordering::Relaxed);
     }
 
     /// Whether `key`'s entry lives in the direct map (else in the cold table).
@@ -459,21 +448,17 @@ impl BlockTable {
 
     #[cold]
     fn create_region(&self, slot: &AtomicPtr<AtomicU64>, region: usize) -> Option<*mut AtomicU64> {
-        // 4 KiB pages by default, not huge ones: hinting the regions for huge pages gained ~1-2
-        // ns per pair on the overhead bench's guard-page row (TLB entries that each guarded
-        // block's `mprotect`s flush came back for one page) but committed the words 2 MiB at a
-        // time, wherever the heap had one block: a python3 workload's peak RSS went from 78 to
-        // 335 MiB and its time from 1.5 to 1.8-2.1 s (zeroing huge pages). With a quarantine
-        // the heap is dense over a span of at least the quarantine's size, and the words over
-        // it are touched in random order (frees, evictions, allocations all over that span):
-        // there, huge pages (see `use_huge_pages`) save a page walk per access.
-        // Relaxed: a hint set once at start-up; a region created before it is seen keeps 4 KiB
-        // pages, which is only slower.
-        let mapping = if self.huge_pages.load(Ordering::Relaxed) {
-            os_memory::map_huge(REGION_MAP_BYTES)?
-        } else {
-            os_memory::map(REGION_MAP_BYTES)?
-        };
+        // 4 KiB pages, not huge ones, as AddressSanitizer keeps its shadow
+        // (`no_huge_pages_for_shadow`): a huge page commits the words of 4 MiB of address space
+        // wherever the heap has one block there. Hinted, regions gained ~1-2 ns per pair on
+        // the overhead bench's guard-page row, but a python3 workload's peak RSS went from 78
+        // to 335 MiB and its time from 1.5 to 1.8-2.1 s (zeroing huge pages). Hinted only under
+        // a quarantine (a dense heap reached in random order) they gained ~5 % on that bench's
+        // quarantine row and cost everywhere else: a JSON round trip of 300,000 lists in
+        // python3 under canary=16,quarantine=16m took 5.2-5.7 s at 500 MB peak RSS instead of
+        // 3.8-5.0 s at 322 MB, and 50 threads reallocating under a quarantine peaked at 620-900
+        // MB instead of 395 MB, a third of their time zeroing huge pages.
+        let mapping = os_memory::map(REGION_MAP_BYTES)?;
         let new: *mut AtomicU64 = mapping.as_ptr().cast();
         // AcqRel: publishes the zeroed mapping, or sees the winner's.
         match slot.compare_exchange(null_mut(), new, Ordering::AcqRel, Ordering::Acquire) {

@@ -31,20 +31,6 @@ pub(crate) fn map(bytes: usize) -> Option<NonNull<u8>> {
     map_aligned(bytes, page_size())
 }
 
-/// Transparent huge pages' size where the tracker asks for them (x86-64's and most aarch64
-/// kernels' 2 MiB).
-pub(crate) const HUGE_PAGE: usize = 2 << 20;
-
-/// As [`map`], with transparent huge pages asked for (`MADV_HUGEPAGE`, a hint the kernel may
-/// ignore) and the mapping aligned to [`HUGE_PAGE`] so that every 2 MiB of it can be one. For
-/// tables touched in random order across their whole length, where one TLB entry per 4 KiB
-/// means a page walk for nearly every access. Released with [`unmap`] as usual.
-pub(crate) fn map_huge(bytes: usize) -> Option<NonNull<u8>> {
-    let ptr = map_aligned(bytes, HUGE_PAGE)?;
-    SystemOs.hint_huge_pages(ptr, align_up(bytes.max(1), page_size()));
-    Some(ptr)
-}
-
 /// [`map`] at a multiple of `align` (a power of two, at least a page).
 fn map_aligned(bytes: usize, align: usize) -> Option<NonNull<u8>> {
     let len = align_up(bytes.max(1), page_size());

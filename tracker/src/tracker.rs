@@ -213,10 +213,6 @@ impl<A: GlobalAlloc> Tracker<A> {
                 // recorded through `building` as the tracker's own.
                 let started = state.start_stream();
                 state::register(state);
-                if state.options.quarantine_bytes != 0 {
-                    // The quarantine spreads the heap over its whole size, in random order.
-                    state.table.use_huge_pages();
-                }
                 // Relaxed: published with the state by the Release store below.
                 self.checked
                     .store(checked_paths(&state.options), Ordering::Relaxed);
