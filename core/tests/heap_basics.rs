@@ -445,6 +445,61 @@ fn large_blocks_grow_by_realloc_keeping_their_contents() {
     unsafe { heap::free(p) };
 }
 
+/// A large block whose mapping has free addresses after it grows there: same address, no
+/// page moved (it moved to a fresh region at every grow before). Aligned mappings are trimmed,
+/// which often leaves a gap after one: blocks are allocated (and kept, so that none is handed
+/// out twice) until one has a free page after it, which a resize by one page then takes.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_large_block_grows_in_place_where_the_addresses_after_it_are_free() {
+    let mut held = Vec::new();
+    let mut in_place = 0;
+    for attempt in 0..40u8 {
+        let size = 6 << 20;
+        let p = heap::alloc(size, 8);
+        assert!(!p.is_null());
+        // SAFETY: p is live.
+        let usable = unsafe { heap::usable_size(p) };
+        let end = p as usize + usable;
+        // Whether the page after the mapping is free: a mapping there, replacing nothing.
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping; ours is unmapped at once.
+        let free = unsafe {
+            let q = libc::mmap(
+                end as *mut libc::c_void,
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            );
+            if q != libc::MAP_FAILED {
+                libc::munmap(q, 4096);
+            }
+            q as usize == end
+        };
+        if !free {
+            held.push(p);
+            continue;
+        }
+        fill(p, size, attempt);
+        // SAFETY: p is live with `size` bytes.
+        let q = unsafe { heap::realloc(p, usable + 4096, 8) };
+        assert_eq!(
+            q, p,
+            "attempt {attempt}: moved although the page after it was free"
+        );
+        in_place += 1;
+        check(q, size, attempt);
+        // SAFETY: live, freed once.
+        unsafe { heap::free(q) };
+    }
+    for p in held {
+        // SAFETY: live, freed once.
+        unsafe { heap::free(p) };
+    }
+    assert!(in_place > 0, "no large block had a free page after it");
+}
+
 #[test]
 fn next_block_names_the_block_the_next_allocation_of_the_size_takes() {
     // Run on a thread of its own: the harness's threads allocate between our calls otherwise.
