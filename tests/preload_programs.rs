@@ -385,7 +385,8 @@ fn traces_survive_exit_without_hooks_and_vfork_children() {
             "{mode}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let (count, _) = trace_allocations(&trace);
+        let TraceSummary { count, execd, .. } = trace_allocations(&trace);
+        assert!(!execd, "{mode}: no exec");
         assert_eq!(
             count.get(&100),
             Some(&allocations),
@@ -394,9 +395,20 @@ fn traces_survive_exit_without_hooks_and_vfork_children() {
     }
 }
 
-/// The allocations in the trace at `path`, counted by size, and its process id; asserts that
-/// the trace has one end marker, its last record.
-fn trace_allocations(path: &Path) -> (std::collections::BTreeMap<u64, usize>, Option<u32>) {
+/// What [`trace_allocations`] read of a trace.
+struct TraceSummary {
+    /// Allocations by size.
+    count: std::collections::BTreeMap<u64, usize>,
+    /// The start record's process id.
+    pid: Option<u32>,
+    /// Whether the trace says its program was replaced by an `exec` (an exec marker before the
+    /// end marker).
+    execd: bool,
+}
+
+/// The allocations in the trace at `path`, counted by size, its process id and whether it
+/// ended in an exec; asserts that the trace has one end marker, its last record.
+fn trace_allocations(path: &Path) -> TraceSummary {
     use allocscope_tracker::trace_format::{read_trace_file, Event, Record};
     let read = read_trace_file(path).unwrap();
     let mut count = std::collections::BTreeMap::<u64, usize>::new();
@@ -423,7 +435,8 @@ fn trace_allocations(path: &Path) -> (std::collections::BTreeMap<u64, usize>, Op
         Record::Start(s) => Some(s.pid),
         _ => None,
     });
-    (count, pid)
+    let execd = read.records.iter().any(|r| matches!(r, Record::Exec(_)));
+    TraceSummary { count, pid, execd }
 }
 
 /// An `exec` that fails returns to the program, whose trace goes on: the library's `exec*` end
@@ -444,7 +457,11 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (count, _) = trace_allocations(&trace);
+    let TraceSummary { count, execd, .. } = trace_allocations(&trace);
+    assert!(
+        !execd,
+        "the failed exec's marker is taken back with the end marker"
+    );
     assert_eq!(
         count.get(&100),
         Some(&1000),
@@ -463,7 +480,12 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (first, first_pid) = trace_allocations(&trace);
+    let TraceSummary {
+        count: first,
+        pid: first_pid,
+        execd,
+    } = trace_allocations(&trace);
+    assert!(execd, "the first program's trace ends in its exec");
     assert_eq!(
         first.get(&100),
         Some(&500),
@@ -474,7 +496,13 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
         (1, format!("exec.trace.{pid}")),
         (2, format!("exec.trace.{pid}.3")),
     ] {
-        let (count, image_pid) = trace_allocations(&dir.join(&name));
+        let TraceSummary {
+            count,
+            pid: image_pid,
+            execd,
+        } = trace_allocations(&dir.join(&name));
+        // The second program exec'd the third; the third exits.
+        assert_eq!(execd, n == 1, "{name}: ended by an exec");
         assert_eq!(
             image_pid,
             Some(pid),
@@ -500,7 +528,8 @@ fn a_failed_exec_leaves_the_trace_going_and_an_exec_in_place_keeps_both_traces()
         })
         .collect::<Vec<_>>();
     assert_eq!(started.len(), 1, "{started:?}");
-    let (count, _) = trace_allocations(&started[0]);
+    let TraceSummary { count, execd, .. } = trace_allocations(&started[0]);
+    assert!(!execd);
     assert_eq!(count.get(&999), Some(&7), "{count:?}");
 }
 

@@ -37,7 +37,7 @@ use crate::options::{expand_pid, Options};
 use crate::thread_state::{enter_always, monotonic_ns, thread_id, Local};
 use crate::trace_format::{
     DroppedCounts, Event, EventBatch, HeapSnapshot, Record, ReportRecord, StackDef, ThreadInfo,
-    TraceEnd, TraceStart, TraceWriter,
+    TraceEnd, TraceExec, TraceStart, TraceWriter,
 };
 use crate::{modules, stacks};
 
@@ -750,7 +750,10 @@ impl Writer {
             }
             Control::EndForExec(ack) => {
                 let end = self.write_out();
-                let cut = self.put_file_end(&end);
+                let exec = Record::Exec(TraceExec {
+                    time_ns: self.stream.now(),
+                });
+                let cut = self.put_file_end(&[exec, end]);
                 let _ = ack.send(());
                 return self.wait_out_exec(cut);
             }
@@ -775,15 +778,20 @@ impl Writer {
         })
     }
 
-    /// Writes `end` to the trace file alone and flushes it; returns the file's length before
-    /// the marker (where a failed exec cuts it off again), `None` without a file.
-    fn put_file_end(&mut self, end: &Record) -> Option<u64> {
+    /// Writes the `end` records to the trace file alone and flushes it; returns the file's
+    /// length before them (where a failed exec cuts them off again), `None` without a file.
+    fn put_file_end(&mut self, end: &[Record]) -> Option<u64> {
         let i = self.sinks.iter().position(|s| matches!(s, Sink::File(_)))?;
         let Sink::File(file) = &mut self.sinks[i] else {
             return None;
         };
         let before = file.get_ref().get_ref().metadata().ok()?.len();
-        if file.write(end).and_then(|()| file.flush()).is_err() {
+        if end
+            .iter()
+            .try_for_each(|r| file.write(r))
+            .and_then(|()| file.flush())
+            .is_err()
+        {
             self.sinks.remove(i);
             return None;
         }

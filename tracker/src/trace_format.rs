@@ -30,7 +30,8 @@
 //! map), [`Record::Report`] (a corruption or leak report), [`Record::Dropped`] (how many events
 //! were dropped because the writer fell behind). A stack definition is always written before the
 //! first batch that names it. [`Record::End`] marks a clean shutdown; its absence means the
-//! traced process died.
+//! traced process died. [`Record::Exec`] before it says the process went on as another program
+//! (`exec`).
 //!
 //! # Versioning
 //!
@@ -83,6 +84,9 @@ pub enum Record {
     Dropped(DroppedCounts),
     /// The process shut down cleanly; nothing follows.
     End(TraceEnd),
+    /// The process replaced its program (`exec`): its trace ends here ([`Record::End`]
+    /// follows), and the new program's, if it is traced, is another file.
+    Exec(TraceExec),
 }
 
 /// The first record of a trace.
@@ -374,6 +378,13 @@ pub struct TraceEnd {
     pub events_written: u64,
     /// Final drop counts.
     pub dropped: DroppedCounts,
+}
+
+/// The marker of a trace ended by an `exec` of the traced process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceExec {
+    /// When (nanoseconds since time zero).
+    pub time_ns: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,6 +705,7 @@ mod tests {
                     },
                 ],
             }),
+            Record::Exec(TraceExec { time_ns: 7 }),
             Record::End(TraceEnd::default()),
         ]
     }

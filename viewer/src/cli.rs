@@ -419,6 +419,7 @@ fn record(
                 (_, Some(Ending::Truncated { .. })) => {
                     "; the trace is cut short (the process was killed?)"
                 }
+                (true, _) if profile.exec.is_some() => "; it went on as another program (exec)",
                 (true, _) => "",
                 (false, _) => "; no end marker (the process ended without finishing its trace)",
             };

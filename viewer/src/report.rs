@@ -40,6 +40,9 @@ pub fn write_report(
         (_, Some(Ending::Truncated { offset })) => {
             format!("the trace is cut short at byte {offset} (the process was killed?)")
         }
+        (true, _) if profile.exec.is_some() => "the process went on as another program (exec); \
+            that program's trace, if it was traced, is <this file>.<pid>"
+            .to_owned(),
         (true, _) => "the process shut down cleanly".to_owned(),
         (false, _) => "no end marker: the process died before finishing its trace".to_owned(),
     };

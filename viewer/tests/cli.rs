@@ -289,6 +289,40 @@ fn a_truncated_trace_still_reports_what_it_holds() {
     assert!(stdout.contains("busy_allocation_site"), "{stdout}");
 }
 
+/// A trace ended by an exec says so, instead of "shut down cleanly".
+#[test]
+fn a_trace_ended_by_an_exec_is_reported_as_such() {
+    use allocscope_tracker::trace_format::{TraceEnd, TraceExec};
+    let mut w = TraceWriter::new(Vec::new()).unwrap();
+    for record in [
+        Record::Start(TraceStart {
+            pid: 7,
+            program: "sh".into(),
+            unix_time_ns: 0,
+            page_size: 4096,
+            options: String::new(),
+            tracker_version: "0".into(),
+        }),
+        Record::Exec(TraceExec { time_ns: 5 }),
+        Record::End(TraceEnd {
+            time_ns: 5,
+            ..TraceEnd::default()
+        }),
+    ] {
+        w.write(&record).unwrap();
+    }
+    let path = temp_dir().join("execd.trace");
+    std::fs::write(&path, w.into_inner()).unwrap();
+    let out = allocscope(&["report", path.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("went on as another program (exec)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("shut down cleanly"), "{stdout}");
+}
+
 /// `record` and `run` on real programs when the preload libraries are built (tests/run.sh
 /// builds them first); otherwise the one-line error naming the missing library.
 #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use allocscope_tracker::trace_format::{
     DroppedCounts, Ending, Event, HeapSnapshot, Module, Record, ReportKind, ReportRecord,
-    ThreadInfo, TraceEnd, TraceError, TraceReader, TraceStart, NO_STACK,
+    ThreadInfo, TraceEnd, TraceError, TraceExec, TraceReader, TraceStart, NO_STACK,
 };
 
 /// The hasher of the model's maps, keyed by addresses and ids: the standard SipHash resists
@@ -254,6 +254,8 @@ pub struct Profile {
     pub start: Option<TraceStart>,
     /// The end record; `None` when the traced process died.
     pub end: Option<TraceEnd>,
+    /// Set when the trace ended because the process replaced its program (`exec`).
+    pub exec: Option<TraceExec>,
     /// How the file ended.
     pub ending: Option<Ending>,
     /// The options used to aggregate.
@@ -454,6 +456,7 @@ impl Profile {
                 self.dropped = e.dropped;
                 self.end = Some(e);
             }
+            Record::Exec(e) => self.exec = Some(e),
         }
     }
 
