@@ -39,7 +39,7 @@
 
 use core::ptr::{null_mut, NonNull};
 
-use allocscope_core::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use allocscope_core::sync::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::barrier;
 use crate::cold_table::ColdTable;
@@ -172,6 +172,14 @@ const REGION_SHIFT: u32 = 22;
 const REGIONS: usize = 1 << (ADDRESS_BITS - REGION_SHIFT);
 const WORDS_PER_REGION: usize = 1 << (REGION_SHIFT - GRANULE_SHIFT);
 const REGION_MAP_BYTES: usize = WORDS_PER_REGION * 8;
+/// Bytes of words one first-write mark covers (a 4 KiB page; larger pages only mean several
+/// marks each, see [`BlockTable::word_to_write`]).
+const MARKED_SHIFT: u32 = 12;
+/// First-write marks after a region's words: one byte per page of words.
+const MARKS_PER_REGION: usize = REGION_MAP_BYTES >> MARKED_SHIFT;
+/// A region's mapping: its words, then its marks (a page).
+const REGION_MAPPING_BYTES: usize = REGION_MAP_BYTES + 4096;
+const _: () = assert!(MARKS_PER_REGION <= 4096);
 /// Sizes below this fit a live table word: the default path's blocks.
 pub(crate) const PLAIN_SIZE_LIMIT: usize = word::SIZE_LIMIT;
 /// Regions remembered in creation order, for walks (beyond this, walks scan the top level).
@@ -286,6 +294,18 @@ fn unpack(w: u64) -> BlockInfo {
 #[inline]
 fn mappable(key: usize) -> bool {
     key != 0 && key & ((1 << GRANULE_SHIFT) - 1) == 0 && (key as u64) < (1u64 << ADDRESS_BITS)
+}
+
+/// The first store into a page of words (see [`BlockTable::word_to_write`]): a compare-and-swap
+/// that changes nothing but is a write access (an idempotent `fetch_or(0)` may be compiled to a
+/// fenced load), then the page's mark.
+#[cold]
+#[inline(never)]
+fn first_write(word: &AtomicU64, mark: &AtomicU8) {
+    // Relaxed: only the access matters; the word's value is unchanged whatever the outcome.
+    let _ = word.compare_exchange(0, 0, Ordering::Relaxed, Ordering::Relaxed);
+    // Relaxed: a hint (see `word_to_write`).
+    mark.store(1, Ordering::Relaxed);
 }
 
 /// Starts loading the cache line holding `addr` (a hint: never faults, whatever `addr` is).
@@ -446,6 +466,33 @@ impl BlockTable {
         Some(unsafe { &*words.add(index) })
     }
 
+    /// [`BlockTable::word`] for a store that may be the first into its page of words. A page
+    /// first read maps the kernel's shared zero page, and the store after it then replaces that
+    /// mapping, which flushes the TLB of every CPU the process runs on: an inter-processor
+    /// interrupt per page of words in a multithreaded program (`perf`: a third of 50 threads'
+    /// time under a quarantine, `ptep_clear_flush`). The insert loads the word before storing
+    /// it, so the first access of each page is a locked compare-and-swap instead (a write
+    /// fault: a zeroed page, no zero page), marked in the region's first-write marks.
+    #[inline]
+    fn word_to_write(&self, key: usize) -> Option<&AtomicU64> {
+        let word = self.word(key, true)?;
+        let index = (key & ((1 << REGION_SHIFT) - 1)) >> GRANULE_SHIFT;
+        // SAFETY: the word is one of its region's WORDS_PER_REGION words, which the region's
+        // MARKS_PER_REGION mark bytes follow in the same mapping (`create_region`).
+        let mark = unsafe {
+            let words = (word as *const AtomicU64).sub(index);
+            &*words
+                .add(WORDS_PER_REGION)
+                .cast::<AtomicU8>()
+                .add((index * 8) >> MARKED_SHIFT)
+        };
+        // Relaxed: a hint; a thread that misses another's mark only writes first once more.
+        if mark.load(Ordering::Relaxed) == 0 {
+            first_write(word, mark);
+        }
+        Some(word)
+    }
+
     #[cold]
     fn create_region(&self, slot: &AtomicPtr<AtomicU64>, region: usize) -> Option<*mut AtomicU64> {
         // 4 KiB pages, not huge ones, as AddressSanitizer keeps its shadow
@@ -458,7 +505,7 @@ impl BlockTable {
         // python3 under canary=16,quarantine=16m took 5.2-5.7 s at 500 MB peak RSS instead of
         // 3.8-5.0 s at 322 MB, and 50 threads reallocating under a quarantine peaked at 620-900
         // MB instead of 395 MB, a third of their time zeroing huge pages.
-        let mapping = os_memory::map(REGION_MAP_BYTES)?;
+        let mapping = os_memory::map(REGION_MAPPING_BYTES)?;
         let new: *mut AtomicU64 = mapping.as_ptr().cast();
         // AcqRel: publishes the zeroed mapping, or sees the winner's.
         match slot.compare_exchange(null_mut(), new, Ordering::AcqRel, Ordering::Acquire) {
@@ -475,7 +522,9 @@ impl BlockTable {
             }
             Err(winner) => {
                 // SAFETY: `new` was mapped above with this length and never published.
-                unsafe { os_memory::unmap(NonNull::new_unchecked(new.cast()), REGION_MAP_BYTES) };
+                unsafe {
+                    os_memory::unmap(NonNull::new_unchecked(new.cast()), REGION_MAPPING_BYTES)
+                };
                 Some(winner)
             }
         }
@@ -525,7 +574,7 @@ impl BlockTable {
         if !self.covers(key) {
             return self.cold.insert(key, info);
         }
-        let Some(slot) = self.word(key, true) else {
+        let Some(slot) = self.word_to_write(key) else {
             return false;
         };
         let (w, cold) = pack(&info);
@@ -749,7 +798,7 @@ impl BlockTable {
         if !self.covers(key) {
             return false;
         }
-        let Some(slot_word) = self.word(key, true) else {
+        let Some(slot_word) = self.word_to_write(key) else {
             return false;
         };
         // Relaxed: the address was just handed to this thread (see `insert`). The store does
@@ -1045,7 +1094,7 @@ impl BlockTable {
         }
         // Relaxed: statistics.
         let regions = self.regions.load(Ordering::Relaxed);
-        t.table_bytes += regions * REGION_MAP_BYTES;
+        t.table_bytes += regions * REGION_MAPPING_BYTES;
         t
     }
 }
@@ -1061,7 +1110,7 @@ impl Drop for BlockTable {
             let words = slot.swap(null_mut(), Ordering::Relaxed);
             if let Some(p) = NonNull::new(words) {
                 // SAFETY: the region was mapped with this length and is no longer reachable.
-                unsafe { os_memory::unmap(p.cast(), REGION_MAP_BYTES) };
+                unsafe { os_memory::unmap(p.cast(), REGION_MAPPING_BYTES) };
             }
         });
         // SAFETY: both were mapped in `new` with these lengths and are no longer used.
@@ -1096,6 +1145,50 @@ mod tests {
         BlockInfo {
             alloc_stack,
             ..live(size)
+        }
+    }
+
+    /// Minor page faults of the calling thread so far.
+    #[cfg(target_os = "linux")]
+    fn thread_minor_faults() -> i64 {
+        // SAFETY: getrusage writes one rusage through a valid pointer.
+        unsafe {
+            let mut usage: libc::rusage = core::mem::zeroed();
+            assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
+            usage.ru_minflt
+        }
+    }
+
+    /// The first insert into each page of words faults once, as a write: it used to read the
+    /// word first (mapping the zero page, a fault) and then store it (replacing that mapping:
+    /// a second fault and a TLB flush on every CPU of a multithreaded process).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_first_insert_into_a_page_of_words_faults_once() {
+        let t = BlockTable::new();
+        // 4 KiB of heap addresses per page of words: each key in a page of its own, and the
+        // region created by the first (its mapping and marks) before counting.
+        let base = 0x7000_0000_0000usize;
+        assert!(t.insert(base, live(16)));
+        let pages = 200;
+        for (general, offset) in [(true, 0), (false, pages)] {
+            let before = thread_minor_faults();
+            for i in 1..=pages {
+                let key = base + (offset + i) * 4096;
+                if general {
+                    assert!(t.insert(key, live(16)));
+                } else {
+                    assert!(t.insert_plain(key, 16, 3, 5));
+                }
+            }
+            let faults = thread_minor_faults() - before;
+            assert!(
+                faults <= pages as i64 + 8,
+                "{faults} faults for {pages} fresh pages of words (general insert: {general})"
+            );
+        }
+        for i in 1..=2 * pages {
+            assert_eq!(t.get(base + i * 4096).map(|b| b.size), Some(16));
         }
     }
 
