@@ -346,8 +346,8 @@ impl Profile {
             Some(blocks) => blocks.iter().for_each(|&(st, t, size)| leak(st, t, size)),
             None => self
                 .work
-                .live
-                .values()
+                .blocks
+                .live_blocks()
                 .for_each(|b| leak(b.stack, b.time_ns, b.size)),
         }
         for (&stack, series) in &index.stacks {
